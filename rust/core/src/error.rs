@@ -1,0 +1,22 @@
+use std::fmt;
+
+/// Errors name the problem and, where there is one, the fix.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatsError {
+    Shape(String),
+    Value(String),
+    Incompatible(String),
+    Decode(String),
+}
+
+impl fmt::Display for StatsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StatsError::Shape(m) | StatsError::Value(m) | StatsError::Incompatible(m) | StatsError::Decode(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+impl std::error::Error for StatsError {}

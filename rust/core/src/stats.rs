@@ -1,0 +1,499 @@
+//! `NeuronStats`: the streaming accumulators and their finalisation into table columns.
+
+use crate::coverage::{coverage_bounds, detect, sort_by_count, CoverageBounds, DetectorParams};
+use crate::error::StatsError;
+use crate::ngram::NgramSummary;
+use crate::positional::{self, PositionalParams};
+use crate::token_counts::TokenCounts;
+use rayon::prelude::*;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+/// Token ids are packed 21 bits apiece into n-gram keys.
+pub const MAX_VOCAB: usize = 1 << 21;
+const ID_BITS: u32 = 21;
+const ID_MASK: u64 = (1 << ID_BITS) - 1;
+const NO_KEY: u64 = u64::MAX;
+/// Neurons handled by one parallel task: 4 words of each row, half a cache line.
+const TASK_NEURONS: usize = 256;
+const MAGIC: &[u8; 8] = b"OPTNST01";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatsConfig {
+    pub n_layers: usize,
+    pub n_neurons: usize,
+    pub vocab_size: usize,
+    pub max_positions: usize,
+    /// Rows holding this token (BOS, also the document separator) are left out of token statistics.
+    pub bos_token_id: Option<u32>,
+    /// Most distinct bigrams / trigrams kept per neuron before the summary becomes lossy.
+    pub ngram_capacity: usize,
+}
+
+impl StatsConfig {
+    pub fn n_words(&self) -> usize {
+        self.n_neurons.div_ceil(64)
+    }
+}
+
+/// Per-neuron accumulators, allocated on the first activation (dead neurons cost 8 bytes).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct NeuronAcc {
+    n_active: u64,
+    positions: Vec<u32>,
+    tokens: TokenCounts,
+    /// Activations counted for token statistics (non-BOS rows).
+    n_counted: u64,
+    bigrams: NgramSummary,
+    trigrams: NgramSummary,
+}
+
+impl NeuronAcc {
+    fn new(max_positions: usize) -> Self {
+        NeuronAcc {
+            n_active: 0,
+            positions: vec![0; max_positions],
+            tokens: TokenCounts::default(),
+            n_counted: 0,
+            bigrams: NgramSummary::default(),
+            trigrams: NgramSummary::default(),
+        }
+    }
+
+    fn merge(&mut self, o: &NeuronAcc, c: &StatsConfig) {
+        self.n_active += o.n_active;
+        for (a, b) in self.positions.iter_mut().zip(&o.positions) {
+            *a += b;
+        }
+        self.tokens.merge(&o.tokens, c.vocab_size);
+        self.n_counted += o.n_counted;
+        self.bigrams.merge(&o.bigrams, c.ngram_capacity);
+        self.trigrams.merge(&o.trigrams, c.ngram_capacity);
+    }
+
+    fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.positions.capacity() * 4
+            + self.tokens.heap_bytes()
+            + self.bigrams.heap_bytes()
+            + self.trigrams.heap_bytes()
+    }
+}
+
+/// Statistics of the data itself, counted from the updates of layer 0.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct DataStats {
+    rows: u64,
+    position_totals: Vec<u64>,
+    token_occurrences: Vec<u64>,
+    bigram_occurrences: FxHashMap<u64, u32>,
+    trigram_occurrences: FxHashMap<u64, u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NeuronStats {
+    config: StatsConfig,
+    layers: Vec<Vec<Option<Box<NeuronAcc>>>>,
+    layer_rows: Vec<u64>,
+    data: DataStats,
+}
+
+/// Row-level facts shared by all neurons of one update.
+struct Rows<'a> {
+    tokens: &'a [u32],
+    positions: &'a [u32],
+    counted: Vec<bool>,
+    bigram: Vec<u64>,
+    trigram: Vec<u64>,
+}
+
+fn ngram_keys(tokens: &[u32], positions: &[u32]) -> (Vec<u64>, Vec<u64>) {
+    let n = tokens.len();
+    let mut bi = vec![NO_KEY; n];
+    let mut tri = vec![NO_KEY; n];
+    for i in 1..n {
+        // Only n-grams inside one sequence: the previous row must be the previous position.
+        if positions[i] >= 1 && positions[i - 1] + 1 == positions[i] {
+            bi[i] = ((tokens[i - 1] as u64) << ID_BITS) | tokens[i] as u64;
+            if bi[i - 1] != NO_KEY {
+                tri[i] = ((tokens[i - 2] as u64) << (2 * ID_BITS)) | bi[i];
+            }
+        }
+    }
+    (bi, tri)
+}
+
+/// Token ids of an n-gram key, oldest first.
+pub fn unpack_key(key: u64, k: usize) -> Vec<u32> {
+    (0..k).rev().map(|i| ((key >> (i as u32 * ID_BITS)) & ID_MASK) as u32).collect()
+}
+
+/// Columns of the `neurons` table, one entry per (layer, neuron), layer-major.
+/// List columns are flattened with offsets (len = rows + 1).
+#[derive(Clone, Debug, Default)]
+pub struct Finalized {
+    pub layer: Vec<u16>,
+    pub neuron: Vec<u32>,
+    pub n_active: Vec<u64>,
+    pub frequency: Vec<f64>,
+    pub dead: Vec<bool>,
+    pub cover_1: Vec<u32>,
+    pub cover_2: Vec<u32>,
+    pub cover_2_max: Vec<u32>,
+    pub cover_3: Vec<u32>,
+    pub cover_3_max: Vec<u32>,
+    pub token_detector: Vec<bool>,
+    pub detected_tokens: Vec<u32>,
+    pub detected_tokens_offsets: Vec<u64>,
+    pub trigram_detector: Vec<bool>,
+    /// Flattened triples (3 ids each); offsets count triples.
+    pub detected_trigrams: Vec<u32>,
+    pub detected_trigrams_offsets: Vec<u64>,
+    pub mi_position: Vec<f64>,
+    pub positional: Vec<bool>,
+    /// "" when not positional.
+    pub positional_kind: Vec<&'static str>,
+    pub positional_strong: Vec<bool>,
+    pub interval_start: Vec<u32>,
+    pub interval_end: Vec<u32>,
+    pub intervals_offsets: Vec<u64>,
+}
+
+struct NeuronResult {
+    n_active: u64,
+    cover: [CoverageBounds; 3],
+    tokens: Option<Vec<u32>>,
+    trigrams: Option<Vec<u64>>,
+    pos: positional::PositionalResult,
+}
+
+impl NeuronStats {
+    pub fn new(config: StatsConfig) -> Result<Self, StatsError> {
+        if config.n_layers == 0 || config.n_neurons == 0 || config.max_positions == 0 || config.vocab_size == 0 {
+            return Err(StatsError::Value(format!(
+                "NeuronStats needs positive n_layers, n_neurons, vocab_size and max_positions, got {config:?}"
+            )));
+        }
+        if config.vocab_size > MAX_VOCAB {
+            return Err(StatsError::Value(format!(
+                "vocab_size {} exceeds the supported {MAX_VOCAB} (n-gram keys pack 21 bits per token)",
+                config.vocab_size
+            )));
+        }
+        if config.n_layers > u16::MAX as usize {
+            return Err(StatsError::Value("n_layers must fit in u16".into()));
+        }
+        let layers = (0..config.n_layers).map(|_| vec![None; config.n_neurons]).collect();
+        let data = DataStats {
+            position_totals: vec![0; config.max_positions],
+            token_occurrences: vec![0; config.vocab_size],
+            ..Default::default()
+        };
+        Ok(NeuronStats { layer_rows: vec![0; config.n_layers], config, layers, data })
+    }
+
+    pub fn config(&self) -> &StatsConfig {
+        &self.config
+    }
+
+    fn check_rows(&self, layer: usize, bits_len: usize, n_words: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
+        let c = &self.config;
+        if layer >= c.n_layers {
+            return Err(StatsError::Value(format!("layer {layer} out of range: this NeuronStats has {} layers", c.n_layers)));
+        }
+        if n_words != c.n_words() {
+            return Err(StatsError::Shape(format!(
+                "bitmask has {n_words} words per row but {} neurons need {} (bit j of word w = neuron 64w+j)",
+                c.n_neurons,
+                c.n_words()
+            )));
+        }
+        let n = tokens.len();
+        if positions.len() != n || bits_len != n * n_words {
+            return Err(StatsError::Shape(format!(
+                "bitmask rows ({}), token_ids ({n}) and positions ({}) must have the same length",
+                bits_len / n_words.max(1),
+                positions.len()
+            )));
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(StatsError::Value(format!("token id {t} is outside the vocabulary of size {}", c.vocab_size)));
+        }
+        if let Some(&p) = positions.iter().find(|&&p| p as usize >= c.max_positions) {
+            return Err(StatsError::Value(format!(
+                "position {p} is beyond max_positions {}: sequences must be at most that long",
+                c.max_positions
+            )));
+        }
+        Ok(())
+    }
+
+    /// Add one layer's activations for a block of rows. Rows of one sequence must be
+    /// contiguous and in order (n-grams are read off neighbouring rows).
+    pub fn update(&mut self, layer: usize, bits: &[u64], n_words: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
+        self.check_rows(layer, bits.len(), n_words, tokens, positions)?;
+        let bos = self.config.bos_token_id;
+        let counted: Vec<bool> = tokens.iter().map(|&t| Some(t) != bos).collect();
+        let (bigram, trigram) = ngram_keys(tokens, positions);
+        let rows = Rows { tokens, positions, counted, bigram, trigram };
+        if layer == 0 {
+            self.count_data(&rows);
+        }
+        self.layer_rows[layer] += tokens.len() as u64;
+        let cfg = &self.config;
+        let n_rows = tokens.len();
+        let last_mask = match cfg.n_neurons % 64 {
+            0 => u64::MAX,
+            r => (1u64 << r) - 1,
+        };
+        self.layers[layer].par_chunks_mut(TASK_NEURONS).enumerate().for_each(|(task, accs)| {
+            let w0 = task * TASK_NEURONS / 64;
+            let w1 = (w0 + TASK_NEURONS / 64).min(n_words);
+            // Transpose this block of bits into per-neuron lists of active rows.
+            let mut active: Vec<Vec<u32>> = vec![Vec::new(); accs.len()];
+            for i in 0..n_rows {
+                let row = &bits[i * n_words + w0..i * n_words + w1];
+                for (dw, &word) in row.iter().enumerate() {
+                    let mut word = if w0 + dw == n_words - 1 { word & last_mask } else { word };
+                    while word != 0 {
+                        let j = word.trailing_zeros() as usize;
+                        active[dw * 64 + j].push(i as u32);
+                        word &= word - 1;
+                    }
+                }
+            }
+            for (acc, rows_on) in accs.iter_mut().zip(&active) {
+                if !rows_on.is_empty() {
+                    let acc = acc.get_or_insert_with(|| Box::new(NeuronAcc::new(cfg.max_positions)));
+                    add_activations(acc, rows_on, &rows, cfg);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn count_data(&mut self, rows: &Rows) {
+        let d = &mut self.data;
+        d.rows += rows.tokens.len() as u64;
+        for i in 0..rows.tokens.len() {
+            d.position_totals[rows.positions[i] as usize] += 1;
+            if rows.counted[i] {
+                d.token_occurrences[rows.tokens[i] as usize] += 1;
+                if rows.bigram[i] != NO_KEY {
+                    *d.bigram_occurrences.entry(rows.bigram[i]).or_insert(0) += 1;
+                }
+                if rows.trigram[i] != NO_KEY {
+                    *d.trigram_occurrences.entry(rows.trigram[i]).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+
+    /// Add another accumulator's counts (a shard of the same model and data layout).
+    pub fn merge(&mut self, other: &NeuronStats) -> Result<(), StatsError> {
+        if self.config != other.config {
+            return Err(StatsError::Incompatible(format!(
+                "cannot merge NeuronStats with different settings: {:?} vs {:?}",
+                self.config, other.config
+            )));
+        }
+        let cfg = &self.config;
+        self.layers.par_iter_mut().zip(&other.layers).for_each(|(mine, theirs)| {
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                match (a.as_mut(), b) {
+                    (_, None) => {}
+                    (None, Some(b)) => *a = Some(b.clone()),
+                    (Some(a), Some(b)) => a.merge(b, cfg),
+                }
+            }
+        });
+        for (a, b) in self.layer_rows.iter_mut().zip(&other.layer_rows) {
+            *a += b;
+        }
+        let (d, o) = (&mut self.data, &other.data);
+        d.rows += o.rows;
+        for (a, b) in d.position_totals.iter_mut().zip(&o.position_totals) {
+            *a += b;
+        }
+        for (a, b) in d.token_occurrences.iter_mut().zip(&o.token_occurrences) {
+            *a += b;
+        }
+        for (k, c) in &o.bigram_occurrences {
+            *d.bigram_occurrences.entry(*k).or_insert(0) += c;
+        }
+        for (k, c) in &o.trigram_occurrences {
+            *d.trigram_occurrences.entry(*k).or_insert(0) += c;
+        }
+        Ok(())
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.data.rows
+    }
+
+    pub fn layer_rows(&self) -> &[u64] {
+        &self.layer_rows
+    }
+
+    pub fn position_totals(&self) -> &[u64] {
+        &self.data.position_totals
+    }
+
+    pub fn token_occurrences(&self) -> &[u64] {
+        &self.data.token_occurrences
+    }
+
+    fn acc(&self, layer: usize, neuron: usize) -> Result<Option<&NeuronAcc>, StatsError> {
+        let l = self.layers.get(layer).ok_or_else(|| StatsError::Value(format!("layer {layer} out of range")))?;
+        let a = l.get(neuron).ok_or_else(|| StatsError::Value(format!("neuron {neuron} out of range")))?;
+        Ok(a.as_deref())
+    }
+
+    /// Activations of one neuron at each position (all rows, BOS included).
+    pub fn position_counts(&self, layer: usize, neuron: usize) -> Result<Vec<u32>, StatsError> {
+        Ok(self.acc(layer, neuron)?.map_or_else(|| vec![0; self.config.max_positions], |a| a.positions.clone()))
+    }
+
+    /// (token id, activations) of one neuron on non-BOS rows, heaviest first.
+    pub fn token_counts(&self, layer: usize, neuron: usize) -> Result<Vec<(u32, u32)>, StatsError> {
+        let mut v = self.acc(layer, neuron)?.map_or_else(Vec::new, |a| a.tokens.nonzero());
+        sort_by_count(&mut v);
+        Ok(v)
+    }
+
+    /// Bytes held by the accumulators (heap estimate), for memory reports.
+    pub fn memory_bytes(&self) -> usize {
+        let neurons: usize = self
+            .layers
+            .iter()
+            .map(|l| l.len() * 8 + l.iter().flatten().map(|a| a.heap_bytes()).sum::<usize>())
+            .sum();
+        let d = &self.data;
+        neurons
+            + d.position_totals.len() * 8
+            + d.token_occurrences.len() * 8
+            + (d.bigram_occurrences.capacity() + d.trigram_occurrences.capacity()) * 13
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>, StatsError> {
+        let mut out = MAGIC.to_vec();
+        bincode::serialize_into(&mut out, self).map_err(|e| StatsError::Decode(e.to_string()))?;
+        Ok(out)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StatsError> {
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(StatsError::Decode("not a NeuronStats state (bad header); was it written by this version?".into()));
+        }
+        bincode::deserialize(&bytes[MAGIC.len()..]).map_err(|e| StatsError::Decode(format!("corrupt NeuronStats state: {e}")))
+    }
+
+    fn check_complete(&self) -> Result<(), StatsError> {
+        if self.data.rows == 0 {
+            return Err(StatsError::Value("no tokens were counted: call update() with data for layer 0 (and every other layer) first".into()));
+        }
+        for (l, &r) in self.layer_rows.iter().enumerate() {
+            if r != self.data.rows {
+                return Err(StatsError::Value(format!(
+                    "layer {l} was updated with {r} rows but layer 0 with {}: update every layer with the same tokens",
+                    self.data.rows
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn finalize_neuron(&self, acc: Option<&NeuronAcc>, dp: &DetectorParams, pp: &PositionalParams) -> NeuronResult {
+        let zero = CoverageBounds { lo: 0, hi: 0 };
+        let Some(a) = acc else {
+            return NeuronResult {
+                n_active: 0,
+                cover: [zero; 3],
+                tokens: None,
+                trigrams: None,
+                pos: positional::PositionalResult { mi: 0.0, kind: None, strong: false, intervals: Vec::new() },
+            };
+        };
+        let d = &self.data;
+        let mut toks = a.tokens.nonzero();
+        sort_by_count(&mut toks);
+        let c1 = coverage_bounds(&toks, a.n_counted, 0, dp.coverage);
+        let tokens = detect(&toks, a.n_counted, c1, dp.max_tokens, |t| d.token_occurrences[t as usize], dp);
+        let bounds = |s: &NgramSummary| {
+            let mut v: Vec<(u64, u32)> = s.counts.iter().map(|(&k, &c)| (k, c)).collect();
+            sort_by_count(&mut v);
+            let b = coverage_bounds(&v, s.total, s.slack, dp.coverage);
+            (v, b)
+        };
+        let (_, c2) = bounds(&a.bigrams);
+        let (tri, c3) = bounds(&a.trigrams);
+        let trigrams = detect(&tri, a.trigrams.total, c3, dp.max_trigrams, |k| d.trigram_occurrences.get(&k).copied().unwrap_or(0) as u64, dp);
+        let pos = positional::analyze(&a.positions, &d.position_totals, pp);
+        NeuronResult { n_active: a.n_active, cover: [c1, c2, c3], tokens, trigrams, pos }
+    }
+
+    /// Turn the accumulators into `neurons` table columns (METHOD.md definitions).
+    pub fn finalize(&self, dp: &DetectorParams, pp: &PositionalParams) -> Result<Finalized, StatsError> {
+        self.check_complete()?;
+        let cfg = &self.config;
+        let results: Vec<NeuronResult> = self
+            .layers
+            .par_iter()
+            .flat_map(|l| l.par_iter().map(|a| self.finalize_neuron(a.as_deref(), dp, pp)))
+            .collect();
+        let mut f = Finalized::default();
+        f.detected_tokens_offsets.push(0);
+        f.detected_trigrams_offsets.push(0);
+        f.intervals_offsets.push(0);
+        let total = self.data.rows as f64;
+        for (i, r) in results.into_iter().enumerate() {
+            f.layer.push((i / cfg.n_neurons) as u16);
+            f.neuron.push((i % cfg.n_neurons) as u32);
+            f.n_active.push(r.n_active);
+            f.frequency.push(r.n_active as f64 / total);
+            f.dead.push(r.n_active == 0);
+            f.cover_1.push(r.cover[0].lo);
+            f.cover_2.push(r.cover[1].lo);
+            f.cover_2_max.push(r.cover[1].hi);
+            f.cover_3.push(r.cover[2].lo);
+            f.cover_3_max.push(r.cover[2].hi);
+            f.token_detector.push(r.tokens.is_some());
+            f.detected_tokens.extend(r.tokens.unwrap_or_default());
+            f.detected_tokens_offsets.push(f.detected_tokens.len() as u64);
+            f.trigram_detector.push(r.trigrams.is_some());
+            for k in r.trigrams.unwrap_or_default() {
+                f.detected_trigrams.extend(unpack_key(k, 3));
+            }
+            f.detected_trigrams_offsets.push(f.detected_trigrams.len() as u64 / 3);
+            f.mi_position.push(r.pos.mi);
+            f.positional.push(r.pos.kind.is_some());
+            f.positional_kind.push(r.pos.kind.map_or("", |k| k.name()));
+            f.positional_strong.push(r.pos.strong);
+            for (s, e) in r.pos.intervals {
+                f.interval_start.push(s);
+                f.interval_end.push(e);
+            }
+            f.intervals_offsets.push(f.interval_start.len() as u64);
+        }
+        Ok(f)
+    }
+}
+
+fn add_activations(acc: &mut NeuronAcc, active_rows: &[u32], rows: &Rows, cfg: &StatsConfig) {
+    acc.n_active += active_rows.len() as u64;
+    for &i in active_rows {
+        let i = i as usize;
+        acc.positions[rows.positions[i] as usize] += 1;
+        if !rows.counted[i] {
+            continue;
+        }
+        acc.n_counted += 1;
+        acc.tokens.add(rows.tokens[i], 1, cfg.vocab_size);
+        if rows.bigram[i] != NO_KEY {
+            acc.bigrams.add(rows.bigram[i], 1, cfg.ngram_capacity);
+        }
+        if rows.trigram[i] != NO_KEY {
+            acc.trigrams.add(rows.trigram[i], 1, cfg.ngram_capacity);
+        }
+    }
+}
