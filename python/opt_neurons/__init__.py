@@ -1,0 +1,22 @@
+"""opt_neurons: dead, n-gram-detecting and positional neurons in OPT language models
+(Voita et al. 2023), with a Rust core for the counting."""
+
+from ._core import __version__
+from .analysis import Analysis, load
+from .errors import DataError, ModelError, OptNeuronsError, OutOfMemoryError
+from .params import Thresholds
+from .pipeline import analyze
+from .stats import NeuronStats
+
+__all__ = [
+    "Analysis",
+    "DataError",
+    "ModelError",
+    "NeuronStats",
+    "OptNeuronsError",
+    "OutOfMemoryError",
+    "Thresholds",
+    "__version__",
+    "analyze",
+    "load",
+]

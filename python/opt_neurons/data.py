@@ -1,0 +1,169 @@
+"""Turn user data into sequences of token ids (METHOD.md "Data"): each sequence starts with BOS,
+documents are packed back to back with the BOS/EOS separator, T tokens per sequence."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+
+TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+@dataclass
+class TokenData:
+    """Sequences (rows of `tokens`, each `lengths[i]` long, positions 0..len-1) and where they came from."""
+
+    tokens: np.ndarray  # (n_seq, T) int64, padded with BOS past each length
+    lengths: np.ndarray  # (n_seq,) int64
+    sources: list[dict] = field(default_factory=list)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    def content_hash(self) -> str:
+        h = hashlib.sha256()
+        for row, n in zip(self.tokens, self.lengths):
+            h.update(np.ascontiguousarray(row[:n], dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+
+def read_text_file(path: Path) -> Iterator[str]:
+    if path.suffix == ".txt":
+        yield path.read_text(encoding="utf-8", errors="replace")
+    elif path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as fh:
+            for i, line in enumerate(fh):
+                if line.strip():
+                    obj = json.loads(line)
+                    if not isinstance(obj, dict) or "text" not in obj:
+                        raise DataError(f"{path}:{i + 1}: each JSONL line must be an object with a 'text' field")
+                    yield obj["text"]
+    elif path.suffix == ".parquet":
+        import polars as pl
+
+        df = pl.read_parquet(path)
+        if "text" not in df.columns:
+            raise DataError(f"{path} has no 'text' column (columns: {df.columns})")
+        yield from df["text"].drop_nulls().to_list()
+    else:
+        raise DataError(f"{path}: unsupported file type; use .txt, .jsonl (field 'text') or .parquet (column 'text')")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def text_documents(data: Any) -> tuple[Iterator[str], list[dict]]:
+    """Documents and source descriptions for: None (bundled corpus), a file, a folder, or strings."""
+    if data is None:
+        from . import corpus
+
+        docs = (text for _, text in corpus.iter_documents())
+        return docs, [{"name": "opt_neurons bundled corpus", "sha256": corpus.content_hash()}]
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
+            if not files:
+                raise DataError(f"folder {path} holds no .txt, .jsonl or .parquet files")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise DataError(f"data path {str(path)!r} does not exist; pass a file, a folder, or an iterable of strings")
+        sources = [{"name": str(p), "sha256": file_sha256(p)} for p in files]
+        return (doc for p in files for doc in read_text_file(p)), sources
+    if isinstance(data, Iterable):
+        h = hashlib.sha256()
+
+        def docs() -> Iterator[str]:
+            for d in data:
+                if not isinstance(d, str):
+                    raise DataError(f"data iterables must yield strings, got {type(d).__name__}")
+                h.update(d.encode())
+                yield d
+
+        return docs(), [{"name": "iterable of strings", "sha256": None, "hash": h}]
+    raise DataError(f"unsupported data of type {type(data).__name__}: pass a path, strings, or a (n_seq, T) array of ids")
+
+
+def pack_documents(docs: Iterable[str], tokenizer: Any, *, seq_len: int, n_tokens: int, bos_id: int) -> TokenData:
+    """Pack documents back to back with the BOS/EOS separator into sequences of `seq_len` tokens,
+    each starting with BOS, until `n_tokens` tokens; a shorter last sequence is kept."""
+    if tokenizer is None:
+        raise DataError("the model has no tokenizer to turn text into tokens: pass data as a (n_seq, T) array of token ids")
+    n_seq = max(1, -(-n_tokens // seq_len))
+    body = seq_len - 1
+    need = n_seq * body
+    stream: list[int] = []
+    for doc in docs:
+        ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+        if stream:
+            stream.append(bos_id)
+        stream.extend(ids)
+        if len(stream) >= need:
+            break
+    if not stream:
+        raise DataError("the data is empty: no tokens after tokenization; pass non-empty text")
+    stream = stream[:need]
+    rows = [stream[i : i + body] for i in range(0, len(stream), body)]
+    tokens = np.full((len(rows), seq_len), bos_id, dtype=np.int64)
+    lengths = np.zeros(len(rows), dtype=np.int64)
+    for i, r in enumerate(rows):
+        tokens[i, 1 : 1 + len(r)] = r
+        lengths[i] = 1 + len(r)
+    return TokenData(tokens, lengths)
+
+
+def token_array(data: Any, *, max_positions: int, vocab_size: int) -> TokenData:
+    """A ready (n_seq, T) array of token ids, used exactly as given."""
+    arr = data.detach().cpu().numpy() if hasattr(data, "detach") else np.asarray(data)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise DataError(f"token id arrays must be non-empty 2-D (n_seq, T), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"token id arrays must hold integers, got {arr.dtype}")
+    if arr.shape[1] > max_positions:
+        raise DataError(
+            f"sequences of {arr.shape[1]} tokens are longer than the model allows ({max_positions} positions): "
+            f"cut them to at most {max_positions}"
+        )
+    if arr.min() < 0 or arr.max() >= vocab_size:
+        raise DataError(f"token ids must lie in [0, {vocab_size}), got [{arr.min()}, {arr.max()}]")
+    h = hashlib.sha256(np.ascontiguousarray(arr, dtype=np.int64).tobytes()).hexdigest()
+    return TokenData(arr.astype(np.int64), np.full(arr.shape[0], arr.shape[1], dtype=np.int64),
+                     [{"name": f"token array {arr.shape}", "sha256": h}])  # fmt: skip
+
+
+def is_token_array(data: Any) -> bool:
+    return hasattr(data, "ndim") and getattr(data, "ndim", 0) == 2 and not isinstance(data, (str, Path))
+
+
+def prepare_data(data: Any, tokenizer: Any, *, seq_len: int, max_positions: int, n_tokens: int, bos_id: int,
+                 vocab_size: int) -> TokenData:  # fmt: skip
+    if seq_len > max_positions:
+        raise DataError(
+            f"seq_len {seq_len} is beyond the model's {max_positions} positions: use seq_len <= {max_positions}"
+        )
+    if n_tokens <= 0:
+        raise DataError(f"n_tokens must be positive, got {n_tokens}")
+    if is_token_array(data):
+        return token_array(data, max_positions=max_positions, vocab_size=vocab_size)
+    docs, sources = text_documents(data)
+    packed = pack_documents(docs, tokenizer, seq_len=seq_len, n_tokens=n_tokens, bos_id=bos_id)
+    for s in sources:
+        if "hash" in s:
+            s["sha256"] = s.pop("hash").hexdigest()
+    packed.sources = sources
+    return packed

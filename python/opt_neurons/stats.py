@@ -1,0 +1,118 @@
+"""Public accumulator API: feed packed bitmasks captured by any tool, merge shards, finalize."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .errors import DataError
+from .params import Thresholds
+
+
+def as_bits(bits: Any) -> np.ndarray:
+    """(rows, words) uint64 view of packed bits given as numpy/torch, uint64 or int64."""
+    if hasattr(bits, "detach"):  # torch tensor
+        bits = bits.detach().cpu().numpy()
+    bits = np.asarray(bits)
+    if bits.ndim != 2:
+        raise DataError(f"bits must be 2-D (rows, ceil(n_neurons/64)), got shape {bits.shape}")
+    if bits.dtype == np.int64:
+        bits = bits.view(np.uint64)
+    elif bits.dtype != np.uint64:
+        raise DataError(f"bits must be uint64 or int64 words, got {bits.dtype}")
+    return np.ascontiguousarray(bits)
+
+
+def as_u32(a: Any, name: str) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    a = np.asarray(a)
+    if a.ndim != 1:
+        raise DataError(f"{name} must be 1-D (rows,), got shape {a.shape}")
+    if a.size and (a.min() < 0 or a.max() > np.iinfo(np.uint32).max):
+        raise DataError(f"{name} must be non-negative 32-bit integers")
+    return np.ascontiguousarray(a, dtype=np.uint32)
+
+
+class NeuronStats:
+    """Streaming neuron statistics: counts per neuron, per (neuron, position), per (neuron, token id)
+    and per (neuron, n-gram), from activation bitmasks (bit j of word w = neuron 64 w + j).
+
+    Every layer must be updated with the same rows; layer 0's updates also count the data.
+    Accumulators of shards add up with `merge`; `finalize` returns the tables.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        n_neurons: int,
+        vocab_size: int,
+        max_positions: int,
+        *,
+        bos_token_id: int | None = 2,
+        ngram_capacity: int = 1024,
+    ) -> None:
+        self._core = _core.NeuronStats(
+            n_layers, n_neurons, vocab_size, max_positions, bos_token_id=bos_token_id, ngram_capacity=ngram_capacity
+        )
+
+    @classmethod
+    def _wrap(cls, core: _core.NeuronStats) -> NeuronStats:
+        self = cls.__new__(cls)
+        self._core = core
+        return self
+
+    @property
+    def config(self) -> dict:
+        return self._core.config
+
+    @property
+    def rows(self) -> int:
+        return self._core.rows
+
+    def update(self, layer: int, bits: Any, token_ids: Any, positions: Any) -> None:
+        self._core.update(layer, as_bits(bits), as_u32(token_ids, "token_ids"), as_u32(positions, "positions"))
+
+    def merge(self, other: NeuronStats) -> None:
+        self._core.merge(other._core)
+
+    def memory_bytes(self) -> int:
+        return self._core.memory_bytes()
+
+    def position_counts(self, layer: int, neuron: int) -> np.ndarray:
+        return self._core.position_counts(layer, neuron)
+
+    def token_counts(self, layer: int, neuron: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._core.token_counts(layer, neuron)
+
+    def position_totals(self) -> np.ndarray:
+        return self._core.position_totals()
+
+    def token_occurrences(self) -> np.ndarray:
+        return self._core.token_occurrences()
+
+    def to_bytes(self) -> bytes:
+        return self._core.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NeuronStats:
+        return cls._wrap(_core.NeuronStats.from_bytes(data))
+
+    def __getstate__(self) -> bytes:
+        return self.to_bytes()
+
+    def __setstate__(self, state: bytes) -> None:
+        self._core = _core.NeuronStats.from_bytes(state)
+
+    def finalize(self, *, tokenizer: Any = None, model: Any = None, **thresholds: Any):
+        """The `neurons`, `layers`, `tokens` and `positions` tables (see `tables.Tables`).
+
+        tokenizer: fills `detected_strings`; model: fills the suppression columns.
+        thresholds: any field of `Thresholds`.
+        """
+        from .tables import build_tables
+
+        t = Thresholds.from_overrides(thresholds)
+        return build_tables(self, t, tokenizer=tokenizer, model=model)

@@ -1,0 +1,80 @@
+"""Do token detectors suppress their own triggers? (paper section 4.3)
+
+A neuron's value vector v = fc2.weight[:, n] (through project_out where the model has one) is
+scored against the unembedding: s_t = W_U[t] . v. Computed on the device the weights live on,
+for detectors (and the random baseline neurons) only, in chunks of columns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from .model import decoder_layers, output_projection
+from .params import Thresholds
+
+CHUNK = 256
+
+
+@torch.inference_mode()
+def value_scores(model: Any, layer: int, neurons: list[int]) -> torch.Tensor:
+    """(vocab, len(neurons)) float32 scores of the neurons' value vectors against the unembedding."""
+    fc2 = decoder_layers(model)[layer].fc2
+    w_u = model.get_output_embeddings().weight
+    project = output_projection(model)
+    out = []
+    for i in range(0, len(neurons), CHUNK):
+        idx = torch.tensor(neurons[i : i + CHUNK], device=fc2.weight.device)
+        v = fc2.weight.index_select(1, idx).float()
+        if project is not None:
+            v = project.weight.float().to(v.device) @ v
+        out.append((w_u.float() @ v.to(w_u.device)).cpu())
+    return torch.cat(out, dim=1) if out else torch.empty(w_u.shape[0], 0)
+
+
+def suppression_columns(model: Any, neurons: pl.DataFrame, t: Thresholds) -> pl.DataFrame:
+    """Columns suppression_score, suppresses_triggers, detected_token_ranks, suppression_baseline."""
+    n = neurons.height
+    score = np.full(n, np.nan)
+    flag: list = [None] * n
+    ranks: list = [None] * n
+    baseline = np.full(n, np.nan)
+    rng = np.random.default_rng(t.seed)
+    layer_col = neurons["layer"].to_numpy()
+    det = neurons["token_detector"].to_numpy()
+    alive_plain = (~neurons["dead"].to_numpy()) & ~det
+    detected = neurons["detected_tokens"].to_list()
+    row_of = {}
+    for layer in np.unique(layer_col[det]):
+        rows = np.flatnonzero(det & (layer_col == layer))
+        ids = neurons["neuron"].to_numpy()[rows].tolist()
+        scores = value_scores(model, int(layer), ids)
+        for j, r in enumerate(rows):
+            toks = torch.tensor(detected[r])
+            col = scores[:, j]
+            mean = float(col[toks].mean())
+            score[r] = mean
+            flag[r] = mean < 0
+            # Rank 0 = most suppressed: count of vocabulary scores strictly below each token's.
+            ranks[r] = [int((col < col[tk]).sum()) for tk in toks]
+        pool = neurons["neuron"].to_numpy()[alive_plain & (layer_col == layer)]
+        if len(pool) and t.baseline_draws > 0:
+            draws = rng.choice(pool, size=(len(rows), t.baseline_draws), replace=True)
+            uniq = np.unique(draws).tolist()
+            row_of = {nid: k for k, nid in enumerate(uniq)}
+            base_scores = value_scores(model, int(layer), uniq)
+            for j, r in enumerate(rows):
+                toks = torch.tensor(detected[r])
+                cols = base_scores[:, [row_of[d] for d in draws[j]]]
+                baseline[r] = float((cols[toks].mean(dim=0) < 0).float().mean())
+    return pl.DataFrame(
+        {
+            "suppression_score": pl.Series(score, dtype=pl.Float64).fill_nan(None),
+            "suppresses_triggers": pl.Series(flag, dtype=pl.Boolean),
+            "detected_token_ranks": pl.Series(ranks, dtype=pl.List(pl.UInt32)),
+            "suppression_baseline": pl.Series(baseline, dtype=pl.Float64).fill_nan(None),
+        }
+    )

@@ -1,0 +1,183 @@
+"""Assemble the Rust core's columns into the polars tables of METHOD.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from .params import Thresholds
+
+if TYPE_CHECKING:
+    from .stats import NeuronStats
+
+INTERVAL = pl.Struct({"start": pl.UInt32, "end": pl.UInt32})
+KINDS = ("oscillatory", "two_sided", "one_sided", "other")
+
+
+@dataclass
+class Tables:
+    neurons: pl.DataFrame
+    layers: pl.DataFrame
+    tokens: pl.DataFrame
+    positions: pl.DataFrame
+
+
+def ragged(values: np.ndarray, offsets: np.ndarray, present: np.ndarray) -> list:
+    """Python lists per row from flat values + offsets; None where `present` is False."""
+    out: list = [None] * len(present)
+    for i in np.flatnonzero(present):
+        out[i] = values[offsets[i] : offsets[i + 1]].tolist()
+    return out
+
+
+def decode_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
+    return [tokenizer.decode([t]) for t in ids]
+
+
+def build_tables(stats: NeuronStats, t: Thresholds, *, tokenizer: Any = None, model: Any = None) -> Tables:
+    f = stats._core.finalize(**t.core_kwargs())
+    n = len(f["layer"])
+    det = f["token_detector"]
+    tri = f["trigram_detector"]
+    pos = f["positional"]
+    detected = ragged(f["detected_tokens"], f["detected_tokens_offsets"], det)
+    trigrams_flat = f["detected_trigrams"].reshape(-1, 3)
+    trigrams = ragged(trigrams_flat, f["detected_trigrams_offsets"], tri)
+    starts = ragged(f["interval_start"], f["intervals_offsets"], pos)
+    ends = ragged(f["interval_end"], f["intervals_offsets"], pos)
+    intervals = [None if s is None else [{"start": a, "end": b} for a, b in zip(s, e)] for s, e in zip(starts, ends)]
+    strings = [None] * n
+    if tokenizer is not None:
+        strings = [None if d is None else decode_tokens(tokenizer, d) for d in detected]
+    neurons = pl.DataFrame(
+        {
+            "layer": pl.Series(f["layer"], dtype=pl.UInt16),
+            "neuron": pl.Series(f["neuron"], dtype=pl.UInt32),
+            "n_active": pl.Series(f["n_active"], dtype=pl.UInt64),
+            "frequency": f["frequency"],
+            "dead": f["dead"],
+            "cover_1": pl.Series(f["cover_1"], dtype=pl.UInt32),
+            "cover_2": pl.Series(f["cover_2"], dtype=pl.UInt32),
+            "cover_3": pl.Series(f["cover_3"], dtype=pl.UInt32),
+            "cover_2_max": pl.Series(f["cover_2_max"], dtype=pl.UInt32),
+            "cover_3_max": pl.Series(f["cover_3_max"], dtype=pl.UInt32),
+            "token_detector": det,
+            "detected_tokens": pl.Series(detected, dtype=pl.List(pl.UInt32)),
+            "detected_strings": pl.Series(strings, dtype=pl.List(pl.String)),
+            "trigram_detector": tri,
+            "detected_trigrams": pl.Series(trigrams, dtype=pl.List(pl.List(pl.UInt32))),
+            "mi_position": f["mi_position"],
+            "positional": pos,
+            "positional_kind": pl.Series([k or None for k in f["positional_kind"]], dtype=pl.String),
+            "positional_strong": f["positional_strong"],
+            "active_intervals": pl.Series(intervals, dtype=pl.List(INTERVAL)),
+        }
+    )
+    if model is not None:
+        from .suppression import suppression_columns
+
+        neurons = neurons.hstack(suppression_columns(model, neurons, t))
+    else:
+        neurons = neurons.with_columns(
+            pl.lit(None, dtype=pl.Float64).alias("suppression_score"),
+            pl.lit(None, dtype=pl.Boolean).alias("suppresses_triggers"),
+            pl.lit(None, dtype=pl.List(pl.UInt32)).alias("detected_token_ranks"),
+            pl.lit(None, dtype=pl.Float64).alias("suppression_baseline"),
+        )
+    return Tables(
+        neurons=neurons,
+        layers=layers_table(neurons),
+        tokens=tokens_table(neurons, stats, tokenizer),
+        positions=positions_table(neurons, stats),
+    )
+
+
+def layers_table(neurons: pl.DataFrame) -> pl.DataFrame:
+    kind = pl.col("positional_kind")
+    per_layer = (
+        neurons.group_by("layer", maintain_order=True)
+        .agg(
+            pl.len().cast(pl.UInt32).alias("n_neurons"),
+            pl.col("dead").sum().cast(pl.UInt32).alias("n_dead"),
+            pl.col("dead").mean().alias("dead_fraction"),
+            pl.col("frequency").filter(~pl.col("dead")).mean().alias("mean_frequency_alive"),
+            pl.col("token_detector").sum().cast(pl.UInt32).alias("n_token_detectors"),
+            pl.col("trigram_detector").sum().cast(pl.UInt32).alias("n_trigram_detectors"),
+            pl.col("positional").sum().cast(pl.UInt32).alias("n_positional"),
+            (kind == "oscillatory").sum().cast(pl.UInt32).alias("n_oscillatory"),
+            (kind == "two_sided").sum().cast(pl.UInt32).alias("n_two_sided"),
+            (kind == "one_sided").sum().cast(pl.UInt32).alias("n_one_sided"),
+            (kind == "other").sum().cast(pl.UInt32).alias("n_other_positional"),
+            pl.col("suppresses_triggers").filter(pl.col("token_detector")).mean().alias("suppressing_fraction"),
+            pl.col("suppression_baseline").filter(pl.col("token_detector")).mean().alias("suppressing_fraction_baseline"),
+        )
+        .sort("layer")
+    )
+    covered, new_prev, new_all = [], [], []
+    seen: set[int] = set()
+    previous: set[int] = set()
+    by_layer: dict[int, set[int]] = {}
+    for layer, toks in neurons.filter(pl.col("token_detector")).select("layer", "detected_tokens").iter_rows():
+        by_layer.setdefault(layer, set()).update(toks)
+    for layer in per_layer["layer"]:
+        s = by_layer.get(layer, set())
+        covered.append(len(s))
+        new_prev.append(len(s - previous))
+        new_all.append(len(s - seen))
+        previous = s
+        seen |= s
+    cols = [
+        pl.Series("n_tokens_covered", covered, dtype=pl.UInt32),
+        pl.Series("n_new_tokens_vs_previous", new_prev, dtype=pl.UInt32),
+        pl.Series("n_new_tokens_overall", new_all, dtype=pl.UInt32),
+    ]
+    order = [
+        "layer", "n_neurons", "n_dead", "dead_fraction", "mean_frequency_alive", "n_token_detectors",
+        "n_trigram_detectors", "n_tokens_covered", "n_new_tokens_vs_previous", "n_new_tokens_overall",
+        "n_positional", "n_oscillatory", "n_two_sided", "n_one_sided", "n_other_positional",
+        "suppressing_fraction", "suppressing_fraction_baseline",
+    ]  # fmt: skip
+    return per_layer.with_columns(cols).select(order)
+
+
+def tokens_table(neurons: pl.DataFrame, stats: NeuronStats, tokenizer: Any) -> pl.DataFrame:
+    """One row per token covered by some token detector: who detects it and how common it is."""
+    occ = stats.token_occurrences()
+    counted = max(int(occ.sum()), 1)
+    pairs = (
+        neurons.filter(pl.col("token_detector"))
+        .select("layer", "neuron", pl.col("detected_tokens").alias("token"))
+        .explode("token")
+    )
+    grouped = (
+        pairs.group_by("token")
+        .agg(
+            pl.col("layer").unique().sort().alias("layers"),
+            pl.struct("layer", "neuron").sort_by("layer", "neuron").alias("detectors"),
+        )
+        .sort("token")
+    )
+    ids = grouped["token"].to_list()
+    return grouped.with_columns(
+        pl.Series("string", decode_tokens(tokenizer, ids) if tokenizer is not None else [None] * len(ids), dtype=pl.String),
+        pl.Series("n_occurrences", occ[ids] if ids else [], dtype=pl.UInt64),
+        pl.Series("frequency", (occ[ids] / counted) if ids else [], dtype=pl.Float64),
+        pl.col("detectors").list.len().cast(pl.UInt32).alias("n_detectors"),
+    ).select("token", "string", "n_occurrences", "frequency", "n_detectors", "layers", "detectors")
+
+
+def positions_table(neurons: pl.DataFrame, stats: NeuronStats) -> pl.DataFrame:
+    """fr(p) of every positional neuron: `fr[p]` = activations at position p / tokens at p
+    (NaN where the data has no token at p), p = 0 .. last position seen."""
+    totals = stats.position_totals().astype(np.float64)
+    last = int(np.flatnonzero(totals)[-1]) + 1 if totals.any() else 0
+    rows = neurons.filter(pl.col("positional")).select("layer", "neuron", "positional_kind")
+    curves = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for layer, neuron, _ in rows.iter_rows():
+            counts = stats.position_counts(layer, neuron)[:last].astype(np.float64)
+            curves.append(np.where(totals[:last] > 0, counts / totals[:last], np.nan).tolist())
+    return rows.with_columns(pl.Series("fr", curves, dtype=pl.List(pl.Float64)))
