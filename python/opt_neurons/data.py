@@ -109,6 +109,8 @@ def pack_documents(docs: Iterable[str], tokenizer: Any, *, seq_len: int, n_token
     need = n_seq * body
     stream: list[int] = []
     for doc in docs:
+        if not doc.strip():  # blank documents would only add separators
+            continue
         ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
         if stream:
             stream.append(bos_id)
