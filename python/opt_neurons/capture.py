@@ -46,7 +46,10 @@ class BitCapture:
         self.batch: list = []
         self.pending: queue.Queue = queue.Queue(maxsize=2)  # committed batches not yet counted
         self.error: BaseException | None = None
-        self.counted_upto = 0  # the end (sequence index) of the last batch counted in full
+        # Resumable point: every sequence before `counted_upto` is counted in all layers, and (when
+        # `consistent`) nothing after it. Layer-major runs count partial blocks in between.
+        self.counted_upto = 0
+        self.consistent = True
         self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(fc1_modules)]
         self.worker = threading.Thread(target=self._consume, daemon=True, name="opt-neurons-counter")
         self.worker.start()
@@ -70,13 +73,17 @@ class BitCapture:
 
         return hook
 
-    def commit(self, upto: int) -> None:
-        """Hand the finished forward pass's bitmasks to the counting thread; `upto` is the index
-        after the batch's last sequence, recorded once the batch is counted."""
+    def commit(self, upto: int | None) -> None:
+        """Hand the finished forward pass's bitmasks to the counting thread. `upto`: the index after
+        the batch's last sequence when every layer of every sequence before it is now captured."""
         if self.error is not None:
             raise self.error
         self.pending.put((self.batch, self.rows, upto))
         self.batch = []
+
+    def mark_done(self, upto: int) -> None:
+        """Every layer of every sequence before `upto` has been committed."""
+        self.commit(upto)
 
     def _consume(self) -> None:
         while True:
@@ -91,7 +98,10 @@ class BitCapture:
                     if event is not None:
                         event.synchronize()
                     self.stats.update(layer, packed.numpy().view(np.uint64), tokens, positions)
-                self.counted_upto = upto
+                if upto is not None:
+                    self.counted_upto, self.consistent = upto, True
+                elif batch:
+                    self.consistent = False
             except BaseException as e:  # surfaced on the main thread
                 self.error = e
             finally:

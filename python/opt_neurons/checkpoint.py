@@ -15,13 +15,13 @@ from .stats import NeuronStats
 DIR = "checkpoint"
 
 
-def _paths(out: Path) -> tuple[Path, Path]:
-    d = out / DIR
+def _paths(out: Path, name: str) -> tuple[Path, Path]:
+    d = out / name
     return d / "state.bin", d / "progress.json"
 
 
-def save(out: Path, stats: NeuronStats, sequences_done: int, fingerprint: dict) -> None:
-    state, progress = _paths(out)
+def save(out: Path, stats: NeuronStats, sequences_done: int, fingerprint: dict, name: str = DIR) -> None:
+    state, progress = _paths(out, name)
     state.parent.mkdir(parents=True, exist_ok=True)
     tmp = state.with_suffix(".tmp")
     tmp.write_bytes(stats.to_bytes())
@@ -31,9 +31,9 @@ def save(out: Path, stats: NeuronStats, sequences_done: int, fingerprint: dict) 
     os.replace(tmp, progress)
 
 
-def load(out: Path, fingerprint: dict) -> tuple[NeuronStats, int] | None:
+def load(out: Path, fingerprint: dict, name: str = DIR) -> tuple[NeuronStats, int] | None:
     """The saved state and its sequence count, if a checkpoint of this same run exists."""
-    state, progress = _paths(out)
+    state, progress = _paths(out, name)
     if not (state.exists() and progress.exists()):
         return None
     p = json.loads(progress.read_text())
@@ -42,8 +42,8 @@ def load(out: Path, fingerprint: dict) -> tuple[NeuronStats, int] | None:
     return NeuronStats.from_bytes(state.read_bytes()), int(p["sequences_done"])
 
 
-def clear(out: Path) -> None:
-    state, progress = _paths(out)
+def clear(out: Path, name: str = DIR) -> None:
+    state, progress = _paths(out, name)
     for f in (state, progress):
         f.unlink(missing_ok=True)
     if state.parent.exists() and not any(state.parent.iterdir()):

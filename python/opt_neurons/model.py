@@ -84,52 +84,101 @@ def load_tokenizer(source: str, **kwargs: Any) -> Any:
         return None
 
 
-def load_model(model: Any, *, dtype: Any = None, device_map: Any = None, revision: str | None = None) -> LoadedModel:
-    """`model`: hub id, local directory, "demo", or an already loaded transformers model."""
-    if not isinstance(model, (str, os.PathLike)):
-        check_relu(model)
-        name = getattr(model.config, "_name_or_path", "") or type(model).__name__
-        tok = load_tokenizer(name) if name else None
-        device = next(model.parameters()).device
-        return LoadedModel(model, tok, name, getattr(model.config, "_commit_hash", None), device)
-
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_config(model: str, revision: str | None) -> tuple[Any, str]:
+    """The OPT config of a hub id / directory / "demo", and the name to load it by; checks it is OPT + ReLU."""
+    from transformers import AutoConfig
 
     name = resolve_name(str(model))
     try:
         config = AutoConfig.from_pretrained(name, revision=revision)
     except Exception as e:
         raise ModelError(
-            f"cannot find model {model!r} as a local directory or in the Hugging Face cache ({type(e).__name__}: {e}). "
-            "Check the id (e.g. facebook/opt-125m), download it first with `huggingface-cli download ID` "
-            "when offline, or pass a local directory."
+            f"cannot find model {str(model)!r} as a local directory or in the Hugging Face cache "
+            f"({type(e).__name__}: {e}). Check the id (e.g. facebook/opt-125m), download it first with "
+            "`huggingface-cli download ID` when offline, or pass a local directory."
         ) from e
     if getattr(config, "model_type", None) != "opt":
         raise ModelError(
-            f"{model!r} is a {getattr(config, 'model_type', '?')!r} model, not OPT: expected {EXPECTED}. "
+            f"{str(model)!r} is a {getattr(config, 'model_type', '?')!r} model, not OPT: expected {EXPECTED}. "
             "Pass an OPT checkpoint such as facebook/opt-125m."
         )
     if getattr(config, "activation_function", None) != "relu":
-        raise ModelError(
-            f"{model!r} uses activation {config.activation_function!r}, not 'relu': expected {EXPECTED}."
-        )
-    device = default_device()
-    torch_dtype = resolve_dtype(dtype, device)
-    kwargs: dict = {"revision": revision, "dtype": torch_dtype}
+        raise ModelError(f"{str(model)!r} uses activation {config.activation_function!r}, not 'relu': expected {EXPECTED}.")
+    return config, name
+
+
+def model_dir(name: str, revision: str | None) -> Path | None:
+    """The local folder holding a model's files (itself, or its snapshot in the HF cache)."""
+    if Path(name).is_dir():
+        return Path(name)
+    try:
+        from transformers.utils import cached_file
+
+        return Path(cached_file(name, "config.json", revision=revision)).parent
+    except Exception:
+        return None
+
+
+def parameter_bytes(config: Any, dtype: torch.dtype) -> int:
+    """Approximate size of an OPT model's weights, from its config alone."""
+    d, f, n = config.hidden_size, config.ffn_dim, config.num_hidden_layers
+    per_layer = 4 * d * d + 2 * d * f
+    embed = config.vocab_size * config.word_embed_proj_dim + config.max_position_embeddings * d
+    return (n * per_layer + embed) * torch.tensor([], dtype=dtype).element_size()
+
+
+def from_pretrained(name: str, **kwargs: Any) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except Exception as e:
+        raise ModelError(f"cannot load the weights of {name!r}: {type(e).__name__}: {e}") from e
+
+
+def load_model(model: Any, *, dtype: Any = None, device_map: Any = None, revision: str | None = None,
+               device: torch.device | None = None, on_host: bool = False, **load_kwargs: Any) -> LoadedModel:  # fmt: skip
+    """`model`: hub id, local directory, "demo", or an already loaded transformers model.
+    on_host: keep the weights in host memory (layer-major execution moves them per block)."""
+    device = device or default_device()
+    if not isinstance(model, (str, os.PathLike)):
+        check_relu(model)
+        name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+        tok = load_tokenizer(name) if name else None
+        dev = next(model.parameters()).device
+        return LoadedModel(model, tok, name, getattr(model.config, "_commit_hash", None), dev)
+    config, name = load_config(model, revision)
+    kwargs: dict = {"revision": revision, "dtype": resolve_dtype(dtype, device), **load_kwargs}
     if device_map is not None:
         kwargs["device_map"] = device_map
-    try:
-        hf = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    except TypeError:  # transformers < 4.56 names it torch_dtype
-        kwargs["torch_dtype"] = kwargs.pop("dtype")
-        hf = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    except Exception as e:
-        raise ModelError(f"cannot load the weights of {model!r}: {type(e).__name__}: {e}") from e
-    if device_map is None:
+    hf = from_pretrained(name, **kwargs)
+    if device_map is None and not on_host:
         hf.to(device)
-    else:
-        device = next(p.device for p in hf.parameters() if p.device.type != "meta")
+    elif device_map is not None:  # where accelerate put the first weights (inputs go there; all may be on disk)
+        device = next((p.device for p in hf.parameters() if p.device.type != "meta"), device)
     hf.eval()
     check_relu(hf)
-    tok = load_tokenizer(name, revision=revision)
-    return LoadedModel(hf, tok, str(model), getattr(config, "_commit_hash", None), device)
+    return LoadedModel(hf, load_tokenizer(name, revision=revision), str(model), getattr(config, "_commit_hash", None),
+                       device)  # fmt: skip
+
+
+def skeleton_model(model: str, *, dtype: Any = None, revision: str | None = None,
+                   device: torch.device | None = None) -> tuple[LoadedModel, list[Path]]:  # fmt: skip
+    """The model built on the meta device (no weights in memory) and its safetensors files; the
+    layer-major executor streams each layer's weights from them. ([], ...) when there are none."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or default_device()
+    config, name = load_config(model, revision)
+    folder = model_dir(name, revision)
+    from .executors import safetensors_files
+
+    files = safetensors_files(folder) if folder is not None else []
+    torch_dtype = resolve_dtype(dtype, device)
+    with torch.device("meta"):
+        hf = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    hf.eval()
+    check_relu(hf)
+    lm = LoadedModel(hf, load_tokenizer(name, revision=revision), str(model), getattr(config, "_commit_hash", None),
+                     device)  # fmt: skip
+    return lm, files

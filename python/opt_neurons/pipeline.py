@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import platform
 import time
 from pathlib import Path
@@ -11,30 +10,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, distributed, executors
 from .analysis import Analysis
 from .capture import BitCapture
-from .data import TokenData, prepare_data
-from .errors import OutOfMemoryError
-from .model import LoadedModel, decoder_layers, load_model
+from .data import prepare_data
+from .model import LoadedModel, decoder_layers, default_device, load_config, load_model, resolve_dtype
 from .params import Thresholds
 from .stats import NeuronStats
 
 DEFAULT_TOKENS = 5_000_000  # the paper's amount for sections 4-5
-
-
-def batches(data: TokenData, start: int, batch_size: int) -> list[tuple[int, int]]:
-    """[begin, end) ranges of consecutive sequences of equal length, at most batch_size each."""
-    out = []
-    i = start
-    n = len(data.lengths)
-    while i < n:
-        j = i + 1
-        while j < n and j - i < batch_size and data.lengths[j] == data.lengths[i]:
-            j += 1
-        out.append((i, j))
-        i = j
-    return out
 
 
 def bos_id_of(lm: LoadedModel) -> int:
@@ -43,31 +27,16 @@ def bos_id_of(lm: LoadedModel) -> int:
     return 2 if bos is None else int(bos)
 
 
-@contextlib.contextmanager
-def out_of_memory_hint(batch_size: int):
-    try:
-        yield
-    except torch.OutOfMemoryError as e:
-        raise OutOfMemoryError(
-            f"the device ran out of memory with batch_size={batch_size}: lower batch_size, or run the model "
-            f"offloaded (device_map='auto'). Counts so far are kept in the checkpoint when `out` is set. ({e})"
-        ) from e
-
-
-def run_forward(lm: LoadedModel, data: TokenData, capture: BitCapture, *, start: int, batch_size: int,
-                on_batch: Any) -> None:  # fmt: skip
-    """Forward every sequence from `start` on through the decoder (no LM head); hooks count bits."""
-    decoder = lm.model.model.decoder
-    with torch.inference_mode(), out_of_memory_hint(batch_size):
-        for begin, end in batches(data, start, batch_size):
-            length = int(data.lengths[begin])
-            ids = data.tokens[begin:end, :length]
-            capture.set_rows(ids.reshape(-1), np.tile(np.arange(length), end - begin))
-            x = torch.from_numpy(ids).to(lm.device)
-            decoder(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
-            capture.commit(end)
-            on_batch(end)
-    capture.flush()
+def load_for(mode: str, model: Any, *, dtype: Any, device_map: Any, revision: str | None, device: torch.device,
+             max_memory: Any, offload_folder: Any) -> tuple[LoadedModel, Any]:  # fmt: skip
+    """The model loaded the way `mode` runs it, and (layer-major) where its layers come from."""
+    if mode == "layer":
+        return executors.prepare_layer_major(model, dtype=dtype, revision=revision, device=device)
+    extra: dict = {}
+    if mode == "offload":
+        device_map = device_map or "auto"
+        extra = {k: v for k, v in {"max_memory": max_memory, "offload_folder": offload_folder}.items() if v}
+    return load_model(model, dtype=dtype, device_map=device_map, revision=revision, device=device, **extra), None
 
 
 def analyze(
@@ -84,68 +53,76 @@ def analyze(
     revision: str | None = None,
     ngram_capacity: int = 1024,
     checkpoint_every: int = 256,
+    execution: str = "auto",
+    block_size: int = 64,
+    max_memory: dict | None = None,
+    offload_folder: str | Path | None = None,
     **thresholds: Any,
-) -> Analysis:
+) -> Analysis | None:
     """Find dead, n-gram-detecting and positional neurons of an OPT model (METHOD.md).
 
     model: hub id (through the Hugging Face cache), local directory, "demo", or a loaded model.
     data: None (bundled corpus), a file or folder of .txt/.jsonl/.parquet, an iterable of strings,
-        or a (n_seq, T) array of token ids used exactly as given.
-    out: folder for the tables, metadata and checkpoints (an interrupted run resumes from it).
+        or a (n_seq, T) array of token ids used exactly as given. n_tokens is rounded up to whole
+        sequences of T = seq_len (default: the model's maximum positions) tokens.
+    out: folder for the tables, metadata and checkpoints (every `checkpoint_every` sequences); a run
+        interrupted and restarted with the same arguments resumes from it.
+    execution: "memory" (whole model on the device), "offload" (accelerate device_map, with
+        max_memory / offload_folder), "layer" (layer-major: blocks of `block_size` sequences through
+        one layer at a time), or "auto" (chosen from the model size and free GPU memory).
     thresholds: any field of `Thresholds` (coverage, max_tokens, mi_threshold, ...).
+    Under torchrun with several processes, each counts a shard; rank 0 returns the merged Analysis,
+    the other ranks None.
     """
     started = time.time()
     t = Thresholds.from_overrides(thresholds)
-    lm = load_model(model, dtype=dtype, device_map=device_map, revision=revision)
+    rank, world = distributed.rank_world()
+    device = distributed.device_for_rank() or default_device()
+    if isinstance(model, (str, Path)):
+        config, _ = load_config(str(model), revision)
+        mode, why = execution_choice(execution, config, dtype, device, device_map)
+    else:
+        mode, why = ("memory", "a loaded model runs where it is") if execution == "auto" else (execution, "requested")
+    if progress and rank == 0:
+        print(f"opt-neurons: execution {mode!r}: {why}")
+    lm, source = load_for(mode, model, dtype=dtype, device_map=device_map, revision=revision, device=device,
+                          max_memory=max_memory, offload_folder=offload_folder)  # fmt: skip
     cfg = lm.model.config
     max_pos = int(cfg.max_position_embeddings)
     bos = bos_id_of(lm)
     vocab = max(int(cfg.vocab_size), len(lm.tokenizer) if lm.tokenizer is not None else 0)
     tokens = prepare_data(data, lm.tokenizer, seq_len=seq_len or max_pos, max_positions=max_pos,
                           n_tokens=n_tokens, bos_id=bos, vocab_size=vocab)  # fmt: skip
-    n_layers = len(decoder_layers(lm.model))
-    n_neurons = int(cfg.ffn_dim)
-    T = int(tokens.tokens.shape[1])
+    mine = distributed.shard(tokens, rank, world) if world > 1 else tokens
+    n_layers, n_neurons, T = len(decoder_layers(lm.model)), int(cfg.ffn_dim), int(tokens.tokens.shape[1])
+    dtype_name = str(next(lm.model.parameters()).dtype).replace("torch.", "")
     fingerprint = {"model": lm.model_id, "revision": lm.revision, "data": tokens.content_hash(), "T": T,
-                   "ngram_capacity": ngram_capacity, "dtype": str(next(lm.model.parameters()).dtype)}  # fmt: skip
+                   "ngram_capacity": ngram_capacity, "dtype": dtype_name, "rank": rank, "world": world}  # fmt: skip
     out_dir = Path(out) if out is not None else None
-    resumed = checkpoint.load(out_dir, fingerprint) if out_dir is not None else None
+    ckpt = checkpoint.DIR if world == 1 else f"{checkpoint.DIR}-rank{rank}"
+    resumed = checkpoint.load(out_dir, fingerprint, ckpt) if out_dir is not None else None
     stats, start = resumed or (
         NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=ngram_capacity), 0
     )
-    bar = _progress_bar(progress, tokens.n_tokens, int(tokens.lengths[:start].sum()), lm.model_id)
-    cum_tokens = np.concatenate([[0], np.cumsum(tokens.lengths)])
-    saved = [start]  # sequences held by the last checkpoint
-    seen = [start]  # sequences whose forward pass has run
-    capture = BitCapture([layer.fc1 for layer in decoder_layers(lm.model)], stats)
-    capture.counted_upto = start
-
-    def after_batch(done: int) -> None:
-        bar.update(int(cum_tokens[done] - cum_tokens[seen[0]]))
-        seen[0] = done
-        if out_dir is not None and done - saved[0] >= checkpoint_every:
-            capture.flush()
-            checkpoint.save(out_dir, stats, done, fingerprint)
-            saved[0] = done
-
-    try:
-        run_forward(lm, tokens, capture, start=start, batch_size=batch_size, on_batch=after_batch)
-    except BaseException:
-        capture.close()  # counts every committed batch, drops the interrupted one
-        if out_dir is not None and capture.error is None and capture.counted_upto > saved[0]:
-            checkpoint.save(out_dir, stats, capture.counted_upto, fingerprint)
-        raise
-    finally:
-        capture.close()
-        bar.close()
+    count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=batch_size,
+                  block_size=block_size, out_dir=out_dir, ckpt=ckpt, fingerprint=fingerprint,
+                  checkpoint_every=checkpoint_every, progress=progress and rank == 0)  # fmt: skip
     forward_s = time.time() - started
-    tables = stats.finalize(tokenizer=lm.tokenizer, model=lm.model, **t.to_dict())
+    if world > 1:
+        stats = distributed.gather_to_rank0(stats, rank, world)
+        if stats is None:
+            return None
+    materialize = source.on_device if isinstance(source, executors.StreamedLayers) else None
+    tables = stats.finalize(tokenizer=lm.tokenizer, model=lm.model, materialize=materialize, **t.to_dict())
     metadata = {
         "model_id": lm.model_id,
         "revision": lm.revision,
-        "dtype": str(next(lm.model.parameters()).dtype).replace("torch.", ""),
+        "dtype": dtype_name,
         "device": str(lm.device),
         "device_map": getattr(lm.model, "hf_device_map", None) or (str(device_map) if device_map else None),
+        "execution": mode,
+        "execution_reason": why,
+        "world_size": world,
         "n_layers": n_layers,
         "n_neurons": n_neurons,
         "vocab_size": vocab,
@@ -164,14 +141,56 @@ def analyze(
         "python": platform.python_version(),
         "forward_seconds": forward_s,
         "wall_seconds": time.time() - started,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "position_totals": stats.position_totals().tolist(),
     }
     analysis = Analysis(tables.neurons, tables.layers, tables.tokens, tables.positions, metadata)
     if out_dir is not None:
         metadata["out"] = str(out_dir)
         analysis.save(out_dir)
-        checkpoint.clear(out_dir)
+        for r in range(world):
+            checkpoint.clear(out_dir, checkpoint.DIR if world == 1 else f"{checkpoint.DIR}-rank{r}")
     return analysis
+
+
+def execution_choice(requested: str, config: Any, dtype: Any, device: torch.device, device_map: Any) -> tuple[str, str]:
+    return executors.choose(requested, config=config, dtype=resolve_dtype(dtype, device), device=device,
+                            device_map=device_map)  # fmt: skip
+
+
+def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str, source: Any, start: int,
+                  batch_size: int, block_size: int, out_dir: Path | None, ckpt: str, fingerprint: dict,
+                  checkpoint_every: int, progress: bool) -> None:  # fmt: skip
+    """Run the forward pass from sequence `start` with bit capture, checkpointing as it goes; on any
+    interruption, save what is counted up to the last resumable point, then re-raise."""
+    cum_tokens = np.concatenate([[0], np.cumsum(tokens.lengths)])
+    bar = _progress_bar(progress, int(cum_tokens[-1]), int(cum_tokens[start]), lm.model_id)
+    saved, seen = [start], [start]
+    capture = BitCapture([layer.fc1 for layer in decoder_layers(lm.model)], stats)
+    capture.counted_upto = start
+
+    def on_progress(done: int) -> None:
+        bar.update(int(cum_tokens[done] - cum_tokens[seen[0]]))
+        seen[0] = done
+        if out_dir is not None and done - saved[0] >= checkpoint_every:
+            capture.flush()
+            checkpoint.save(out_dir, stats, done, fingerprint, ckpt)
+            saved[0] = done
+
+    try:
+        if mode == "layer":
+            executors.run_layer_major(lm, tokens, capture, source, start=start, batch_size=batch_size,
+                                      block_size=block_size, on_progress=on_progress)  # fmt: skip
+        else:
+            executors.run_memory(lm, tokens, capture, start=start, batch_size=batch_size, on_progress=on_progress)
+    except BaseException:
+        capture.close()  # counts what was handed over; a partial batch never was
+        if out_dir is not None and capture.error is None and capture.consistent and capture.counted_upto > saved[0]:
+            checkpoint.save(out_dir, stats, capture.counted_upto, fingerprint, ckpt)
+        raise
+    finally:
+        capture.close()
+        bar.close()
 
 
 def _version() -> str:

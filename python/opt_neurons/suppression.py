@@ -7,6 +7,8 @@ for detectors (and the random baseline neurons) only, in chunks of columns.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -35,8 +37,14 @@ def value_scores(model: Any, layer: int, neurons: list[int]) -> torch.Tensor:
     return torch.cat(out, dim=1) if out else torch.empty(w_u.shape[0], 0)
 
 
-def suppression_columns(model: Any, neurons: pl.DataFrame, t: Thresholds) -> pl.DataFrame:
-    """Columns suppression_score, suppresses_triggers, detected_token_ranks, suppression_baseline."""
+@contextlib.contextmanager
+def _resident(layer: int) -> Iterator[None]:
+    yield
+
+
+def suppression_columns(model: Any, neurons: pl.DataFrame, t: Thresholds, materialize: Any = None) -> pl.DataFrame:
+    """Columns suppression_score, suppresses_triggers, detected_token_ranks, suppression_baseline.
+    materialize(layer): context manager that puts the layer's weights on a device (streamed models)."""
     n = neurons.height
     score = np.full(n, np.nan)
     flag: list = [None] * n
@@ -44,31 +52,28 @@ def suppression_columns(model: Any, neurons: pl.DataFrame, t: Thresholds) -> pl.
     baseline = np.full(n, np.nan)
     rng = np.random.default_rng(t.seed)
     layer_col = neurons["layer"].to_numpy()
+    neuron_col = neurons["neuron"].to_numpy()
     det = neurons["token_detector"].to_numpy()
-    alive_plain = (~neurons["dead"].to_numpy()) & ~det
+    plain_alive = ~neurons["dead"].to_numpy() & ~det
     detected = neurons["detected_tokens"].to_list()
-    row_of = {}
-    for layer in np.unique(layer_col[det]):
+    for layer in np.unique(layer_col[det]).tolist():
         rows = np.flatnonzero(det & (layer_col == layer))
-        ids = neurons["neuron"].to_numpy()[rows].tolist()
-        scores = value_scores(model, int(layer), ids)
+        pool = neuron_col[plain_alive & (layer_col == layer)]
+        draws = rng.choice(pool, size=(len(rows), t.baseline_draws)) if len(pool) and t.baseline_draws else None
+        with (materialize or _resident)(layer):
+            scores = value_scores(model, layer, neuron_col[rows].tolist())
+            if draws is not None:
+                uniq = np.unique(draws)
+                base_scores = value_scores(model, layer, uniq.tolist())
         for j, r in enumerate(rows):
             toks = torch.tensor(detected[r])
             col = scores[:, j]
-            mean = float(col[toks].mean())
-            score[r] = mean
-            flag[r] = mean < 0
-            # Rank 0 = most suppressed: count of vocabulary scores strictly below each token's.
+            score[r] = float(col[toks].mean())
+            flag[r] = score[r] < 0
+            # Rank 0 = most suppressed: how many vocabulary scores lie strictly below the token's.
             ranks[r] = [int((col < col[tk]).sum()) for tk in toks]
-        pool = neurons["neuron"].to_numpy()[alive_plain & (layer_col == layer)]
-        if len(pool) and t.baseline_draws > 0:
-            draws = rng.choice(pool, size=(len(rows), t.baseline_draws), replace=True)
-            uniq = np.unique(draws).tolist()
-            row_of = {nid: k for k, nid in enumerate(uniq)}
-            base_scores = value_scores(model, int(layer), uniq)
-            for j, r in enumerate(rows):
-                toks = torch.tensor(detected[r])
-                cols = base_scores[:, [row_of[d] for d in draws[j]]]
+            if draws is not None:
+                cols = base_scores[:, np.searchsorted(uniq, draws[j])]
                 baseline[r] = float((cols[toks].mean(dim=0) < 0).float().mean())
     return pl.DataFrame(
         {

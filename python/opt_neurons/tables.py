@@ -37,7 +37,8 @@ def decode_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
     return [tokenizer.decode([t]) for t in ids]
 
 
-def build_tables(stats: NeuronStats, t: Thresholds, *, tokenizer: Any = None, model: Any = None) -> Tables:
+def build_tables(stats: NeuronStats, t: Thresholds, *, tokenizer: Any = None, model: Any = None,
+                 materialize: Any = None) -> Tables:  # fmt: skip
     f = stats._core.finalize(**t.core_kwargs())
     n = len(f["layer"])
     det = f["token_detector"]
@@ -79,7 +80,7 @@ def build_tables(stats: NeuronStats, t: Thresholds, *, tokenizer: Any = None, mo
     if model is not None:
         from .suppression import suppression_columns
 
-        neurons = neurons.hstack(suppression_columns(model, neurons, t))
+        neurons = neurons.hstack(suppression_columns(model, neurons, t, materialize))
     else:
         neurons = neurons.with_columns(
             pl.lit(None, dtype=pl.Float64).alias("suppression_score"),

@@ -1,0 +1,177 @@
+"""Execution modes, resume after a kill, and data-parallel processes all give identical tables."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+import opt_neurons
+from opt_neurons.executors import safetensors_files
+
+from conftest import save_tiny_opt
+
+TABLES = ("neurons", "layers", "tokens", "positions")
+
+
+def assert_same(a, b):
+    for name in TABLES:
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.columns == y.columns, name
+        differ = [c for c in x.columns if not x.select(c).equals(y.select(c))]
+        assert not differ, f"{name} differs in {differ}"
+
+
+@pytest.fixture(scope="module")
+def model_and_tokens(tmp_path_factory):
+    d = save_tiny_opt(tmp_path_factory.mktemp("exec") / "opt", layers=3, max_positions=32, ffn_dim=130)
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(3, 400, size=(12, 32))
+    tokens[:, 0] = 50256
+    return d, tokens
+
+
+@pytest.fixture(scope="module")
+def plain(model_and_tokens):
+    d, tokens = model_and_tokens
+    return opt_neurons.analyze(d, tokens, batch_size=2, progress=False, execution="memory")
+
+
+def test_layer_major_streamed_from_safetensors_is_identical(model_and_tokens, plain):
+    d, tokens = model_and_tokens
+    assert safetensors_files(d)
+    a = opt_neurons.analyze(d, tokens, batch_size=2, block_size=6, progress=False, execution="layer")
+    assert a.metadata["execution"] == "layer"
+    assert_same(a, plain)
+
+
+def test_layer_major_from_host_memory_is_identical(model_and_tokens, plain):
+    from transformers import OPTForCausalLM
+
+    d, tokens = model_and_tokens
+    model = OPTForCausalLM.from_pretrained(d).eval()
+    a = opt_neurons.analyze(model, tokens, batch_size=2, block_size=4, progress=False, execution="layer")
+    assert_same(a, plain)
+
+
+def test_offloaded_to_disk_is_identical(model_and_tokens, plain, tmp_path):
+    d, tokens = model_and_tokens
+    a = opt_neurons.analyze(d, tokens, batch_size=2, progress=False, device_map="auto",
+                            max_memory={"cpu": "60KB"}, offload_folder=tmp_path / "offload")  # fmt: skip
+    assert a.metadata["execution"] == "offload"
+    assert "disk" in set(a.metadata["device_map"].values())
+    assert_same(a, plain)
+
+
+def test_auto_chooses_memory_on_cpu(model_and_tokens):
+    d, tokens = model_and_tokens
+    a = opt_neurons.analyze(d, tokens[:2], progress=False)
+    assert a.metadata["execution"] == "memory" and "no GPU" in a.metadata["execution_reason"]
+
+
+RUN = """
+import sys, numpy as np, opt_neurons
+tokens = np.load(sys.argv[2])
+opt_neurons.analyze(sys.argv[1], tokens, batch_size=1, progress=False, out=sys.argv[3],
+                    checkpoint_every=1, execution=sys.argv[4], block_size=2)
+"""
+
+
+@pytest.mark.parametrize("mode", ["memory", "layer"])
+def test_resume_after_kill_is_identical(model_and_tokens, tmp_path, mode):
+    d, _ = model_and_tokens
+    rng = np.random.default_rng(7)
+    tokens = rng.integers(3, 400, size=(150, 32))
+    tokens[:, 0] = 50256
+    np.save(tmp_path / "t.npy", tokens)
+    out = tmp_path / "run"
+    args = [sys.executable, "-c", RUN, str(d), str(tmp_path / "t.npy"), str(out), mode]
+    p = subprocess.Popen(args)
+    progress = out / "checkpoint" / "progress.json"
+    deadline = time.time() + 120
+    while not progress.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert progress.exists(), "no checkpoint was written"
+    assert not (out / "neurons.parquet").exists(), "the run finished before it was killed"
+    done = json.loads(progress.read_text())["sequences_done"]
+    assert 0 < done < len(tokens)
+    subprocess.run(args, check=True)
+    resumed = opt_neurons.load(out)
+    assert resumed.metadata["resumed_from_sequence"] == done
+    uninterrupted = opt_neurons.analyze(d, tokens, batch_size=4, progress=False, execution="memory")
+    assert_same(resumed, uninterrupted)
+    assert not (out / "checkpoint").exists()
+
+
+def test_interrupt_saves_a_checkpoint_and_resumes(model_and_tokens, plain, tmp_path, monkeypatch):
+    import opt_neurons.pipeline as pipeline
+
+    d, tokens = model_and_tokens
+    out = tmp_path / "run"
+    calls = []
+    original = pipeline.checkpoint.save
+
+    def save(*a, **k):
+        calls.append(a[2])
+        original(*a, **k)
+
+    monkeypatch.setattr(pipeline.checkpoint, "save", save)
+    real_bar = pipeline._progress_bar
+
+    class Interrupting:
+        def __init__(self, *a):
+            self.bar, self.n = real_bar(*a), 0
+
+        def update(self, n):
+            self.n += 1
+            if self.n == 3:
+                raise KeyboardInterrupt
+            self.bar.update(n)
+
+        def close(self):
+            self.bar.close()
+
+    monkeypatch.setattr(pipeline, "_progress_bar", Interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        opt_neurons.analyze(d, tokens, batch_size=2, progress=False, out=out, checkpoint_every=100)
+    assert calls == [6]  # the third batch (sequences 4-5) was handed over before the interrupt
+    monkeypatch.setattr(pipeline, "_progress_bar", real_bar)
+    resumed = opt_neurons.analyze(d, tokens, batch_size=2, progress=False, out=out)
+    assert resumed.metadata["resumed_from_sequence"] == 6
+    assert_same(resumed, plain)
+
+
+DIST = """
+import sys, numpy as np, opt_neurons
+a = opt_neurons.analyze(sys.argv[1], np.load(sys.argv[2]), batch_size=2, progress=False, out=sys.argv[3])
+print("RESULT", a is not None)
+"""
+
+
+def torchrun(n: int, model: Path, tokens: Path, out: Path, port: int) -> list[str]:
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}", f"--master-port={port}",
+                        "--no-python", sys.executable, "-c", DIST, str(model), str(tokens), str(out)],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return sorted(line for line in r.stdout.splitlines() if line.startswith("RESULT"))
+
+
+def test_two_processes_equal_one(model_and_tokens, tmp_path):
+    # Both runs go through torchrun so that they use the same torch thread settings (1 per process).
+    d, tokens = model_and_tokens
+    np.save(tmp_path / "t.npy", tokens)
+    assert torchrun(2, d, tmp_path / "t.npy", tmp_path / "two", 29533) == ["RESULT False", "RESULT True"]
+    assert torchrun(1, d, tmp_path / "t.npy", tmp_path / "one", 29534) == ["RESULT True"]
+    merged, single = opt_neurons.load(tmp_path / "two"), opt_neurons.load(tmp_path / "one")
+    assert merged.metadata["world_size"] == 2 and single.metadata["world_size"] == 1
+    assert_same(merged, single)
