@@ -119,6 +119,15 @@ def model_dir(name: str, revision: str | None) -> Path | None:
         return None
 
 
+def commit_of(config: Any, name: str, revision: str | None) -> str | None:
+    """The commit hash of the loaded files: the HF cache snapshot they come from, if any."""
+    commit = getattr(config, "_commit_hash", None)
+    if commit:
+        return commit
+    folder = model_dir(name, revision)
+    return folder.name if folder is not None and folder.parent.name == "snapshots" else revision
+
+
 def parameter_bytes(config: Any, dtype: torch.dtype) -> int:
     """Approximate size of an OPT model's weights, from its config alone."""
     d, f, n = config.hidden_size, config.ffn_dim, config.num_hidden_layers
@@ -158,7 +167,7 @@ def load_model(model: Any, *, dtype: Any = None, device_map: Any = None, revisio
         device = next((p.device for p in hf.parameters() if p.device.type != "meta"), device)
     hf.eval()
     check_relu(hf)
-    return LoadedModel(hf, load_tokenizer(name, revision=revision), str(model), getattr(config, "_commit_hash", None),
+    return LoadedModel(hf, load_tokenizer(name, revision=revision), str(model), commit_of(config, name, revision),
                        device)  # fmt: skip
 
 
@@ -179,6 +188,6 @@ def skeleton_model(model: str, *, dtype: Any = None, revision: str | None = None
         hf = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     hf.eval()
     check_relu(hf)
-    lm = LoadedModel(hf, load_tokenizer(name, revision=revision), str(model), getattr(config, "_commit_hash", None),
+    lm = LoadedModel(hf, load_tokenizer(name, revision=revision), str(model), commit_of(config, name, revision),
                      device)  # fmt: skip
     return lm, files

@@ -1,0 +1,162 @@
+"""analyze() on an OPT whose neurons are planted by construction (tests/planted.py), loaded by its
+hub-style id from an HF cache layout with HF_HUB_OFFLINE=1: every statistic found exactly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+
+import opt_neurons
+
+from planted import build_planted_opt, float_reference
+
+RUN = """
+import sys, numpy as np, opt_neurons
+opt_neurons.analyze(sys.argv[1], np.load(sys.argv[2]), batch_size=8, progress=False, out=sys.argv[3])
+"""
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return build_planted_opt(tmp_path_factory.mktemp("planted"))
+
+
+@pytest.fixture(scope="module")
+def run(planted, tmp_path_factory):
+    d = tmp_path_factory.mktemp("run")
+    np.save(d / "tokens.npy", planted.tokens)
+    # A user's fresh process: the hub id resolves through the cache only (set before transformers loads).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(planted.hub_cache)}
+    subprocess.run([sys.executable, "-c", RUN, planted.hub_id, str(d / "tokens.npy"), str(d / "out")], env=env,
+                   check=True)  # fmt: skip
+    return opt_neurons.load(d / "out")
+
+
+def row(run, key):
+    layer, neuron = key
+    return run.neurons.filter((pl.col("layer") == layer) & (pl.col("neuron") == neuron)).row(0, named=True)
+
+
+def test_resolved_by_hub_id(run, planted):
+    assert run.metadata["model_id"] == planted.hub_id
+    assert run.metadata["revision"] == planted.revision
+
+
+def test_dead_set_exact(run, planted):
+    found = {(r["layer"], r["neuron"]) for r in run.neurons.filter(pl.col("dead")).iter_rows(named=True)}
+    assert found == planted.dead
+    assert run.layers["n_dead"].to_list() == [sum(1 for l, _ in planted.dead if l == i) for i in range(planted.n_layers)]
+
+
+def test_counts_equal_float_hooks(run, planted):
+    ref = float_reference(planted)  # (layers, n_seq, T, F) booleans from plain fc1 hooks
+    counts = ref.sum(axis=(1, 2))
+    n = run.neurons.sort("layer", "neuron")
+    np.testing.assert_array_equal(n["n_active"].to_numpy().reshape(counts.shape), counts)
+    np.testing.assert_array_equal(n["frequency"].to_numpy().reshape(counts.shape), counts / planted.tokens.size)
+
+
+def test_token_detectors_exact(run, planted):
+    det = {(r["layer"], r["neuron"]): r for r in run.neurons.filter(pl.col("token_detector")).iter_rows(named=True)}
+    assert set(det) == set(planted.token_detectors)
+    for key, ids in planted.token_detectors.items():
+        assert sorted(det[key]["detected_tokens"]) == sorted(ids), key
+        assert det[key]["cover_1"] == len(ids)
+        tok = __import__("conftest").gpt2_tokenizer()
+        assert det[key]["detected_strings"] == [tok.decode([t]) for t in det[key]["detected_tokens"]]
+    for key in planted.ordinary | planted.bos_only | set(planted.positional) | set(planted.trigram_detectors):
+        assert not row(run, key)["token_detector"], key
+
+
+def test_coverage_counts_exact(run, planted):
+    exp = planted.expected()
+    toks = planted.tokens
+    for key, mask in exp.items():
+        r = row(run, key)
+        for k in (1, 2, 3):
+            grams = [tuple(toks[s, p - k + 1 : p + 1]) for s, p in zip(*np.nonzero(mask)) if p >= k - 1 and toks[s, p] != planted.bos_id]
+            counts = sorted(__import__("collections").Counter(grams).values(), reverse=True)
+            need, cum, cover = 0.95 * len(grams), 0, 0
+            for c in counts:
+                if cum >= need:
+                    break
+                cum, cover = cum + c, cover + 1
+            if k == 1:
+                assert r["cover_1"] == cover, key  # always exact
+            elif len(set(grams)) <= 1024:  # within ngram_capacity: the summary is exact
+                assert r[f"cover_{k}"] == cover == r[f"cover_{k}_max"], (key, k)
+            else:  # certified range
+                assert r[f"cover_{k}"] <= cover <= r[f"cover_{k}_max"], (key, k)
+
+
+def test_trigram_detectors(run, planted):
+    for key, trigram in planted.trigram_detectors.items():
+        r = row(run, key)
+        assert r["trigram_detector"] and not r["token_detector"]
+        assert r["detected_trigrams"] == [list(trigram)]
+    for key, expect in planted.method_expect.items():
+        r = row(run, key)
+        assert r["trigram_detector"] == expect["trigram_detector"], key
+        assert r["token_detector"] == expect["token_detector"], key
+
+
+def test_suppression_flags(run, planted):
+    for key, suppresses in planted.suppresses.items():
+        if key not in planted.token_detectors:  # suppression is scored for token detectors
+            assert row(run, key)["suppresses_triggers"] is None
+            continue
+        r = row(run, key)
+        assert r["suppresses_triggers"] == suppresses, key
+        assert (r["suppression_score"] < 0) == suppresses
+        assert len(r["detected_token_ranks"]) == len(r["detected_tokens"])
+        if suppresses:  # planted to push its own tokens down hardest
+            assert max(r["detected_token_ranks"]) < len(r["detected_tokens"]) + 5
+        assert 0.0 <= r["suppression_baseline"] <= 1.0
+    layers = run.layers.filter(pl.col("n_token_detectors") > 0)
+    for l, frac in zip(layers["layer"], layers["suppressing_fraction"]):
+        mine = [v for (layer, n), v in planted.suppresses.items() if layer == l and (layer, n) in planted.token_detectors]
+        assert frac == pytest.approx(sum(mine) / len(mine))
+
+
+def test_positional_neurons_kinds_and_intervals(run, planted):
+    for key, info in planted.positional.items():
+        r = row(run, key)
+        assert r["positional"], key
+        assert r["positional_kind"] == info["kind"], key
+        assert r["positional_strong"] == info["strong"], key
+        assert [(i["start"], i["end"]) for i in r["active_intervals"]] == [tuple(i) for i in info["intervals"]], key
+        assert r["mi_position"] == pytest.approx(info["mi"], rel=1e-9)
+        if info["pure"]:
+            assert [(i["start"], i["end"]) for i in r["active_intervals"]] == [tuple(i) for i in info["rule"]["intervals"]]
+    for key in planted.token_detectors:
+        assert not row(run, key)["positional"], key
+    curves = run.positions
+    assert {(a, b) for a, b in curves.select("layer", "neuron").iter_rows()} == {
+        (r["layer"], r["neuron"]) for r in run.neurons.filter(pl.col("positional")).iter_rows(named=True)}
+    exp = planted.expected()
+    for key, info in planted.positional.items():
+        fr = curves.filter((pl.col("layer") == key[0]) & (pl.col("neuron") == key[1]))["fr"][0].to_numpy()
+        np.testing.assert_allclose(fr, exp[key].mean(axis=0))
+
+
+def test_layer_coverage_and_tokens_table(run, planted):
+    per_layer = [set() for _ in range(planted.n_layers)]
+    for (l, _), ids in planted.token_detectors.items():
+        per_layer[l] |= set(ids)
+    L = run.layers
+    assert L["n_tokens_covered"].to_list() == [len(s) for s in per_layer]
+    assert L["n_new_tokens_vs_previous"].to_list() == [len(per_layer[0])] + [len(per_layer[i] - per_layer[i - 1]) for i in range(1, planted.n_layers)]
+    seen, new = set(), []
+    for s in per_layer:
+        new.append(len(s - seen))
+        seen |= s
+    assert L["n_new_tokens_overall"].to_list() == new
+    tokens = run.tokens
+    assert set(tokens["token"].to_list()) == set().union(*per_layer)
+    occ = {t: int((planted.tokens == t).sum()) for t in tokens["token"].to_list()}
+    assert dict(zip(tokens["token"].to_list(), tokens["n_occurrences"].to_list())) == occ
