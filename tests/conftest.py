@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "python" / "opt_neurons" / "demo"
+TOKENIZER_DIR = Path(__file__).resolve().parent / "data" / "gpt2-bpe"
 
 
 def gpt2_tokenizer():

@@ -62,7 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEMO_TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "python" / "opt_neurons" / "demo"
+DEMO_TOKENIZER_DIR = Path(__file__).resolve().parent / "data" / "gpt2-bpe"
 
 BOS_ID = 50256  # "<|endoftext|>" in the GPT-2 vocabulary: bos == eos == pad
 LN_EPS = 1e-5

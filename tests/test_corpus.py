@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 
@@ -48,11 +47,9 @@ def test_unknown_source_rejected():
 
 
 def test_gpt2_token_count_over_3m():
-    transformers = pytest.importorskip("transformers")
-    demo = Path(corpus.__file__).resolve().parent.parent / "demo"
-    if not (demo / "vocab.json").is_file() or not (demo / "merges.txt").is_file():
-        pytest.skip("demo tokenizer files not present")
-    tok = transformers.GPT2TokenizerFast.from_pretrained(str(demo))
+    from conftest import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
     # Tokenize every 3rd document of each source and extrapolate by bytes.
     total = 0.0
     for name in SOURCES:

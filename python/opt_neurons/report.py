@@ -128,6 +128,13 @@ def short_name(model_id: Any) -> str:
     return Path(s).name or s
 
 
+def display_id(model_id: Any) -> str:
+    """A hub id as is (`facebook/opt-125m`); a local path by its last component."""
+    s = str(model_id or "unknown model")
+    looks_like_path = s.startswith(("/", ".", "~")) or s.count("/") > 1 or "\\" in s
+    return short_name(s) if looks_like_path else s
+
+
 def run_date(meta: dict, folder: str | Path | None = None) -> str | None:
     """The run's date from its metadata, else the time its metadata.json was written."""
     for key in ("date", "finished_at", "created", "timestamp"):
@@ -288,9 +295,15 @@ def fig_dead_frequency(a: Analysis, title: str) -> tuple[Figure | None, str | No
 
 
 def _int_xticks(ax: Any, x: np.ndarray) -> None:
+    """A tick at every layer for up to 24 layers, else integer ticks."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(len(x), 16)))
+    if len(x) <= 24:
+        ax.set_xticks(x)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(x):
+        ax.set_xlim(float(np.min(x)) - 0.6, float(np.max(x)) + 0.6)
 
 
 def _bin_counts(values: np.ndarray) -> np.ndarray:
@@ -311,7 +324,8 @@ def fig_coverage(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
         return None, "Every neuron is dead: no coverage to show."
     series = {k: alive[f"cover_{k}"].cast(pl.Int64).to_numpy() for k in (1, 2, 3)}
     counts = {k: _bin_counts(v) for k, v in series.items()}
-    keep = [i for i in range(len(COVER_BINS)) if any(counts[k][i] for k in counts)]
+    nonempty = [i for i in range(len(COVER_BINS)) if any(counts[k][i] for k in counts)]
+    keep = list(range(0 if nonempty[0] == 0 else 1, nonempty[-1] + 1))  # a contiguous axis from 1 (or 0)
     labels = [_bin_label(*COVER_BINS[i]) for i in keep]
     fig = _figure(10, 3.8)
     ax = fig.subplots()
@@ -330,7 +344,7 @@ def fig_coverage(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
         ax.axvline(det_edge[0] - 0.5, color="k", ls="--", lw=0.8)
         ax.text(det_edge[0] - 0.55, ax.get_ylim()[1] * 0.97, "≤ 5 tokens: token-detector candidates ",
                 ha="right", va="top", fontsize=8)  # fmt: skip
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(alpha=0.3, axis="y")
     note = None
     inexact = 0
@@ -391,7 +405,8 @@ def fig_suppression(a: Analysis, title: str) -> tuple[Figure | None, str | None]
     ax.axhline(50, color="k", lw=0.6, ls=":")
     ax.set_ylim(0, 105)
     ax.set(xlabel="layer", ylabel="% of the layer's token detectors", title=f"{title}\nSuppression of trigger tokens")
-    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    ax.text(1.0, 50, " 50%", transform=ax.get_yaxis_transform(), va="center", ha="left", fontsize=7)
+    fig.legend(loc="outside lower center", ncols=2, frameon=False, fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     _int_xticks(ax, x)
     n_det = l["n_token_detectors"].to_numpy()
@@ -459,10 +474,14 @@ def fig_positional_curves(a: Analysis, title: str) -> tuple[Figure | None, str |
         ax.grid(alpha=0.3)
     for ax in axes[n:]:
         ax.set_visible(False)
+    for i, ax in enumerate(axes[:n]):
+        if i + ncols >= n:  # nothing drawn below it
+            ax.set_xlabel("position p", fontsize=8)
+            ax.xaxis.set_tick_params(labelbottom=True)
+        if i % ncols == 0:
+            ax.set_ylabel("fr(p)", fontsize=8)
     handles = [_patch(KIND_COLORS[k], KIND_LABELS[k]) for k in KINDS]
     fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False, fontsize=8)
-    fig.supxlabel("position p", fontsize=8)
-    fig.supylabel("fr(p)", fontsize=8)
     shown = f"the {n} strongest" if rows.height > n else f"all {n}"
     fig.suptitle(f"{title}\nfr(p) of {shown} positional neurons (by I(act; pos)); dotted: overall frequency",
                  fontsize=9)  # fmt: skip
@@ -505,19 +524,28 @@ def fig_positional_heatmaps(a: Analysis, title: str) -> tuple[Figure | None, str
         curves = np.full((sub.height, width), np.nan)
         for i, c in enumerate(sub["fr"].to_list()):
             curves[i, : len(c)] = _curve(c)
-        curves = curves[_peak_order(curves)]
+        order = _peak_order(curves)
+        curves = curves[order]
         image = ax.imshow(curves, aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=1,
                           extent=(-0.5, width - 0.5, sub.height - 0.5, -0.5))  # fmt: skip
         total = int(counts.filter(pl.col("layer") == layer)["len"][0])
         shown = f"{sub.height} strongest of {total}" if total > sub.height else f"{total}"
         ax.set_title(f"layer {layer}: {shown} positional", fontsize=8)
-        ax.set_ylabel("neuron (by peak position)", fontsize=7)
+        if sub.height <= 20:
+            ids = sub["neuron"].to_numpy()[order]
+            ax.set_yticks(np.arange(sub.height), [f"N{i}" for i in ids])
+            ax.set_ylabel("neuron", fontsize=7)
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel("neurons, sorted by peak position", fontsize=7)
+        ax.set_xlabel("position p", fontsize=7)
         ax.tick_params(labelsize=7)
     for ax in axes[len(layers) :]:
         ax.set_visible(False)
     if image is not None:
         fig.colorbar(image, ax=axes[: len(layers)].tolist(), label="fr(p)", shrink=0.8)
-    fig.supxlabel("position p", fontsize=8)
     fig.suptitle(f"{title}\nfr(p) of positional neurons, one row each, sorted by where they peak", fontsize=9)
     return fig, None
 
@@ -748,7 +776,8 @@ figcaption{color:#555;font-size:.9em}.note{background:#fff8e1;border-left:4px so
 margin:.6em 0}.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:1em}
 .card{border:1px solid #ccc;border-radius:6px;padding:.7em 1em}.card img{max-width:100%}
 .badge{display:inline-block;font-size:.75em;padding:.05em .5em;border-radius:1em;background:#eee;margin-left:.4em}
-code.tok{background:#f0f0f0;padding:0 .25em;border-radius:3px;white-space:pre}
+code.tok{background:#f0f0f0;padding:0 .25em;border-radius:3px;white-space:pre}.tk{white-space:nowrap;margin-right:.5em}
+td.name{white-space:nowrap}
 .scroll{overflow-x:auto}details{margin:.6em 0}
 """
 
@@ -795,21 +824,26 @@ def _format_cell(v: Any) -> tuple[str, bool]:
     return str(v), False
 
 
-def _df_table(df: pl.DataFrame, headers: Sequence[str] | None = None) -> str:
+def _df_table(df: pl.DataFrame, headers: Sequence[str] | None = None, percent: Iterable[str] = ()) -> str:
     heads = headers or df.columns
+    pct_at = {df.columns.index(c) for c in percent}
     out = ["<div class=\"scroll\"><table><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in heads) + "</tr>"]
     for row in df.iter_rows():
         cells = []
-        for v in row:
-            s, numeric = _format_cell(v)
-            cells.append(f'<td class="n">{_esc(s)}</td>' if numeric else f"<td>{_esc(s)}</td>")
+        for i, v in enumerate(row):
+            s, numeric = (_pct(v) if v is not None else "", True) if i in pct_at else _format_cell(v)
+            if i == 0:
+                cells.append(f'<td class="name">{_esc(s)}</td>')
+            else:
+                cells.append(f'<td class="n">{_esc(s)}</td>' if numeric else f"<td>{_esc(s)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table></div>")
     return "".join(out)
 
 
 def _tok_chip(t: int, s: str | None, extra: str = "") -> str:
-    return f'<code class="tok" title="id {t}">{_esc(_show_token(s, t))}</code>{_esc(extra)}'
+    chip = f'<code class="tok" title="id {t}">{_esc(_show_token(s, t))}</code>'
+    return f'<span class="tk">{chip}{_esc(extra)}</span>'
 
 
 def _card_html(card: dict, img: Path | None) -> str:
@@ -841,6 +875,7 @@ def _card_html(card: dict, img: Path | None) -> str:
         rows.append(("active intervals", ", ".join(f"[{iv['start']}, {iv['end']})" for iv in card["active_intervals"])))
     parts = [head, _kv_table(rows)]
     if card["detected"]:
+        ranks_known = any(d["rank"] is not None for d in card["detected"])
         chips = []
         for d in card["detected"]:
             extra = []
@@ -849,7 +884,8 @@ def _card_html(card: dict, img: Path | None) -> str:
             if d["rank"] is not None:
                 extra.append(f"rank {d['rank']:,}")
             chips.append(_tok_chip(d["token"], d["string"], f" ({', '.join(extra)})" if extra else ""))
-        parts.append("<p><b>Detected tokens:</b> " + " ".join(chips) + "</p>")
+        hint = " (occurrences, rank of its score: 0 = most suppressed)" if ranks_known else ""
+        parts.append(f"<p><b>Detected tokens</b>{_esc(hint)}: " + " ".join(chips) + "</p>")
     if card["detected_trigrams"]:
         strs = card.get("detected_trigram_strings") or [[None] * 3] * len(card["detected_trigrams"])
         shown = []
@@ -910,7 +946,7 @@ SECTIONS = (
 def run_title(meta: dict, folder: str | Path | None = None) -> str:
     date = run_date(meta, folder)
     tokens = meta.get("n_tokens")
-    parts = [str(meta.get("model_id") or "unknown model")]
+    parts = [display_id(meta.get("model_id"))]
     if tokens:
         parts.append(f"{int(tokens):,} tokens")
     if date:
@@ -1002,28 +1038,36 @@ def _relative_depth(a: Analysis) -> np.ndarray:
 
 
 def _overlay(runs: list[tuple[Path, Analysis]], labels: list[str], columns: list[tuple[str, str, float]],
-             title: str, ylabel: str, *, log: bool = False, percent_of_layer: bool = False) -> Figure:  # fmt: skip
+             title: str, ylabel: str, *, log: bool = False, counts: bool = False) -> Figure:  # fmt: skip
     """One panel per (column, panel title, scale); a line per run over relative depth."""
-    fig = _figure(5.2 * len(columns), 3.8)
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(max(7.0, 5.2 * len(columns)), 3.8)
     axes = np.atleast_1d(fig.subplots(1, len(columns), squeeze=False)).ravel()
     colors = _colors(len(runs))
     for ax, (col, panel, scale) in zip(axes, columns):
         all_pos = []
         for (_, a), lab, c in zip(runs, labels, colors):
             y = _layer_values(a.layers, col) * scale
-            if percent_of_layer:
-                y = 100 * y / np.maximum(a.layers["n_neurons"].to_numpy(), 1)
             x = _relative_depth(a)
             ok = ~np.isnan(y)
             ax.plot(x[ok], y[ok], "o-", ms=3, lw=1.4, color=c, label=lab)
             all_pos += [v for v in y[ok] if v > 0]
         if log and all_pos and max(all_pos) / min(all_pos) > 20:
             ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
+            if counts:
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="relative depth (layer / layers)", ylabel=ylabel, title=panel)
         ax.set_xlim(-0.03, 1.0)
         ax.grid(alpha=0.3)
-    axes[0].legend(frameon=False, fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    if len(columns) > 1:
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", frameon=False, fontsize=8)
+        fig.suptitle(title, fontsize=10)
+    else:
+        axes[0].legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        axes[0].set_title(title, fontsize=10)
     return fig
 
 
@@ -1074,20 +1118,20 @@ def compare(dirs: Sequence[str | Path], out: str | Path) -> Path:
 
     names = ", ".join(labels)
     figures = [
-        ("compare_dead.png", "Dead neurons (paper Figure 1a)",
-         _overlay(runs, labels, [("dead_fraction", "dead neurons", 100.0)], f"Dead neurons: {names}",
+        ("compare_dead.png", "Dead neurons (paper Figure 1, left)",
+         _overlay(runs, labels, [("dead_fraction", "", 100.0)], "Dead neurons per layer",
                   "dead neurons (% of layer)")),
-        ("compare_frequency.png", "Mean frequency of live neurons (Figure 1b)",
-         _overlay(runs, labels, [("mean_frequency_alive", "mean frequency of live neurons", 1.0)],
-                  f"Activation frequency: {names}", "activation frequency", log=True)),
+        ("compare_frequency.png", "Mean frequency of live neurons (Figure 1, right)",
+         _overlay(runs, labels, [("mean_frequency_alive", "", 1.0)], "Mean activation frequency of live neurons",
+                  "activation frequency", log=True)),
         ("compare_token_detectors.png", "Token detectors and tokens covered per layer (Figures 3-4)",
          _overlay(runs, labels, [("n_token_detectors", "token detectors", 1.0),
-                                 ("n_tokens_covered", "tokens covered by the layer", 1.0)],
-                  f"Token detectors: {names}", "count", log=True)),
+                                 ("n_tokens_covered", "tokens covered by the layer's detectors", 1.0)],
+                  "Token detectors per layer", "count", log=True, counts=True)),
         ("compare_positional.png", "Positional neurons per layer (Figure 7)",
          _overlay(runs, labels, [("n_positional", "positional neurons", 1.0),
-                                 ("n_oscillatory", "of them oscillatory", 1.0)],
-                  f"Positional neurons: {names}", "neurons")),
+                                 ("n_oscillatory", "oscillatory positional neurons", 1.0)],
+                  "Positional neurons per layer", "neurons", counts=True)),
     ]  # fmt: skip
     body = ["<h2>Summary</h2>", _df_table(
         summary.select("model", "layers", "neurons", "tokens", "dead", "dead_fraction", "dead_max_layer_fraction",
@@ -1095,7 +1139,8 @@ def compare(dirs: Sequence[str | Path], out: str | Path) -> Path:
                        "oscillatory", "suppressing_fraction", "suppressing_fraction_baseline"),
         ["model", "layers", "neurons", "tokens", "dead", "dead fraction", "max layer dead fraction", "at layer",
          "token detectors", "tokens covered", "trigram detectors", "positional", "oscillatory",
-         "detectors suppressing triggers", "baseline"])]  # fmt: skip
+         "detectors suppressing triggers", "baseline"],
+        percent=("dead_fraction", "dead_max_layer_fraction", "suppressing_fraction", "suppressing_fraction_baseline"))]  # fmt: skip
     if summary["token_detectors"].sum() == 0:
         body.append(_note("None of these runs has token detectors."))
     if summary["positional"].sum() == 0:
