@@ -15,7 +15,7 @@ def _add_thresholds(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("thresholds (METHOD.md defaults)")
     for f in dataclasses.fields(Thresholds):
         g.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None, dest=f"t_{f.name}",
-                       help=f"default {f.default}")  # fmt: skip
+                       metavar=type(f.default).__name__.upper(), help=f"default {f.default}")  # fmt: skip
 
 
 def _thresholds(args: argparse.Namespace) -> dict:
@@ -30,13 +30,21 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--device-map", default=None, help="accelerate device map, e.g. auto")
     p.add_argument("--ngram-capacity", type=int, default=1024, help="n-grams kept exactly per neuron")
+    p.add_argument("--execution", default="auto", choices=["auto", "memory", "offload", "layer"],
+                   help="memory: whole model on the device; offload: accelerate device_map; layer: layer-major "
+                        "(one layer on the device at a time, for models larger than the GPU); auto: by size")
+    p.add_argument("--block-size", type=int, default=64, help="sequences per block in layer-major execution")
+    p.add_argument("--offload-folder", default=None, help="folder for weights accelerate offloads to disk")
+    p.add_argument("--checkpoint-every", type=int, default=256, help="sequences between checkpoints")
     p.add_argument("--no-progress", action="store_true")
     _add_thresholds(p)
 
 
 def _run_kwargs(args: argparse.Namespace) -> dict:
     kw = dict(seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype, device_map=args.device_map,
-              progress=not args.no_progress, ngram_capacity=args.ngram_capacity, **_thresholds(args))  # fmt: skip
+              progress=not args.no_progress, ngram_capacity=args.ngram_capacity, execution=args.execution,
+              block_size=args.block_size, offload_folder=args.offload_folder, checkpoint_every=args.checkpoint_every,
+              **_thresholds(args))  # fmt: skip
     if args.tokens is not None:
         kw["n_tokens"] = args.tokens
     return kw
@@ -47,6 +55,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
     out = Path(args.out or f"runs/{Path(str(args.model)).name}")
     a = analyze(args.model, args.data, out=out, **_run_kwargs(args))
+    if a is None:  # a non-zero rank of a data-parallel run: rank 0 writes the tables
+        return
     print(a.summary())
     print(a.layers)
     print(f"saved to {out}")
