@@ -79,7 +79,7 @@ RUN = """
 import sys, numpy as np, opt_neurons
 tokens = np.load(sys.argv[2])
 opt_neurons.analyze(sys.argv[1], tokens, batch_size=1, progress=False, out=sys.argv[3],
-                    checkpoint_every=1, execution=sys.argv[4], block_size=2)
+                    checkpoint_every=3, execution=sys.argv[4], block_size=3)
 """
 
 

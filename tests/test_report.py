@@ -137,8 +137,8 @@ def empty_run(tmp_path_factory) -> Analysis:
     for layer in range(2):
         stats.update(layer, np.zeros((64, 1), np.uint64), tok, np.tile(np.arange(16), 4))
     t = stats.finalize()
-    return Analysis(t.neurons, t.layers, t.tokens, t.positions,
-                    {"model_id": "nowhere/opt-empty", "n_layers": 2, "n_neurons": 64, "n_tokens": 64, "T": 16})  # fmt: skip
+    meta = {"model_id": "nowhere/opt-empty", "n_layers": 2, "n_neurons": 64, "n_tokens": 64, "T": 16}
+    return Analysis(t.neurons, t.layers, t.tokens, t.positions, meta)
 
 
 def png_ok(data: bytes) -> tuple[int, int]:
@@ -222,7 +222,8 @@ def test_report_rewrites_without_stale_figures(runs, empty_run, tmp_path):
 def test_empty_cases_get_notes(empty_run, tiny_opt, tiny_tokens, tmp_path):
     html = report.write_report(empty_run, tmp_path / "empty").read_text()
     for note in ("Every neuron is dead", "No token or trigram detectors", "No positional neurons",
-                 "No token detectors in this run, so no suppression", "No token detectors or positional neurons"):  # fmt: skip
+                 "No token detectors in this run, so no suppression",
+                 "No token detectors or positional neurons"):  # fmt: skip
         assert note in html, note
     # a real tiny run: no detectors, null suppression columns, everything positional
     a = opt_neurons.analyze(tiny_opt, tiny_tokens, progress=False)
@@ -376,9 +377,10 @@ class Browser:
                 "--no-default-browser-check", "--disable-extensions", "--remote-debugging-pipe",
                 f"--user-data-dir={profile}", "--window-size=1280,900", "about:blank"]  # fmt: skip
         self.log = open(profile.parent / "chromium.log", "wb")
-        self.proc = subprocess.Popen(["bash", "-c", f'exec "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}', "chromium", *args],
-                                     pass_fds=(to_chrome_r, from_chrome_w), stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=self.log)  # fmt: skip
+        # bash puts the pipe ends on the fds 3 and 4 that --remote-debugging-pipe reads and writes
+        shell = f'exec "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}'
+        self.proc = subprocess.Popen(["bash", "-c", shell, "chromium", *args], pass_fds=(to_chrome_r, from_chrome_w),
+                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)  # fmt: skip
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._buf = b""

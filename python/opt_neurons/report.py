@@ -27,8 +27,8 @@ from matplotlib.figure import Figure
 
 from .analysis import METADATA, Analysis, load
 from .errors import OptNeuronsError
+from .tables import KINDS
 
-KINDS = ("oscillatory", "two_sided", "one_sided", "other")
 KIND_COLORS = {"oscillatory": "#7b3294", "two_sided": "#2c7bb6", "one_sided": "#e66101", "other": "#8c8c8c"}
 KIND_LABELS = {"oscillatory": "oscillatory", "two_sided": "two-sided", "one_sided": "one-sided", "other": "other"}
 DPI = 110
@@ -115,8 +115,8 @@ def _show_token(s: str | None, token: int | None = None) -> str:
             out.append("↵")
         elif ch == "\t":
             out.append("⇥")
-        elif ord(ch) < 32 or ch == "\ufffd":
-            out.append(repr(ch)[1:-1] if ch != "\ufffd" else "\\ufffd")
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(repr(ch)[1:-1])
         else:
             out.append(ch)
     return "".join(out) or "∅"
@@ -234,8 +234,10 @@ def _headline_rows(h: dict, meta: dict) -> list[tuple[str, str]]:
     rows = [
         ("Model", f"{h['model_id']}" + (f" @ {h['revision']}" if h["revision"] else "")),
         ("Run date", h["date"] or "not recorded"),
-        ("Data", f"{_int(h['tokens'])} tokens in {_int(meta.get('n_sequences'))} sequences of up to "
-                 f"{_int(meta.get('T'))} positions" + (f" ({data})" if data else "")),
+        ("Data", f"{_int(h['tokens'])} tokens"
+                 + (f" in {_int(meta['n_sequences'])} sequences" if meta.get("n_sequences") else "")
+                 + (f" of up to {_int(meta['T'])} positions" if meta.get("T") else "")
+                 + (f" ({data})" if data else "")),
         ("dtype", str(meta.get("dtype") or "n/a")),
         ("Neurons", f"{h['layers']} layers × {_int(h['neurons_per_layer'])} = {_int(h['neurons'])}"),
         ("Dead neurons", f"{_int(h['dead'])} ({_pct(h['dead_fraction'])}); most in layer "
@@ -274,9 +276,10 @@ def fig_dead_frequency(a: Analysis, title: str) -> tuple[Figure | None, str | No
     ax1.bar(x, dead, color="#b2182b", width=0.8)
     ax1.set(xlabel="layer", ylabel="dead neurons (% of layer)", title="Dead neurons")
     ax1.set_ylim(0, max(5.0, float(np.nanmax(dead)) * 1.15 if not np.isnan(dead).all() else 5.0))
-    for xi, d in zip(x, dead):
-        if d > 0:
-            ax1.text(xi, d, f"{d:.0f}" if d >= 1 else f"{d:.1f}", ha="center", va="bottom", fontsize=7)
+    if len(x) <= 16:  # value labels while they fit
+        for xi, d in zip(x, dead):
+            if d >= 0.05:
+                ax1.text(xi, d, f"{d:.0f}" if d >= 1 else f"{d:.1f}", ha="center", va="bottom", fontsize=7)
     ok = ~np.isnan(freq)
     if ok.any():
         ax2.plot(x[ok], freq[ok], "o-", color="#2166ac", ms=4)
@@ -315,7 +318,10 @@ def _bin_counts(values: np.ndarray) -> np.ndarray:
 
 
 def _bin_label(lo: int, hi: int | None) -> str:
-    return f">{lo - 1}" if hi is None else (str(lo) if lo == hi else f"{lo}–{hi}")
+    def k(v: int) -> str:
+        return f"{v // 1000}k" if v >= 1000 and v % 1000 == 0 else str(v)
+
+    return f">{k(lo - 1)}" if hi is None else (str(lo) if lo == hi else f"{k(lo)}–{k(hi)}")
 
 
 def fig_coverage(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
@@ -336,7 +342,7 @@ def fig_coverage(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
     for j, k in enumerate((1, 2, 3)):
         pct = 100 * counts[k][keep] / alive.height
         ax.bar(xs + (j - 1) * width, pct, width, color=colors[k], label=names[k])
-    ax.set_xticks(xs, labels)
+    ax.set_xticks(xs, labels, fontsize=8 if len(keep) > 10 else 9)
     ax.set(xlabel="k-grams needed to cover 95% of a neuron's activations",
            ylabel="% of live neurons", title=f"{title}\nn-gram coverage of {alive.height:,} live neurons")  # fmt: skip
     det_edge = [i for i, b in enumerate(keep) if COVER_BINS[b][0] > 5]
@@ -410,8 +416,9 @@ def fig_suppression(a: Analysis, title: str) -> tuple[Figure | None, str | None]
     ax.grid(alpha=0.3, axis="y")
     _int_xticks(ax, x)
     n_det = l["n_token_detectors"].to_numpy()
-    for xi, f, nd in zip(x[has], frac[has], n_det[has]):
-        ax.text(xi - w / 2, 100 * f + 1, f"n={nd}", ha="center", va="bottom", fontsize=6)
+    if len(x) <= 16:  # detectors per layer, while the labels fit
+        for xi, f, nd in zip(x[has], frac[has], n_det[has]):
+            ax.text(xi - w / 2, 100 * f + 1, f"n={nd}", ha="center", va="bottom", fontsize=6)
     return fig, None
 
 
@@ -545,7 +552,7 @@ def fig_positional_heatmaps(a: Analysis, title: str) -> tuple[Figure | None, str
     for ax in axes[len(layers) :]:
         ax.set_visible(False)
     if image is not None:
-        fig.colorbar(image, ax=axes[: len(layers)].tolist(), label="fr(p)", shrink=0.8)
+        fig.colorbar(image, ax=axes[: len(layers)].tolist(), label="fr(p)", shrink=min(0.8, 3 / (nrows + 1)))
     fig.suptitle(f"{title}\nfr(p) of positional neurons, one row each, sorted by where they peak", fontsize=9)
     return fig, None
 
@@ -861,14 +868,16 @@ def _card_html(card: dict, img: Path | None) -> str:
             + "".join(f'<span class="badge">{_esc(b)}</span>' for b in badges) + "</h3>")  # fmt: skip
     rows = [
         ("activations", f"{card['n_active']:,} (frequency {card['frequency']:.4g})"),
-        ("k-grams covering 95%", f"{card['cover_1']:,} tokens, {card['cover_2']:,} bigrams, {card['cover_3']:,} trigrams"),
+        ("k-grams covering 95%",
+         f"{card['cover_1']:,} tokens, {card['cover_2']:,} bigrams, {card['cover_3']:,} trigrams"),
         ("I(act; pos)", "n/a" if card["mi_position"] is None else f"{card['mi_position']:.3f} nats"),
     ]
     if card["token_detector"]:
         if card["suppression_score"] is not None:
             verdict = "suppresses" if card["suppresses_triggers"] else "does not suppress"
-            rows.append(("suppression", f"mean score of its tokens {card['suppression_score']:+.3f}: {verdict} them; "
-                                        f"baseline {_pct(card['suppression_baseline'], 0)} of random live neurons do"))  # fmt: skip
+            rows.append(("suppression",
+                         f"mean score of its tokens {card['suppression_score']:+.3f}: {verdict} them; "
+                         f"baseline {_pct(card['suppression_baseline'], 0)} of random live neurons do"))  # fmt: skip
         else:
             rows.append(("suppression", "not computed for this run"))
     if card["active_intervals"]:
@@ -892,8 +901,8 @@ def _card_html(card: dict, img: Path | None) -> str:
         for g, s in list(zip(card["detected_trigrams"], strs))[:12]:
             shown.append("".join(_tok_chip(t, x) for t, x in zip(g, s)))
         more = len(card["detected_trigrams"]) - len(shown)
-        parts.append("<p><b>Detected trigrams:</b> " + " · ".join(shown) + (f" … and {more} more" if more > 0 else "")
-                     + "</p>")  # fmt: skip
+        tail = f" … and {more} more" if more > 0 else ""
+        parts.append("<p><b>Detected trigrams:</b> " + " · ".join(shown) + tail + "</p>")
     if card["top_suppressed"] is not None:
         for key, label in (("top_suppressed", "Most suppressed tokens"), ("top_promoted", "Most promoted tokens")):
             chips = [_tok_chip(d["token"], d["string"], f" {d['score']:+.3f}") for d in card[key]]
@@ -1005,8 +1014,12 @@ def write_report(analysis: Analysis, out: str | Path, *, cards: Sequence[tuple[i
     shown_meta = {k: v for k, v in meta.items() if k not in ("position_totals",)}
     body.append(f"<pre>{_esc(json.dumps(shown_meta, indent=2, sort_keys=True, default=str))}</pre></details>")
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    version = meta.get("package_version") or ""
-    subtitle = f"Dead, n-gram and positional neurons (Voita et al. 2023); opt_neurons {version}, report written {now}"
+    from . import __version__
+
+    ran = meta.get("package_version")
+    versions = f"run with opt_neurons {ran}, " if ran and ran != __version__ else ""
+    subtitle = (f"Dead, n-gram and positional neurons (Voita et al. 2023); {versions}report written {now} "
+                f"by opt_neurons {__version__}")  # fmt: skip
     page = out / "report.html"
     page.write_text(_page(f"opt_neurons report: {title}", subtitle, body), encoding="utf-8")
     return page
@@ -1056,7 +1069,8 @@ def _overlay(runs: list[tuple[Path, Analysis]], labels: list[str], columns: list
         if log and all_pos and max(all_pos) / min(all_pos) > 20:
             ax.set_yscale("log")
         else:
-            ax.set_ylim(bottom=0)
+            top = ax.get_ylim()[1]
+            ax.set_ylim(-0.03 * top, top)
             if counts:
                 ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="relative depth (layer / layers)", ylabel=ylabel, title=panel)
@@ -1140,7 +1154,8 @@ def compare(dirs: Sequence[str | Path], out: str | Path) -> Path:
         ["model", "layers", "neurons", "tokens", "dead", "dead fraction", "max layer dead fraction", "at layer",
          "token detectors", "tokens covered", "trigram detectors", "positional", "oscillatory",
          "detectors suppressing triggers", "baseline"],
-        percent=("dead_fraction", "dead_max_layer_fraction", "suppressing_fraction", "suppressing_fraction_baseline"))]  # fmt: skip
+        percent=("dead_fraction", "dead_max_layer_fraction", "suppressing_fraction",
+                 "suppressing_fraction_baseline"))]  # fmt: skip
     if summary["token_detectors"].sum() == 0:
         body.append(_note("None of these runs has token detectors."))
     if summary["positional"].sum() == 0:

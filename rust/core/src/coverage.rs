@@ -74,10 +74,13 @@ pub fn coverage_bounds<K>(sorted: &[(K, u32)], total: u64, slack: u64, coverage:
 /// Detector rule of METHOD.md over `sorted` counts: among the top `max_top` keys (cover_k of
 /// them), keep those the neuron fires on for >= hit_rate of their occurrences; a detector when
 /// they hold >= detector_share of the activations. Returns the covered keys of a detector.
-/// With a lossy summary, `bounds.hi` keys are considered and only proven facts count.
+/// With a lossy summary (`slack` > 0, see `NgramSummary`) only proven facts count: cover_k must be
+/// known (lo == hi) and the stored top cover_k keys must certainly be the true top cover_k (each
+/// beats the largest possible count of every other key); otherwise no detector is claimed.
 pub fn detect<K: Copy>(
     sorted: &[(K, u32)],
     total: u64,
+    slack: u64,
     bounds: CoverageBounds,
     max_top: u32,
     occurrences: impl Fn(K) -> u64,
@@ -85,6 +88,16 @@ pub fn detect<K: Copy>(
 ) -> Option<Vec<K>> {
     if total == 0 || bounds.hi > max_top {
         return None;
+    }
+    if slack > 0 {
+        let c = bounds.hi as usize;
+        if bounds.lo != bounds.hi || c == 0 || c > sorted.len() {
+            return None;
+        }
+        let next = sorted.get(c).map_or(0, |&(_, n)| n as u64);
+        if (sorted[c - 1].1 as u64) <= next + slack {
+            return None;
+        }
     }
     let mut covered = Vec::new();
     let mut held = 0u64;

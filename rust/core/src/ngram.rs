@@ -1,18 +1,293 @@
-//! Bounded-memory n-gram counts per neuron with a certified error (Misra-Gries, batched).
+//! Bounded-memory n-gram counts per neuron with a certified error (Misra-Gries, batched), and the
+//! compact hash table that holds them (also used for sparse token counts).
 //!
 //! While fewer than `capacity` distinct keys have been seen the counts are exact. Beyond that,
 //! the summary keeps the heaviest keys: whenever the map grows past `capacity` it subtracts a
 //! threshold from every count, drops what reaches zero, and adds the threshold to `slack`.
 //! Invariant (holds through merges): for every key, stored <= true <= stored + slack, and a key
 //! absent from the map has true count <= slack. With slack == 0 the counts are exact.
-//! Memory: at most `capacity` entries of 12 bytes plus hash-map overhead (about 16 bytes each).
+//! Memory: at most `capacity` + 1 entries of 12 bytes in a table at most 5/8 full (24 KiB for
+//! the default capacity 1024).
 
-use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::marker::PhantomData;
+
+/// A key of a `CountTable`: a reserved `EMPTY` value marks free slots and is never stored.
+pub trait TableKey: Copy + Eq + std::fmt::Debug {
+    const EMPTY: Self;
+    fn hash64(self) -> u64;
+}
+
+impl TableKey for u64 {
+    /// n-gram keys pack at most 3 x 21 bits, so the top bit is free.
+    const EMPTY: u64 = u64::MAX;
+    #[inline(always)]
+    fn hash64(self) -> u64 {
+        self
+    }
+}
+
+impl TableKey for u32 {
+    const EMPTY: u32 = u32::MAX;
+    #[inline(always)]
+    fn hash64(self) -> u64 {
+        self as u64
+    }
+}
+
+/// One slot: key and count side by side, 4-byte aligned (12 bytes for u64 keys), so that a
+/// lookup touches one cache line.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, packed(4))]
+struct Slot<K> {
+    key: K,
+    count: u32,
+}
+
+impl<K: TableKey> Slot<K> {
+    #[inline(always)]
+    fn get(&self) -> (K, u32) {
+        (self.key, self.count)
+    }
+    #[inline(always)]
+    fn is_free(&self) -> bool {
+        let k = self.key;
+        k == K::EMPTY
+    }
+}
+
+/// Open-addressing (linear probing) hash map from keys to u32 counts, at most 5/8 full,
+/// Fibonacci hashing on the top bits. Iteration order is arbitrary (as with a hash map).
+#[derive(Clone)]
+pub struct CountTable<K: TableKey> {
+    slots: Vec<Slot<K>>,
+    len: usize,
+    /// 64 - log2(slots.len())
+    shift: u32,
+}
+
+const MIN_SLOTS: usize = 8;
+
+impl<K: TableKey> Default for CountTable<K> {
+    fn default() -> Self {
+        CountTable { slots: Vec::new(), len: 0, shift: 64 }
+    }
+}
+
+impl<K: TableKey> std::fmt::Debug for CountTable<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K: TableKey> CountTable<K> {
+    #[inline(always)]
+    fn home(&self, key: K) -> usize {
+        (key.hash64().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Slots allocated (the table is rebuilt twice as large past 5/8 full).
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot<K>>()
+    }
+
+    /// Hint the cache about the slot a later `add(key)` reads first.
+    #[inline(always)]
+    pub fn prefetch(&self, key: K) {
+        if !self.slots.is_empty() {
+            let p = unsafe { self.slots.as_ptr().add(self.home(key)) };
+            prefetch(p as *const u8);
+        }
+    }
+
+    /// Add `by` to `key`'s count (inserting it at `by`); returns the new count.
+    #[inline(always)]
+    pub fn add(&mut self, key: K, by: u32) -> u32 {
+        debug_assert!(key != K::EMPTY);
+        if (self.len + 1) * 8 > self.slots.len() * 5 {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            // SAFETY: i is masked to the table size.
+            let s = unsafe { self.slots.get_unchecked_mut(i) };
+            let k = s.key;
+            if k == key {
+                let c = s.count + by;
+                s.count = c;
+                return c;
+            }
+            if k == K::EMPTY {
+                *s = Slot { key, count: by };
+                self.len += 1;
+                return by;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    pub fn get(&self, key: K) -> u32 {
+        if self.slots.is_empty() {
+            return 0;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            let s = self.slots[i];
+            let k = s.key;
+            if k == key {
+                return s.count;
+            }
+            if k == K::EMPTY {
+                return 0;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn rebuild(&mut self, n_slots: usize, entries: impl Iterator<Item = (K, u32)>) {
+        self.slots.clear();
+        self.slots.resize(n_slots, Slot { key: K::EMPTY, count: 0 });
+        self.shift = 64 - n_slots.trailing_zeros();
+        self.len = 0;
+        let mask = n_slots - 1;
+        for (key, count) in entries {
+            let mut i = self.home(key);
+            while !self.slots[i].is_free() {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = Slot { key, count };
+            self.len += 1;
+        }
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        let old = std::mem::take(&mut self.slots);
+        let n = (old.len() * 2).max(MIN_SLOTS);
+        self.rebuild(n, old.iter().filter(|s| !s.is_free()).map(|s| s.get()));
+    }
+
+    /// (key, count) of every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (K, u32)> + '_ {
+        self.slots.iter().filter(|s| !s.is_free()).map(|s| s.get())
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slots.iter().filter(|s| !s.is_free()).map(|s| s.get().1)
+    }
+
+    /// Subtract `t` from every count and drop the entries that reach 0 (or less).
+    pub fn subtract(&mut self, t: u32) {
+        // Branch-free compaction of the survivors (slot occupancy is unpredictable).
+        let mut kept = vec![Slot { key: K::EMPTY, count: 0 }; self.len + 1];
+        let mut m = 0;
+        for s in &self.slots {
+            let (k, c) = s.get();
+            kept[m] = Slot { key: k, count: c.wrapping_sub(t) };
+            m += (k != K::EMPTY && c > t) as usize;
+        }
+        let n = self.slots.len();
+        self.rebuild(n, kept[..m].iter().map(|s| s.get()));
+    }
+
+    /// How many entries have count c, for c < B - 1; bucket B - 1 holds the counts >= B - 1.
+    pub fn count_histogram<const B: usize>(&self) -> [usize; B] {
+        // Four interleaved histograms and a dummy bucket for free slots: no branches, and no
+        // chain of increments of one bucket (most counts are equal).
+        let mut h = [[0usize; 256]; 4];
+        assert!(B <= 255);
+        for (i, s) in self.slots.iter().enumerate() {
+            let (k, c) = s.get();
+            let b = if k == K::EMPTY { 255 } else { (c as usize).min(B - 1) };
+            h[i & 3][b] += 1;
+        }
+        std::array::from_fn(|b| h[0][b] + h[1][b] + h[2][b] + h[3][b])
+    }
+}
+
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Serialized as a map (the same bytes as a `HashMap<K, u32>` of the same entries).
+impl<K: TableKey + Serialize> Serialize for CountTable<K> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.len))?;
+        for (k, c) in self.iter() {
+            m.serialize_entry(&k, &c)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de, K: TableKey + Deserialize<'de>> Deserialize<'de> for CountTable<K> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<K>(PhantomData<K>);
+        impl<'de, K: TableKey + Deserialize<'de>> Visitor<'de> for V<K> {
+            type Value = CountTable<K>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of counts")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut t = CountTable::default();
+                while let Some((k, c)) = a.next_entry::<K, u32>()? {
+                    if k == K::EMPTY {
+                        return Err(serde::de::Error::custom("reserved key in a count table"));
+                    }
+                    t.add(k, c);
+                }
+                Ok(t)
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
+
+/// The count at index `n` of the table's counts sorted in descending order (`n` < len): a
+/// histogram of the small counts finds it in one pass; only counts in the top bucket are sorted.
+fn nth_largest(t: &CountTable<u64>, n: usize) -> u32 {
+    const TOP: usize = 63;
+    let hist = t.count_histogram::<{ TOP + 1 }>();
+    let mut at_least = 0; // counts >= b
+    for b in (0..=TOP).rev() {
+        at_least += hist[b];
+        if at_least > n {
+            if b < TOP {
+                return b as u32;
+            }
+            let mut big: Vec<u32> = t.values().filter(|&c| c as usize >= TOP).collect();
+            let (_, &mut v, _) = big.select_nth_unstable_by(n, |a, b| b.cmp(a));
+            return v;
+        }
+    }
+    unreachable!("nth_largest: n = {n} is not below the {} entries", t.len())
+}
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NgramSummary {
-    pub counts: FxHashMap<u64, u32>,
+    pub counts: CountTable<u64>,
     /// Total count added (every occurrence, kept or not).
     pub total: u64,
     /// Largest possible undercount of any key.
@@ -20,40 +295,39 @@ pub struct NgramSummary {
 }
 
 impl NgramSummary {
-    #[inline]
+    #[inline(always)]
     pub fn add(&mut self, key: u64, by: u32, capacity: usize) {
         self.total += by as u64;
-        *self.counts.entry(key).or_insert(0) += by;
+        self.counts.add(key, by);
         if self.counts.len() > capacity {
             self.prune(capacity);
         }
     }
 
+    /// Hint the cache about the slot a later `add(key)` reads first.
+    #[inline(always)]
+    pub fn prefetch(&self, key: u64) {
+        self.counts.prefetch(key);
+    }
+
     /// Subtract the count of the (capacity/2 + 1)-th heaviest key from all keys, so that at most
     /// half the capacity survives: the amortised cost per added key stays O(1).
+    #[cold]
     fn prune(&mut self, capacity: usize) {
         let keep = (capacity / 2).max(1);
-        let mut values: Vec<u32> = self.counts.values().copied().collect();
-        if values.len() <= keep {
+        if self.counts.len() <= keep {
             return;
         }
-        let (_, &mut threshold, _) = values.select_nth_unstable_by(keep, |a, b| b.cmp(a));
-        self.counts.retain(|_, c| {
-            if *c > threshold {
-                *c -= threshold;
-                true
-            } else {
-                false
-            }
-        });
+        let threshold = nth_largest(&self.counts, keep);
+        self.counts.subtract(threshold);
         self.slack += threshold as u64;
     }
 
     pub fn merge(&mut self, other: &NgramSummary, capacity: usize) {
         self.total += other.total;
         self.slack += other.slack;
-        for (&k, &c) in other.counts.iter() {
-            *self.counts.entry(k).or_insert(0) += c;
+        for (k, c) in other.counts.iter() {
+            self.counts.add(k, c);
         }
         if self.counts.len() > capacity {
             self.prune(capacity);
@@ -65,6 +339,69 @@ impl NgramSummary {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.counts.capacity() * 13
+        self.counts.heap_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn table_counts_like_a_hash_map() {
+        let mut t = CountTable::<u64>::default();
+        let mut m = HashMap::new();
+        let mut x = 1u64;
+        for i in 0..20_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let k = (x >> 40) % 3000 + if i % 7 == 0 { 1 << 62 } else { 0 };
+            t.add(k, 1 + (i % 3) as u32);
+            *m.entry(k).or_insert(0u32) += 1 + (i % 3) as u32;
+        }
+        assert_eq!(t.len(), m.len());
+        for (&k, &c) in &m {
+            assert_eq!(t.get(k), c);
+        }
+        assert_eq!(t.get(5 << 50), 0);
+        let hist = t.count_histogram::<4>();
+        for b in 0..4 {
+            let want = m.values().filter(|&&c| if b < 3 { c == b as u32 } else { c >= 3 }).count();
+            assert_eq!(hist[b], want);
+        }
+        t.subtract(2);
+        assert_eq!(t.len(), m.values().filter(|&&c| c > 2).count());
+        for (k, c) in t.iter() {
+            assert_eq!(c, m[&k] - 2);
+        }
+        let b = bincode::serialize(&t).unwrap();
+        let back: CountTable<u64> = bincode::deserialize(&b).unwrap();
+        let as_map: HashMap<u64, u32> = bincode::deserialize(&b).unwrap();
+        assert_eq!(back.len(), t.len());
+        assert_eq!(as_map.len(), t.len());
+        for (k, c) in t.iter() {
+            assert_eq!(back.get(k), c);
+            assert_eq!(as_map[&k], c);
+        }
+    }
+
+    #[test]
+    fn summary_bounds_hold_when_lossy() {
+        let cap = 16;
+        let mut s = NgramSummary::default();
+        let mut truth: HashMap<u64, u64> = HashMap::new();
+        let mut x = 7u64;
+        for _ in 0..5000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let r = (x >> 33) % 100;
+            let k = if r < 50 { r % 4 } else { (x >> 20) % 500 };
+            s.add(k, 1, cap);
+            *truth.entry(k).or_insert(0) += 1;
+        }
+        assert!(s.counts.len() <= cap && s.slack > 0 && s.total == 5000);
+        for (&k, &c) in &truth {
+            let stored = s.counts.get(k) as u64;
+            assert!(stored <= c && c <= stored + s.slack, "key {k}: {stored} {c} {}", s.slack);
+        }
     }
 }

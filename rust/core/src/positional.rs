@@ -178,16 +178,17 @@ pub fn analyze(active: &[u32], totals: &[u64], p: &PositionalParams) -> Position
     let hi = finite.fold(f64::NEG_INFINITY, f64::max);
     let (low, high) = (lo <= p.low, hi >= p.high);
     let (strong_lo, strong_hi) = (lo <= p.strong_low, hi >= p.strong_high);
-    let (kind, strong) = if intervals.len() >= p.min_oscillations {
-        (PositionalKind::Oscillatory, strong_lo && strong_hi)
+    // METHOD.md: strong when the side(s) reached are <= strong_low / >= strong_high, for every kind
+    // (an oscillatory curve may reach one side only); no side reached is never strong.
+    let strong = (low || high) && (!low || strong_lo) && (!high || strong_hi);
+    let kind = if intervals.len() >= p.min_oscillations {
+        PositionalKind::Oscillatory
     } else if low && high {
-        (PositionalKind::TwoSided, strong_lo && strong_hi)
-    } else if low {
-        (PositionalKind::OneSided, strong_lo)
-    } else if high {
-        (PositionalKind::OneSided, strong_hi)
+        PositionalKind::TwoSided
+    } else if low || high {
+        PositionalKind::OneSided
     } else {
-        (PositionalKind::Other, false)
+        PositionalKind::Other
     };
     PositionalResult { mi, kind: Some(kind), strong, intervals }
 }

@@ -105,6 +105,18 @@ struct Rows<'a> {
     counted: Vec<bool>,
     bigram: Vec<u64>,
     trigram: Vec<u64>,
+    /// What an activation on the row adds to the token statistics: the token id, bigram and
+    /// trigram keys, or NO_TOKEN / NO_KEY (BOS rows, n-grams reaching before the sequence start).
+    tok_add: Vec<u32>,
+    bigram_add: Vec<u64>,
+    trigram_add: Vec<u64>,
+}
+
+const NO_TOKEN: u32 = u32::MAX;
+
+thread_local! {
+    /// Per-thread scratch of `update`: active rows of each neuron of a task, reused across calls.
+    static ACTIVE: std::cell::RefCell<Vec<Vec<u32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn ngram_keys(tokens: &[u32], positions: &[u32]) -> (Vec<u64>, Vec<u64>) {
@@ -235,7 +247,10 @@ impl NeuronStats {
         let bos = self.config.bos_token_id;
         let counted: Vec<bool> = tokens.iter().map(|&t| Some(t) != bos).collect();
         let (bigram, trigram) = ngram_keys(tokens, positions);
-        let rows = Rows { tokens, positions, counted, bigram, trigram };
+        let tok_add = tokens.iter().zip(&counted).map(|(&t, &c)| if c { t } else { NO_TOKEN }).collect();
+        let bigram_add = bigram.iter().zip(&counted).map(|(&k, &c)| if c { k } else { NO_KEY }).collect();
+        let trigram_add = trigram.iter().zip(&counted).map(|(&k, &c)| if c { k } else { NO_KEY }).collect();
+        let rows = Rows { tokens, positions, counted, bigram, trigram, tok_add, bigram_add, trigram_add };
         if layer == 0 {
             self.count_data(&rows);
         }
@@ -249,25 +264,38 @@ impl NeuronStats {
         self.layers[layer].par_chunks_mut(TASK_NEURONS).enumerate().for_each(|(task, accs)| {
             let w0 = task * TASK_NEURONS / 64;
             let w1 = (w0 + TASK_NEURONS / 64).min(n_words);
-            // Transpose this block of bits into per-neuron lists of active rows.
-            let mut active: Vec<Vec<u32>> = vec![Vec::new(); accs.len()];
-            for i in 0..n_rows {
-                let row = &bits[i * n_words + w0..i * n_words + w1];
-                for (dw, &word) in row.iter().enumerate() {
-                    let mut word = if w0 + dw == n_words - 1 { word & last_mask } else { word };
-                    while word != 0 {
-                        let j = word.trailing_zeros() as usize;
-                        active[dw * 64 + j].push(i as u32);
-                        word &= word - 1;
+            ACTIVE.with(|scratch| {
+                let mut active = scratch.borrow_mut();
+                if active.len() < accs.len() {
+                    active.resize_with(accs.len(), Vec::new);
+                }
+                let active = &mut active[..accs.len()];
+                for a in active.iter_mut() {
+                    a.clear();
+                }
+                // Transpose this block of bits into per-neuron lists of active rows.
+                for i in 0..n_rows {
+                    // Rows are n_words apart: prefetch this task's words a few rows ahead.
+                    if let Some(w) = bits.get((i + 8) * n_words + w0) {
+                        crate::ngram::prefetch(w as *const u64 as *const u8);
+                    }
+                    let row = &bits[i * n_words + w0..i * n_words + w1];
+                    for (dw, &word) in row.iter().enumerate() {
+                        let mut word = if w0 + dw == n_words - 1 { word & last_mask } else { word };
+                        while word != 0 {
+                            let j = word.trailing_zeros() as usize;
+                            active[dw * 64 + j].push(i as u32);
+                            word &= word - 1;
+                        }
                     }
                 }
-            }
-            for (acc, rows_on) in accs.iter_mut().zip(&active) {
-                if !rows_on.is_empty() {
-                    let acc = acc.get_or_insert_with(|| Box::new(NeuronAcc::new(cfg.max_positions)));
-                    add_activations(acc, rows_on, &rows, cfg);
+                for (acc, rows_on) in accs.iter_mut().zip(active.iter()) {
+                    if !rows_on.is_empty() {
+                        let acc = acc.get_or_insert_with(|| Box::new(NeuronAcc::new(cfg.max_positions)));
+                        add_activations(acc, rows_on, &rows, cfg);
+                    }
                 }
-            }
+            });
         });
         Ok(())
     }
@@ -418,16 +446,16 @@ impl NeuronStats {
         let mut toks = a.tokens.nonzero();
         sort_by_count(&mut toks);
         let c1 = coverage_bounds(&toks, a.n_counted, 0, dp.coverage);
-        let tokens = detect(&toks, a.n_counted, c1, dp.max_tokens, |t| d.token_occurrences[t as usize], dp);
+        let tokens = detect(&toks, a.n_counted, 0, c1, dp.max_tokens, |t| d.token_occurrences[t as usize], dp);
         let bounds = |s: &NgramSummary| {
-            let mut v: Vec<(u64, u32)> = s.counts.iter().map(|(&k, &c)| (k, c)).collect();
+            let mut v: Vec<(u64, u32)> = s.counts.iter().collect();
             sort_by_count(&mut v);
             let b = coverage_bounds(&v, s.total, s.slack, dp.coverage);
             (v, b)
         };
         let (_, c2) = bounds(&a.bigrams);
         let (tri, c3) = bounds(&a.trigrams);
-        let trigrams = detect(&tri, a.trigrams.total, c3, dp.max_trigrams, |k| d.trigram_occurrences.get(&k).copied().unwrap_or(0) as u64, dp);
+        let trigrams = detect(&tri, a.trigrams.total, a.trigrams.slack, c3, dp.max_trigrams, |k| d.trigram_occurrences.get(&k).copied().unwrap_or(0) as u64, dp);
         let pos = positional::analyze(&a.positions, &d.position_totals, pp);
         NeuronResult { n_active: a.n_active, cover: [c1, c2, c3], tokens, trigrams, pos }
     }
@@ -479,21 +507,44 @@ impl NeuronStats {
     }
 }
 
+/// How many activations ahead the hash-table slots are prefetched.
+const PREFETCH: usize = 8;
+
+/// Count one neuron's activations on `active_rows` (ascending). Each accumulator sees its adds
+/// in row order, exactly as one add per activation would; the token, bigram and trigram tables
+/// are filled in separate passes, with the slots of later activations prefetched.
 fn add_activations(acc: &mut NeuronAcc, active_rows: &[u32], rows: &Rows, cfg: &StatsConfig) {
     acc.n_active += active_rows.len() as u64;
+    let positions = &mut acc.positions[..];
     for &i in active_rows {
-        let i = i as usize;
-        acc.positions[rows.positions[i] as usize] += 1;
-        if !rows.counted[i] {
-            continue;
+        positions[rows.positions[i as usize] as usize] += 1;
+    }
+    let ahead = |k: usize| active_rows.get(k + PREFETCH).map(|&j| j as usize);
+    let mut counted = 0u64;
+    for (k, &i) in active_rows.iter().enumerate() {
+        if let Some(j) = ahead(k) {
+            if rows.tok_add[j] != NO_TOKEN {
+                acc.tokens.prefetch(rows.tok_add[j]);
+            }
         }
-        acc.n_counted += 1;
-        acc.tokens.add(rows.tokens[i], 1, cfg.vocab_size);
-        if rows.bigram[i] != NO_KEY {
-            acc.bigrams.add(rows.bigram[i], 1, cfg.ngram_capacity);
+        let t = rows.tok_add[i as usize];
+        if t != NO_TOKEN {
+            counted += 1;
+            acc.tokens.add(t, 1, cfg.vocab_size);
         }
-        if rows.trigram[i] != NO_KEY {
-            acc.trigrams.add(rows.trigram[i], 1, cfg.ngram_capacity);
+    }
+    acc.n_counted += counted;
+    for (summary, keys) in [(&mut acc.bigrams, &rows.bigram_add), (&mut acc.trigrams, &rows.trigram_add)] {
+        for (k, &i) in active_rows.iter().enumerate() {
+            if let Some(j) = ahead(k) {
+                if keys[j] != NO_KEY {
+                    summary.prefetch(keys[j]);
+                }
+            }
+            let key = keys[i as usize];
+            if key != NO_KEY {
+                summary.add(key, 1, cfg.ngram_capacity);
+            }
         }
     }
 }

@@ -1,18 +1,18 @@
 //! Exact per-neuron counts by token id, sparse while few distinct tokens have been seen and
 //! dense once a sparse map would cost more than a plain array of the vocabulary.
 
-use rustc_hash::FxHashMap;
+use crate::ngram::CountTable;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum TokenCounts {
-    Sparse(FxHashMap<u32, u32>),
+    Sparse(CountTable<u32>),
     Dense(Vec<u32>),
 }
 
 impl Default for TokenCounts {
     fn default() -> Self {
-        TokenCounts::Sparse(FxHashMap::default())
+        TokenCounts::Sparse(CountTable::default())
     }
 }
 
@@ -22,20 +22,40 @@ impl TokenCounts {
         vocab / 3
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn add(&mut self, token: u32, by: u32, vocab: usize) {
         match self {
             TokenCounts::Dense(v) => v[token as usize] += by,
             TokenCounts::Sparse(m) => {
-                *m.entry(token).or_insert(0) += by;
+                m.add(token, by);
                 if m.len() > Self::sparse_limit(vocab) {
-                    let mut dense = vec![0u32; vocab];
-                    for (&t, &c) in m.iter() {
-                        dense[t as usize] = c;
-                    }
-                    *self = TokenCounts::Dense(dense);
+                    self.densify(vocab);
                 }
             }
+        }
+    }
+
+    #[cold]
+    fn densify(&mut self, vocab: usize) {
+        if let TokenCounts::Sparse(m) = self {
+            let mut dense = vec![0u32; vocab];
+            for (t, c) in m.iter() {
+                dense[t as usize] = c;
+            }
+            *self = TokenCounts::Dense(dense);
+        }
+    }
+
+    /// Hint the cache about the memory a later `add(token)` reads first.
+    #[inline(always)]
+    pub fn prefetch(&self, token: u32) {
+        match self {
+            TokenCounts::Dense(v) => {
+                if let Some(c) = v.get(token as usize) {
+                    crate::ngram::prefetch(c as *const u32 as *const u8);
+                }
+            }
+            TokenCounts::Sparse(m) => m.prefetch(token),
         }
     }
 
@@ -49,7 +69,7 @@ impl TokenCounts {
                 }
             }
             TokenCounts::Sparse(m) => {
-                for (&t, &c) in m.iter() {
+                for (t, c) in m.iter() {
                     self.add(t, c, vocab);
                 }
             }
@@ -65,21 +85,21 @@ impl TokenCounts {
                 .filter(|(_, &c)| c > 0)
                 .map(|(t, &c)| (t as u32, c))
                 .collect(),
-            TokenCounts::Sparse(m) => m.iter().map(|(&t, &c)| (t, c)).collect(),
+            TokenCounts::Sparse(m) => m.iter().collect(),
         }
     }
 
     pub fn get(&self, token: u32) -> u32 {
         match self {
             TokenCounts::Dense(v) => v[token as usize],
-            TokenCounts::Sparse(m) => m.get(&token).copied().unwrap_or(0),
+            TokenCounts::Sparse(m) => m.get(token),
         }
     }
 
     pub fn heap_bytes(&self) -> usize {
         match self {
             TokenCounts::Dense(v) => v.capacity() * 4,
-            TokenCounts::Sparse(m) => m.capacity() * 9,
+            TokenCounts::Sparse(m) => m.heap_bytes(),
         }
     }
 }
