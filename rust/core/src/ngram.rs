@@ -6,7 +6,7 @@
 //! threshold from every count, drops what reaches zero, and adds the threshold to `slack`.
 //! Invariant (holds through merges): for every key, stored <= true <= stored + slack, and a key
 //! absent from the map has true count <= slack. With slack == 0 the counts are exact.
-//! Memory: at most `capacity` + 1 entries of 12 bytes in a table at most 5/8 full (24 KiB for
+//! Memory: at most `capacity` + 1 entries of 12 bytes in a table at most 3/4 full (24 KiB for
 //! the default capacity 1024).
 
 use serde::de::{MapAccess, Visitor};
@@ -58,21 +58,25 @@ impl<K: TableKey> Slot<K> {
     }
 }
 
-/// Open-addressing (linear probing) hash map from keys to u32 counts, at most 5/8 full,
+/// Open-addressing (linear probing) hash map from keys to u32 counts, at most 3/4 full,
 /// Fibonacci hashing on the top bits. Iteration order is arbitrary (as with a hash map).
 #[derive(Clone)]
 pub struct CountTable<K: TableKey> {
     slots: Vec<Slot<K>>,
     len: usize,
+    /// Entries with count >= 2 (lets a Misra-Gries prune find a threshold of 1 without a scan).
+    n_big: usize,
+    /// Entries with count 0 (only a caller adding 0 makes them).
+    n_zero: usize,
     /// 64 - log2(slots.len())
     shift: u32,
 }
 
-const MIN_SLOTS: usize = 8;
+const MIN_SLOTS: usize = 16;
 
 impl<K: TableKey> Default for CountTable<K> {
     fn default() -> Self {
-        CountTable { slots: Vec::new(), len: 0, shift: 64 }
+        CountTable { slots: Vec::new(), len: 0, n_big: 0, n_zero: 0, shift: 64 }
     }
 }
 
@@ -96,7 +100,17 @@ impl<K: TableKey> CountTable<K> {
         self.len == 0
     }
 
-    /// Slots allocated (the table is rebuilt twice as large past 5/8 full).
+    /// Entries with a count of at least 2.
+    pub fn len_at_least_2(&self) -> usize {
+        self.n_big
+    }
+
+    /// Entries with a count of 0.
+    pub fn len_zero(&self) -> usize {
+        self.n_zero
+    }
+
+    /// Slots allocated (the table is rebuilt twice as large past 3/4 full).
     pub fn capacity(&self) -> usize {
         self.slots.len()
     }
@@ -118,7 +132,7 @@ impl<K: TableKey> CountTable<K> {
     #[inline(always)]
     pub fn add(&mut self, key: K, by: u32) -> u32 {
         debug_assert!(key != K::EMPTY);
-        if (self.len + 1) * 8 > self.slots.len() * 5 {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
             self.grow();
         }
         let mask = self.slots.len() - 1;
@@ -128,13 +142,18 @@ impl<K: TableKey> CountTable<K> {
             let s = unsafe { self.slots.get_unchecked_mut(i) };
             let k = s.key;
             if k == key {
-                let c = s.count + by;
+                let old = s.count;
+                let c = old + by;
                 s.count = c;
+                self.n_big += (old < 2 && c >= 2) as usize;
+                self.n_zero -= (old == 0 && c > 0) as usize;
                 return c;
             }
             if k == K::EMPTY {
                 *s = Slot { key, count: by };
                 self.len += 1;
+                self.n_big += (by >= 2) as usize;
+                self.n_zero += (by == 0) as usize;
                 return by;
             }
             i = (i + 1) & mask;
@@ -165,14 +184,19 @@ impl<K: TableKey> CountTable<K> {
         self.slots.resize(n_slots, Slot { key: K::EMPTY, count: 0 });
         self.shift = 64 - n_slots.trailing_zeros();
         self.len = 0;
+        self.n_big = 0;
+        self.n_zero = 0;
         let mask = n_slots - 1;
         for (key, count) in entries {
             let mut i = self.home(key);
-            while !self.slots[i].is_free() {
+            // SAFETY: indices are masked to the table size.
+            while !unsafe { self.slots.get_unchecked(i) }.is_free() {
                 i = (i + 1) & mask;
             }
-            self.slots[i] = Slot { key, count };
+            *unsafe { self.slots.get_unchecked_mut(i) } = Slot { key, count };
             self.len += 1;
+            self.n_big += (count >= 2) as usize;
+            self.n_zero += (count == 0) as usize;
         }
     }
 
@@ -268,6 +292,10 @@ impl<'de, K: TableKey + Deserialize<'de>> Deserialize<'de> for CountTable<K> {
 /// The count at index `n` of the table's counts sorted in descending order (`n` < len): a
 /// histogram of the small counts finds it in one pass; only counts in the top bucket are sorted.
 fn nth_largest(t: &CountTable<u64>, n: usize) -> u32 {
+    if t.len_at_least_2() <= n && t.len() - t.len_zero() > n {
+        // At most n counts exceed 1 and more than n are >= 1: the n-th largest is 1.
+        return 1;
+    }
     const TOP: usize = 63;
     let hist = t.count_histogram::<{ TOP + 1 }>();
     let mut at_least = 0; // counts >= b
@@ -360,14 +388,15 @@ mod tests {
             *m.entry(k).or_insert(0u32) += 1 + (i % 3) as u32;
         }
         assert_eq!(t.len(), m.len());
+        assert_eq!(t.len_at_least_2(), m.values().filter(|&&c| c >= 2).count());
         for (&k, &c) in &m {
             assert_eq!(t.get(k), c);
         }
         assert_eq!(t.get(5 << 50), 0);
         let hist = t.count_histogram::<4>();
-        for b in 0..4 {
+        for (b, &h) in hist.iter().enumerate() {
             let want = m.values().filter(|&&c| if b < 3 { c == b as u32 } else { c >= 3 }).count();
-            assert_eq!(hist[b], want);
+            assert_eq!(h, want);
         }
         t.subtract(2);
         assert_eq!(t.len(), m.values().filter(|&&c| c > 2).count());

@@ -508,18 +508,35 @@ impl NeuronStats {
 }
 
 /// How many activations ahead the hash-table slots are prefetched.
-const PREFETCH: usize = 8;
+const PREFETCH: usize = 16;
 
 /// Count one neuron's activations on `active_rows` (ascending). Each accumulator sees its adds
 /// in row order, exactly as one add per activation would; the token, bigram and trigram tables
 /// are filled in separate passes, with the slots of later activations prefetched.
 fn add_activations(acc: &mut NeuronAcc, active_rows: &[u32], rows: &Rows, cfg: &StatsConfig) {
     acc.n_active += active_rows.len() as u64;
-    let positions = &mut acc.positions[..];
-    for &i in active_rows {
-        positions[rows.positions[i as usize] as usize] += 1;
+    // The first activations' slots, before any pass starts (the passes prefetch PREFETCH ahead).
+    for &i in &active_rows[..active_rows.len().min(PREFETCH)] {
+        let i = i as usize;
+        crate::ngram::prefetch(&acc.positions[rows.positions[i] as usize] as *const u32 as *const u8);
+        if rows.tok_add[i] != NO_TOKEN {
+            acc.tokens.prefetch(rows.tok_add[i]);
+        }
+        if rows.bigram_add[i] != NO_KEY {
+            acc.bigrams.prefetch(rows.bigram_add[i]);
+        }
+        if rows.trigram_add[i] != NO_KEY {
+            acc.trigrams.prefetch(rows.trigram_add[i]);
+        }
     }
     let ahead = |k: usize| active_rows.get(k + PREFETCH).map(|&j| j as usize);
+    let positions = &mut acc.positions[..];
+    for (k, &i) in active_rows.iter().enumerate() {
+        if let Some(j) = ahead(k) {
+            crate::ngram::prefetch(&positions[rows.positions[j] as usize] as *const u32 as *const u8);
+        }
+        positions[rows.positions[i as usize] as usize] += 1;
+    }
     let mut counted = 0u64;
     for (k, &i) in active_rows.iter().enumerate() {
         if let Some(j) = ahead(k) {

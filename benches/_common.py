@@ -1,0 +1,193 @@
+"""Shared helpers of the benchmarks: synthetic data, machine description, tables, result files.
+
+Every benchmark prints a markdown table and writes it, with the machine, date and exact command, to
+`benches/results/<name>.json` (replacing that benchmark's previous result for the same machine and
+arguments); `benches/RESULTS.md` quotes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+VOCAB = 50272  # OPT
+T = 2048
+BOS = 2
+
+
+def machine() -> dict:
+    """nproc, CPU model, load average (other users of the machine skew timings), versions."""
+    model = platform.processor() or "?"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    info = {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def command() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def markdown(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def record(name: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, notes: str = "",
+           extra: dict | None = None, machine_info: dict | None = None) -> None:  # fmt: skip
+    """Print the table and store it in benches/results/<name>.json (list of runs; a run with the same
+    command and CPU replaces the older one)."""
+    table = markdown(headers, rows)
+    print(table)
+    if notes:
+        print(notes)
+    entry = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "command": command(),
+        "machine": machine_info or machine(),
+        "headers": list(headers),
+        "rows": [list(r) for r in rows],
+        "table": table,
+        "notes": notes,
+        **(extra or {}),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    runs = json.loads(path.read_text()) if path.exists() else []
+    runs = [r for r in runs if not (r["command"] == entry["command"] and r["machine"].get("cpu") == entry["machine"]["cpu"])]
+    runs.append(entry)
+    path.write_text(json.dumps(runs, indent=1, default=str) + "\n")
+    print(f"(recorded in {path.relative_to(HERE.parent)})")
+
+
+def zipf_tokens(n_seq: int, rng: np.random.Generator, *, seq_len: int = T, vocab: int = VOCAB) -> np.ndarray:
+    """(n_seq, seq_len) token ids: Zipf(1) over the vocabulary with a fixed random id permutation,
+    BOS at position 0."""
+    ranks = np.arange(1, vocab + 1, dtype=np.float64)
+    p = 1.0 / ranks
+    p /= p.sum()
+    perm = np.random.default_rng(1234).permutation(vocab)
+    ids = perm[rng.choice(vocab, size=(n_seq, seq_len), p=p)]
+    ids[:, 0] = BOS
+    return ids.astype(np.int64)
+
+
+def pack_rows(acts: np.ndarray) -> np.ndarray:
+    """(rows, n) bool -> (rows, ceil(n/64)) uint64, bit j of word w = neuron 64 w + j."""
+    rows, n = acts.shape
+    words = -(-n // 64)
+    if words * 64 != n:
+        acts = np.concatenate([acts, np.zeros((rows, words * 64 - n), bool)], axis=1)
+    return np.ascontiguousarray(np.packbits(acts, axis=1, bitorder="little")).view("<u8")
+
+
+def uniform_bits(rows: int, n: int, density: float, rng: np.random.Generator) -> np.ndarray:
+    """Every neuron active independently with probability `density` (the accumulators' worst case)."""
+    out = np.empty((rows, -(-n // 64)), np.uint64)
+    step = 1024
+    for r in range(0, rows, step):
+        out[r : r + step] = pack_rows(rng.random((min(step, rows - r), n), dtype=np.float32) < density)
+    return out
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return peak_rss_bytes()
+
+
+class Timer:
+    """Wall and process CPU time (all threads) of a block."""
+
+    def __enter__(self) -> "Timer":
+        self.w0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wall = time.perf_counter() - self.w0
+        self.cpu = time.process_time() - self.c0
+
+
+def random_opt(config_kwargs: dict | None = None, *, dtype: Any = None, device: Any = "cpu", seed: int = 0) -> Any:
+    """An OPT model with random weights (OPTConfig defaults = the OPT-125m shape), in eval mode."""
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = OPTConfig(**(config_kwargs or {}))
+    with torch.device(device):
+        model = OPTForCausalLM(cfg)
+    if dtype is not None:
+        model = model.to(dtype)
+    model.config._name_or_path = "random-opt"
+    return model.eval()
+
+
+def calibrate_density(model: Any, ids: Any, density: float | None, passes: int = 2) -> list[float]:
+    """Shift every fc1 bias so that about `density` of the fc1 outputs are > 0 on `ids` (random weights
+    give ~50%; trained OPT layers are far sparser). None: leave the model as it is. Returns the measured
+    fraction per layer after calibration."""
+    import torch
+
+    layers = model.model.decoder.layers
+    outs: dict[int, torch.Tensor] = {}
+    hooks = [layer.fc1.register_forward_hook(lambda m, i, o, k=k: outs.__setitem__(k, o.detach()))
+             for k, layer in enumerate(layers)]  # fmt: skip
+    try:
+        with torch.inference_mode():
+            for _ in range(passes if density is not None else 0):
+                model.model.decoder(input_ids=ids, use_cache=False)
+                for k, layer in enumerate(layers):
+                    flat = outs[k].float().reshape(-1)
+                    sample = flat[torch.randint(0, flat.numel(), (min(flat.numel(), 1 << 22),), device=flat.device)]
+                    q = torch.quantile(sample, 1.0 - density)
+                    layer.fc1.bias.sub_(q.to(layer.fc1.bias.dtype))
+            model.model.decoder(input_ids=ids, use_cache=False)
+            return [float((outs[k] > 0).float().mean()) for k in range(len(layers))]
+    finally:
+        for h in hooks:
+            h.remove()

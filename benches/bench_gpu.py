@@ -1,0 +1,121 @@
+"""Tokens/s of OPT-shaped models on a GPU with and without the analysis (for when an accelerator is lent).
+
+Shapes (random weights, fp16, T = 2048): 125m (12 x 768, ffn 3072), 1.3b (24 x 2048, ffn 8192),
+6.7b (32 x 4096, ffn 16384). Every fc1 bias is shifted so that about `--density` of the fc1 outputs
+are > 0 (random weights give ~50%; trained OPT layers are far sparser), since the counting work grows
+with the number of activations.
+
+For each shape, on the same tokens and batches:
+- bare: `model.model.decoder(input_ids=batch, use_cache=False)` under torch.inference_mode, synchronised;
+- analyze: `opt_neurons.analyze(model, tokens, batch_size=...)`: the forward phase (bit packing on the
+  device, copies of the bits to pinned host memory, counting on the host worker thread) is timed from
+  `metadata["forward_seconds"]`, and the whole call (with finalisation) too.
+Target (issue 5): forward-phase throughput with analysis >= 90% of the bare forward.
+
+    python benches/bench_gpu.py                       # all three shapes (needs a GPU with ~40 GB)
+    python benches/bench_gpu.py --shapes 125m,1.3b --seqs 16
+    python benches/bench_gpu.py --smoke               # tiny shapes on whatever device there is (CPU ok)
+
+Host memory: the accumulators of a 6.7b model (524 k neurons) take tens of GB after a few sequences
+(each live neuron holds position counts, token counts and two n-gram summaries): keep --seqs small there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from _common import calibrate_density, machine, random_opt, record, zipf_tokens  # noqa: E402
+
+import opt_neurons  # noqa: E402
+
+SHAPES = {
+    "125m": dict(num_hidden_layers=12, hidden_size=768, ffn_dim=3072, num_attention_heads=12, word_embed_proj_dim=768),
+    "1.3b": dict(num_hidden_layers=24, hidden_size=2048, ffn_dim=8192, num_attention_heads=32, word_embed_proj_dim=2048),
+    "6.7b": dict(num_hidden_layers=32, hidden_size=4096, ffn_dim=16384, num_attention_heads=32, word_embed_proj_dim=4096),
+}
+SMOKE = {
+    "smoke-a": dict(num_hidden_layers=2, hidden_size=64, ffn_dim=256, num_attention_heads=4, word_embed_proj_dim=64,
+                    max_position_embeddings=128),
+    "smoke-b": dict(num_hidden_layers=3, hidden_size=96, ffn_dim=384, num_attention_heads=4, word_embed_proj_dim=96,
+                    max_position_embeddings=128),
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare(model, tokens: np.ndarray, batch_size: int, device: torch.device) -> float:
+    decoder = model.model.decoder
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for b in range(0, len(tokens), batch_size):
+            decoder(input_ids=torch.from_numpy(tokens[b : b + batch_size]).to(device), use_cache=False)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def run_shape(name: str, kwargs: dict, seqs: int, batch_size: int, density: float | None, dtype: torch.dtype,
+              device: torch.device, seed: int) -> list:  # fmt: skip
+    model = random_opt(kwargs, dtype=dtype, device=device, seed=seed)
+    T = model.config.max_position_embeddings
+    tokens = zipf_tokens(seqs, np.random.default_rng(seed), seq_len=T, vocab=model.config.vocab_size)
+    dens = calibrate_density(model, torch.from_numpy(tokens[:1]).to(device), density)
+    bare(model, tokens[:batch_size], batch_size, device)  # warm-up (kernels, allocator)
+    b = min(bare(model, tokens, batch_size, device) for _ in range(2))
+    t0 = time.perf_counter()
+    an = opt_neurons.analyze(model, tokens, batch_size=batch_size, progress=False)
+    total = time.perf_counter() - t0
+    fwd = an.metadata["forward_seconds"]
+    n = tokens.size
+    row = [name, str(dtype).replace("torch.", ""), str(device), f"{np.mean(dens):.3f}", n, batch_size,
+           f"{n / b:,.0f}", f"{n / fwd:,.0f}", f"{100 * b / fwd:.0f}%", f"{n / total:,.0f}",
+           f"{an.metadata['accumulator_bytes'] / 2**20:,.0f}"]  # fmt: skip
+    print(row, flush=True)
+    del model, an
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="125m,1.3b,6.7b")
+    ap.add_argument("--seqs", type=int, default=8, help="sequences per shape (6.7b: at most 4 are used)")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--density", default="0.05", help="target fraction of fc1 outputs > 0, or 'none'")
+    ap.add_argument("--dtype", default=None, help="default: float16 on a GPU, float32 on the CPU")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, runs anywhere in seconds")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, a.dtype) if a.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    density = None if a.density == "none" else float(a.density)
+    info = machine()
+    shapes = SMOKE if a.smoke else {k: SHAPES[k] for k in a.shapes.split(",")}
+    rows = []
+    for name, kw in shapes.items():
+        seqs = min(a.seqs, 4) if name == "6.7b" else a.seqs
+        rows.append(run_shape(name, kw, seqs, min(a.batch_size, seqs), density, dtype, device, a.seed))
+    record("gpu_smoke" if a.smoke else "gpu",
+           ["shape", "dtype", "device", "fc1 density", "tokens", "batch", "bare tok/s", "analyze forward-phase tok/s",
+            "analyze / bare", "analyze total tok/s", "accumulators MiB"],
+           rows, machine_info=info,
+           notes="random weights; 'analyze / bare' = forward-phase throughput with analysis relative to the bare "
+                 "forward (target >= 90%); the total includes finalisation (tables, suppression scores).")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

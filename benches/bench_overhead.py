@@ -1,0 +1,92 @@
+"""End-to-end `opt_neurons.analyze()` vs a bare forward pass of the same model on the same tokens with
+the same batching, in one run, on the CPU: the analysis overhead in %.
+
+Model: OPT-125m shape (OPTConfig defaults: 12 layers, d=768, ffn 3072, 12 heads, T=2048), random
+weights, float32. Random weights make ~50% of fc1 outputs positive; trained OPT layers are far sparser
+(the paper: live neurons fire on well under 10% of tokens), so by default every fc1 bias is shifted to
+give `--density` (5%) on the data; `--density none` keeps the raw random model (the worst case).
+
+Bare: `model.model.decoder(input_ids=batch, use_cache=False)` under torch.inference_mode, batch after
+batch (what analyze() runs, without hooks). analyze(): the whole call, i.e. bit capture on every fc1,
+counting on the worker thread, finalisation into tables (including suppression scores) — on a few
+sequences the fixed cost of finalisation weighs far more than over the 5 M tokens of a real run, so
+the forward phase (`metadata["forward_seconds"]`) is reported on its own too. Rounds alternate
+bare / analyze; the median counts.
+
+    python benches/bench_overhead.py                    # 4 sequences of 2048 tokens, batch 2, 2 rounds
+    python benches/bench_overhead.py --density none
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from _common import Timer, calibrate_density, machine, random_opt, record, zipf_tokens  # noqa: E402
+
+import opt_neurons  # noqa: E402
+
+
+def bare_forward(model, tokens: np.ndarray, batch_size: int) -> None:
+    decoder = model.model.decoder
+    with torch.inference_mode():
+        for b in range(0, len(tokens), batch_size):
+            decoder(input_ids=torch.from_numpy(tokens[b : b + batch_size]), use_cache=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seqs", type=int, default=4, help="sequences of 2048 tokens")
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--density", default="0.05", help="target fraction of fc1 outputs > 0, or 'none'")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    info = machine()
+    density = None if a.density == "none" else float(a.density)
+    model = random_opt(seed=a.seed)
+    rng = np.random.default_rng(a.seed)
+    tokens = zipf_tokens(a.seqs, rng)
+    measured = calibrate_density(model, torch.from_numpy(tokens[:1]), density)
+    print(f"fc1 density per layer: {np.round(measured, 4).tolist()}", flush=True)
+    bare_forward(model, tokens[:1, :256], 1)  # warm-up
+    bare, full, fwd, fin = [], [], [], []
+    for r in range(a.rounds):
+        with Timer() as tb:
+            bare_forward(model, tokens, a.batch_size)
+        with Timer() as ta:
+            an = opt_neurons.analyze(model, tokens, batch_size=a.batch_size, progress=False)
+        bare.append(tb.wall)
+        full.append(ta.wall)
+        fwd.append(an.metadata["forward_seconds"])
+        fin.append(ta.wall - an.metadata["forward_seconds"])
+        print(f"round {r}: bare {tb.wall:.2f} s, analyze {ta.wall:.2f} s (forward phase {fwd[-1]:.2f} s, "
+              f"finalize {fin[-1]:.2f} s)", flush=True)  # fmt: skip
+    b, f, w, z = (statistics.median(x) for x in (bare, full, fwd, fin))
+    n_tok = tokens.size
+    events = float(an.neurons["n_active"].sum())
+    rows = [[f"{np.mean(measured):.3f}", n_tok, a.batch_size, f"{b:.2f}", f"{w:.2f}", f"{z:.2f}", f"{f:.2f}",
+             f"{100 * (w - b) / b:+.1f}%", f"{100 * (f - b) / b:+.1f}%", f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}",
+             f"{events / n_tok:,.0f}"]]  # fmt: skip
+    record("overhead",
+           ["fc1 density", "tokens", "batch", "bare forward s", "analyze forward phase s", "analyze finalize s",
+            "analyze total s", "overhead forward phase", "overhead total", "bare tok/s", "analyze tok/s",
+            "activation events per token (all layers)"],
+           rows, machine_info=info,
+           notes="OPT-125m shape, random weights (fc1 biases shifted to the density shown), float32 on the CPU, "
+                 f"torch threads {torch.get_num_threads()}; medians of {a.rounds} alternating rounds.",
+           extra={"bare_s": bare, "analyze_s": full, "forward_phase_s": fwd, "density_per_layer": measured})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
