@@ -25,16 +25,22 @@ CHUNK = 256
 def value_scores(model: Any, layer: int, neurons: list[int]) -> torch.Tensor:
     """(vocab, len(neurons)) float32 scores of the neurons' value vectors against the unembedding."""
     fc2 = decoder_layers(model)[layer].fc2
-    w_u = model.get_output_embeddings().weight
+    w_u = model.get_output_embeddings().weight.float()  # once per call: the vocabulary is large
     project = output_projection(model)
+    proj = project.weight.float().to(fc2.weight.device) if project is not None else None
+    idx = torch.tensor(neurons, device=fc2.weight.device, dtype=torch.long)
     out = []
     for i in range(0, len(neurons), CHUNK):
-        idx = torch.tensor(neurons[i : i + CHUNK], device=fc2.weight.device)
-        v = fc2.weight.index_select(1, idx).float()
-        if project is not None:
-            v = project.weight.float().to(v.device) @ v
-        out.append((w_u.float() @ v.to(w_u.device)).cpu())
+        v = fc2.weight.index_select(1, idx[i : i + CHUNK]).float()
+        if proj is not None:
+            v = proj @ v
+        out.append((w_u @ v.to(w_u.device)).cpu())
     return torch.cat(out, dim=1) if out else torch.empty(w_u.shape[0], 0)
+
+
+def ranks_below(scores: torch.Tensor, tokens: torch.Tensor) -> list[int]:
+    """For each token, how many vocabulary scores lie strictly below its own (0 = most suppressed)."""
+    return (scores[None, :] < scores[tokens][:, None]).sum(dim=1).tolist()
 
 
 @contextlib.contextmanager
@@ -70,8 +76,7 @@ def suppression_columns(model: Any, neurons: pl.DataFrame, t: Thresholds, materi
             col = scores[:, j]
             score[r] = float(col[toks].mean())
             flag[r] = score[r] < 0
-            # Rank 0 = most suppressed: how many vocabulary scores lie strictly below the token's.
-            ranks[r] = [int((col < col[tk]).sum()) for tk in toks]
+            ranks[r] = ranks_below(col, toks)
             if draws is not None:
                 cols = base_scores[:, np.searchsorted(uniq, draws[j])]
                 baseline[r] = float((cols[toks].mean(dim=0) < 0).float().mean())
