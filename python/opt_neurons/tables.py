@@ -176,9 +176,10 @@ def positions_table(neurons: pl.DataFrame, stats: NeuronStats) -> pl.DataFrame:
     totals = stats.position_totals().astype(np.float64)
     last = int(np.flatnonzero(totals)[-1]) + 1 if totals.any() else 0
     rows = neurons.filter(pl.col("positional")).select("layer", "neuron", "positional_kind")
-    curves = []
+    counts = np.zeros((rows.height, last), dtype=np.float64)
+    for i, (layer, neuron, _) in enumerate(rows.iter_rows()):
+        counts[i] = stats.position_counts(layer, neuron)[:last]
     with np.errstate(invalid="ignore", divide="ignore"):
-        for layer, neuron, _ in rows.iter_rows():
-            counts = stats.position_counts(layer, neuron)[:last].astype(np.float64)
-            curves.append(np.where(totals[:last] > 0, counts / totals[:last], np.nan).tolist())
-    return rows.with_columns(pl.Series("fr", curves, dtype=pl.List(pl.Float64)))
+        fr = np.where(totals[:last] > 0, counts / totals[:last], np.nan)
+    # A 2-D array becomes a fixed-width column in one step; stored as a list column.
+    return rows.with_columns(pl.Series("fr", fr).cast(pl.List(pl.Float64)))
