@@ -9,7 +9,7 @@ Developer tool, not part of the installed package. Seeded and resumable:
 Steps:
 1. a byte-level BPE tokenizer (vocab 8192) trained on `opt_neurons.corpus.iter_documents()` with OPT's special
    tokens at OPT's ids (<s>=0, <pad>=1, </s>=2 = BOS = EOS, <unk>=3); like OPT's tokenizer it prepends </s>;
-2. every 20th document (index % 20 == 10, ~5%) held out; the rest packed as METHOD.md says (each sequence
+2. every 19th document (index % 19 == 9, ~5% of each source) held out; the rest packed as METHOD.md says (each sequence
    starts with BOS, documents back to back with the BOS/EOS separator; `opt_neurons.data.pack_documents`);
 3. OPTForCausalLM from OPTConfig, AdamW with linear warmup and cosine decay, loss (train and held-out) logged
    to <work>/train_log.tsv, checkpoints every --ckpt-every steps in <work>;
@@ -39,7 +39,7 @@ VOCAB = 8192
 T = 256
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # OPT's ids 0, 1, 2, 3
 BOS = 2
-HELD_OUT_EVERY, HELD_OUT_AT = 20, 10
+HELD_OUT_EVERY, HELD_OUT_AT = 19, 9  # 19 is prime to the 4 interleaved sources: ~5% of each
 
 
 def log(msg: str, fh=None) -> None:
@@ -309,9 +309,19 @@ def export(model, tok, out: Path, work: Path, args, **info) -> None:
     (out / "training.json").write_text(json.dumps({"args": keep, **info}, indent=2) + "\n")
     size = (out / "model.safetensors").stat().st_size
     assert size <= 15 * 10**6, f"model.safetensors is {size} bytes, over 15 MB"
-    cmd = "python scripts/train_demo.py " + " ".join(a for a in sys.argv[1:] if a != "--measure")
+    argv, skip = [], False  # the command without --out / --work (where things go, not what is trained)
+    for a in sys.argv[1:]:
+        if skip or a == "--measure" or a.startswith(("--out=", "--work=")):
+            skip = False
+            continue
+        if a in ("--out", "--work"):
+            skip = True
+            continue
+        argv.append(a)
+    cmd = "python scripts/train_demo.py " + " ".join(argv)
     (out / "README.md").write_text(README.format(cmd=cmd.strip(), size=size / 1e6, args=args, T=T, VOCAB=VOCAB,
-                                                 minutes=info["train_seconds"] / 60, **info))  # fmt: skip
+                                                 minutes=info["train_seconds"] / 60,
+                                                 autocast=" with bfloat16 autocast on the CPU" if args.bf16 else "", **info))  # fmt: skip
     (out / "LICENSE").write_text(LICENSE)
 
 
@@ -325,13 +335,13 @@ toy: about {n_params:,} parameters trained on {tokens_seen:,} tokens, not a usef
   {args.d_model}, {args.ffn_dim} ReLU neurons per feed-forward layer, {args.heads} heads, pre-LayerNorm
   (`do_layer_norm_before=True`), learned positions, `max_position_embeddings` = T = {T}, tied input/output
   embeddings, no dropout.
-- Weights: `model.safetensors`, float16, {size:.1f} MB (trained in float32 with bfloat16 autocast on the CPU;
-  the pipeline casts to float32 on the CPU).
+- Weights: `model.safetensors`, float16, {size:.1f} MB (trained in float32{autocast}; the pipeline casts them
+  to float32 on the CPU).
 - Tokenizer: byte-level BPE, vocabulary {VOCAB}, trained on the whole bundled corpus with `tokenizers`; OPT's
   special tokens at OPT's ids (`<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3); like OPT's tokenizer it prepends `</s>`,
   which is BOS and EOS. Saved as a fast tokenizer (`tokenizer.json`, `tokenizer_config.json`).
 - Data: `opt_neurons.corpus.iter_documents()` ({documents_train_held_out[0]} documents for training,
-  {documents_train_held_out[1]} held out: every 20th, index % 20 == 10), packed as METHOD.md says (each sequence
+  {documents_train_held_out[1]} held out: every 19th, index % 19 == 9), packed as METHOD.md says (each sequence
   starts with BOS, documents back to back separated by BOS/EOS): {train_tokens:,} training tokens,
   {held_out_tokens:,} held-out tokens in sequences of {T}.
 - Training: {steps} steps of {args.batch_size} x {T} tokens ({tokens_seen:,} tokens, about

@@ -111,7 +111,7 @@ def pack_documents(docs: Iterable[str], tokenizer: Any, *, seq_len: int, n_token
     for doc in docs:
         if not doc.strip():  # blank documents would only add separators
             continue
-        ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"]
         if stream:
             stream.append(bos_id)
         stream.extend(ids)
