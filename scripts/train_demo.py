@@ -171,7 +171,6 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     fh = open(work / "train.log", "a")
     log(f"args: {vars(args)}", fh)
-    started = time.time()
 
     # 1. tokenizer (cached in work/)
     from transformers import AutoTokenizer

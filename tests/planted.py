@@ -587,7 +587,7 @@ def build_planted_opt(root: Path, *, seq_len: int = 256, n_layers: int = 2, ffn_
                 qw[base + row] = ATT_GAIN * qscale * ct * rc
                 row += 1
     # values: head 0 carries [token is b] + 4 generic features; head 1 carries [token is a]
-    a_id, b_id, c_id = special["New"], special["York"], special["City"]
+    a_id, b_id = special["New"], special["York"]
     vw[0 * hd + 0] = _reader(d, sp_pair[b_id], 1.0 / (c0 * S))
     for i in range(N_PREV_GENERIC):
         vw[0 * hd + 1 + i] = _reader(d, lay.generic[i], 1.0 / c0)
