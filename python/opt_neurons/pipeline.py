@@ -96,7 +96,8 @@ def analyze(
     mine = distributed.shard(tokens, rank, world) if world > 1 else tokens
     n_layers, n_neurons, T = len(decoder_layers(lm.model)), int(cfg.ffn_dim), int(tokens.tokens.shape[1])
     dtype_name = str(next(lm.model.parameters()).dtype).replace("torch.", "")
-    fingerprint = {"model": lm.model_id, "revision": lm.revision, "data": tokens.content_hash(), "T": T,
+    data_sha256 = tokens.content_hash()  # hashes every token: once per run
+    fingerprint = {"model": lm.model_id, "revision": lm.revision, "data": data_sha256, "T": T,
                    "ngram_capacity": ngram_capacity, "dtype": dtype_name, "rank": rank, "world": world}  # fmt: skip
     out_dir = Path(out) if out is not None else None
     ckpt = checkpoint.DIR if world == 1 else f"{checkpoint.DIR}-rank{rank}"
@@ -131,7 +132,7 @@ def analyze(
         "n_sequences": int(len(tokens.lengths)),
         "T": T,
         "data_sources": tokens.sources,
-        "data_sha256": tokens.content_hash(),
+        "data_sha256": data_sha256,
         "thresholds": t.to_dict(),
         "ngram_capacity": ngram_capacity,
         "accumulator_bytes": stats.memory_bytes(),

@@ -8,7 +8,6 @@ for detectors (and the random baseline neurons) only, in chunks of columns.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -43,11 +42,6 @@ def ranks_below(scores: torch.Tensor, tokens: torch.Tensor) -> list[int]:
     return (scores[None, :] < scores[tokens][:, None]).sum(dim=1).tolist()
 
 
-@contextlib.contextmanager
-def _resident(layer: int) -> Iterator[None]:
-    yield
-
-
 def suppression_columns(model: Any, neurons: pl.DataFrame, t: Thresholds, materialize: Any = None) -> pl.DataFrame:
     """Columns suppression_score, suppresses_triggers, detected_token_ranks, suppression_baseline.
     materialize(layer): context manager that puts the layer's weights on a device (streamed models)."""
@@ -66,7 +60,7 @@ def suppression_columns(model: Any, neurons: pl.DataFrame, t: Thresholds, materi
         rows = np.flatnonzero(det & (layer_col == layer))
         pool = neuron_col[plain_alive & (layer_col == layer)]
         draws = rng.choice(pool, size=(len(rows), t.baseline_draws)) if len(pool) and t.baseline_draws else None
-        with (materialize or _resident)(layer):
+        with materialize(layer) if materialize else contextlib.nullcontext():
             scores = value_scores(model, layer, neuron_col[rows].tolist())
             if draws is not None:
                 uniq = np.unique(draws)
