@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=65_536, help="rows of the direct simulation (multiple of 2048)")
     ap.add_argument("--sample", type=int, default=1024, help="neurons directly simulated per sampled layer")
     ap.add_argument("--layers", default="0,3,16,31", help="layers of the direct simulation")
-    ap.add_argument("--ngram-capacity", type=int, default=1024)
+    ap.add_argument("--ngram-capacity", type=int, default=opt_neurons._core.DEFAULT_CAPACITY)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     p = zipf_p()

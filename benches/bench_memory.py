@@ -94,7 +94,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=262_144)
     ap.add_argument("--batch", type=int, default=8, help="sequences per update")
-    ap.add_argument("--ngram-capacity", type=int, default=1024)
+    ap.add_argument("--ngram-capacity", type=int, default=opt_neurons._core.DEFAULT_CAPACITY)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     info = machine()

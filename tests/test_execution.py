@@ -149,9 +149,12 @@ def test_interrupt_saves_a_checkpoint_and_resumes(model_and_tokens, plain, tmp_p
     assert_same(resumed, plain)
 
 
+# Capacity above every neuron's distinct k-grams: exact summaries merge to exactly the one-process
+# counts (lossy ones merge to certified bounds that may differ; tests/test_core_reference.py).
 DIST = """
 import sys, numpy as np, opt_neurons
-a = opt_neurons.analyze(sys.argv[1], np.load(sys.argv[2]), batch_size=2, progress=False, out=sys.argv[3])
+a = opt_neurons.analyze(sys.argv[1], np.load(sys.argv[2]), batch_size=2, progress=False, out=sys.argv[3],
+                        ngram_capacity=4096)
 print("RESULT", a is not None)
 """
 

@@ -7,6 +7,8 @@ import numpy.typing as npt
 
 __version__: str
 
+DEFAULT_CAPACITY: int
+
 class NeuronStats:
     """Streaming per-neuron accumulators over packed activation bitmasks.
 
@@ -24,7 +26,7 @@ class NeuronStats:
         max_positions: int,
         *,
         bos_token_id: int | None = 2,
-        ngram_capacity: int = 1024,
+        ngram_capacity: int = ...,
     ) -> None: ...
     def update(
         self,
@@ -52,7 +54,7 @@ class NeuronStats:
         smoothing_half_width: int = 0,
     ) -> dict[str, Any]: ...
     def position_counts(self, layer: int, neuron: int) -> npt.NDArray[np.uint32]: ...
-    def token_counts(self, layer: int, neuron: int) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]: ...
+    def token_counts(self, layer: int, neuron: int) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32], int]: ...
     def position_totals(self) -> npt.NDArray[np.uint64]: ...
     def token_occurrences(self) -> npt.NDArray[np.uint64]: ...
     def layer_rows(self) -> npt.NDArray[np.uint64]: ...

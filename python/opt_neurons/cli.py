@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from . import _core
 from .errors import OptNeuronsError
 from .params import Thresholds
 
@@ -29,7 +30,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: fp16 on GPU, fp32 on CPU)")
     p.add_argument("--device-map", default=None, help="accelerate device map, e.g. auto")
-    p.add_argument("--ngram-capacity", type=int, default=1024, help="n-grams kept exactly per neuron")
+    p.add_argument("--ngram-capacity", type=int, default=_core.DEFAULT_CAPACITY,
+                   help="distinct tokens / bigrams / trigrams counted exactly per neuron (memory grows with it)")
     p.add_argument("--execution", default="auto", choices=["auto", "memory", "offload", "layer"],
                    help="memory: whole model on the device; offload: accelerate device_map; layer: layer-major "
                         "(one layer on the device at a time, for models larger than the GPU); auto: by size")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint, distributed, executors
+from . import _core, checkpoint, distributed, executors
 from .analysis import Analysis
 from .capture import BitCapture
 from .data import prepare_data
@@ -51,7 +51,7 @@ def analyze(
     out: str | Path | None = None,
     progress: bool = True,
     revision: str | None = None,
-    ngram_capacity: int = 1024,
+    ngram_capacity: int = _core.DEFAULT_CAPACITY,
     checkpoint_every: int = 256,
     execution: str = "auto",
     block_size: int = 64,

@@ -354,11 +354,11 @@ def fig_coverage(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
     ax.grid(alpha=0.3, axis="y")
     note = None
     inexact = 0
-    for k in (2, 3):
+    for k in (1, 2, 3):
         if f"cover_{k}_max" in alive.columns:
             inexact += int((alive[f"cover_{k}_max"] != alive[f"cover_{k}"]).sum())
     if inexact:
-        note = (f"{inexact:,} bigram/trigram coverages are certified bounds (n-gram summaries past capacity); "
+        note = (f"{inexact:,} coverages are certified bounds (k-gram summaries past capacity); "
                 "their lower bounds are plotted.")  # fmt: skip
     return fig, note
 

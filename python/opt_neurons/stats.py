@@ -52,7 +52,7 @@ class NeuronStats:
         max_positions: int,
         *,
         bos_token_id: int | None = 2,
-        ngram_capacity: int = 1024,
+        ngram_capacity: int = _core.DEFAULT_CAPACITY,
     ) -> None:
         self._core = _core.NeuronStats(
             n_layers, n_neurons, vocab_size, max_positions, bos_token_id=bos_token_id, ngram_capacity=ngram_capacity
@@ -84,7 +84,9 @@ class NeuronStats:
     def position_counts(self, layer: int, neuron: int) -> np.ndarray:
         return self._core.position_counts(layer, neuron)
 
-    def token_counts(self, layer: int, neuron: int) -> tuple[np.ndarray, np.ndarray]:
+    def token_counts(self, layer: int, neuron: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(token ids, counts, slack), heaviest first: exact when slack == 0; otherwise each count
+        may undercount by up to slack, and a token not listed has at most slack activations."""
         return self._core.token_counts(layer, neuron)
 
     def position_totals(self) -> np.ndarray:

@@ -63,6 +63,7 @@ def build_tables(stats: NeuronStats, t: Thresholds, *, tokenizer: Any = None, mo
             "cover_1": pl.Series(f["cover_1"], dtype=pl.UInt32),
             "cover_2": pl.Series(f["cover_2"], dtype=pl.UInt32),
             "cover_3": pl.Series(f["cover_3"], dtype=pl.UInt32),
+            "cover_1_max": pl.Series(f["cover_1_max"], dtype=pl.UInt32),
             "cover_2_max": pl.Series(f["cover_2_max"], dtype=pl.UInt32),
             "cover_3_max": pl.Series(f["cover_3_max"], dtype=pl.UInt32),
             "token_detector": det,

@@ -140,7 +140,7 @@ fn make_bits(tokens: &[u32], n_neurons: usize, density: f64, profile: Profile, z
 }
 
 fn config(n_neurons: usize) -> StatsConfig {
-    StatsConfig { n_layers: 1, n_neurons, vocab_size: VOCAB, max_positions: T, bos_token_id: Some(BOS), ngram_capacity: 1024 }
+    StatsConfig { n_layers: 1, n_neurons, vocab_size: VOCAB, max_positions: T, bos_token_id: Some(BOS), ngram_capacity: opt_neurons_core::summary::DEFAULT_CAPACITY }
 }
 
 type Block = (Vec<u32>, Vec<u32>, Vec<u64>);

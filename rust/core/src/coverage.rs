@@ -74,7 +74,7 @@ pub fn coverage_bounds<K>(sorted: &[(K, u32)], total: u64, slack: u64, coverage:
 /// Detector rule of METHOD.md over `sorted` counts: among the top `max_top` keys (cover_k of
 /// them), keep those the neuron fires on for >= hit_rate of their occurrences; a detector when
 /// they hold >= detector_share of the activations. Returns the covered keys of a detector.
-/// With a lossy summary (`slack` > 0, see `NgramSummary`) only proven facts count: cover_k must be
+/// With a lossy summary (`slack` > 0, see `Summary`) only proven facts count: cover_k must be
 /// known (lo == hi) and the stored top cover_k keys must certainly be the true top cover_k (each
 /// beats the largest possible count of every other key); otherwise no detector is claimed.
 pub fn detect<K: Copy>(

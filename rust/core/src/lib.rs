@@ -8,13 +8,13 @@
 
 pub mod coverage;
 pub mod error;
-pub mod ngram;
 pub mod positional;
+pub mod positions;
 pub mod stats;
-pub mod token_counts;
+pub mod summary;
 
 pub use coverage::{CoverageBounds, DetectorParams};
 pub use error::StatsError;
-pub use ngram::NgramSummary;
+pub use summary::{NgramSummary, Summary, TokenSummary};
 pub use positional::{PositionalParams, PositionalResult, PositionalKind};
 pub use stats::{Finalized, NeuronStats, StatsConfig};

@@ -2,9 +2,10 @@
 
 use crate::coverage::{coverage_bounds, detect, sort_by_count, CoverageBounds, DetectorParams};
 use crate::error::StatsError;
-use crate::ngram::NgramSummary;
 use crate::positional::{self, PositionalParams};
-use crate::token_counts::TokenCounts;
+use crate::positions::{PositionChunk, CHUNK};
+use crate::summary::{NgramSummary, Summary, TableKey, TokenSummary};
+use crate::summary::prefetch;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -13,10 +14,10 @@ use serde::{Deserialize, Serialize};
 pub const MAX_VOCAB: usize = 1 << 21;
 const ID_BITS: u32 = 21;
 const ID_MASK: u64 = (1 << ID_BITS) - 1;
-const NO_KEY: u64 = u64::MAX;
-/// Neurons handled by one parallel task: 4 words of each row, half a cache line.
-const TASK_NEURONS: usize = 256;
-const MAGIC: &[u8; 8] = b"OPTNST01";
+const NO_KEY: u64 = <u64 as TableKey>::EMPTY;
+/// Neurons handled by one parallel task (one position chunk): 4 words of each row.
+const TASK_NEURONS: usize = CHUNK;
+const MAGIC: &[u8; 8] = b"OPTNST02";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatsConfig {
@@ -26,7 +27,7 @@ pub struct StatsConfig {
     pub max_positions: usize,
     /// Rows holding this token (BOS, also the document separator) are left out of token statistics.
     pub bos_token_id: Option<u32>,
-    /// Most distinct bigrams / trigrams kept per neuron before the summary becomes lossy.
+    /// Most distinct tokens / bigrams / trigrams kept per neuron before its summary becomes lossy.
     pub ngram_capacity: usize,
 }
 
@@ -37,46 +38,26 @@ impl StatsConfig {
 }
 
 /// Per-neuron accumulators, allocated on the first activation (dead neurons cost 8 bytes).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Position counts live per chunk of neurons (`PositionChunk`), not here.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct NeuronAcc {
     n_active: u64,
-    positions: Vec<u32>,
-    tokens: TokenCounts,
-    /// Activations counted for token statistics (non-BOS rows).
-    n_counted: u64,
+    /// Token ids of the counted (non-BOS) activations; `tokens.total` counts them all.
+    tokens: TokenSummary,
     bigrams: NgramSummary,
     trigrams: NgramSummary,
 }
 
 impl NeuronAcc {
-    fn new(max_positions: usize) -> Self {
-        NeuronAcc {
-            n_active: 0,
-            positions: vec![0; max_positions],
-            tokens: TokenCounts::default(),
-            n_counted: 0,
-            bigrams: NgramSummary::default(),
-            trigrams: NgramSummary::default(),
-        }
-    }
-
     fn merge(&mut self, o: &NeuronAcc, c: &StatsConfig) {
         self.n_active += o.n_active;
-        for (a, b) in self.positions.iter_mut().zip(&o.positions) {
-            *a += b;
-        }
-        self.tokens.merge(&o.tokens, c.vocab_size);
-        self.n_counted += o.n_counted;
+        self.tokens.merge(&o.tokens, c.ngram_capacity);
         self.bigrams.merge(&o.bigrams, c.ngram_capacity);
         self.trigrams.merge(&o.trigrams, c.ngram_capacity);
     }
 
     fn heap_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.positions.capacity() * 4
-            + self.tokens.heap_bytes()
-            + self.bigrams.heap_bytes()
-            + self.trigrams.heap_bytes()
+        std::mem::size_of::<Self>() + self.tokens.heap_bytes() + self.bigrams.heap_bytes() + self.trigrams.heap_bytes()
     }
 }
 
@@ -94,6 +75,8 @@ struct DataStats {
 pub struct NeuronStats {
     config: StatsConfig,
     layers: Vec<Vec<Option<Box<NeuronAcc>>>>,
+    /// Per layer, per chunk of CHUNK neurons: counts by position (allocated on a first activation).
+    positions: Vec<Vec<Option<Box<PositionChunk>>>>,
     layer_rows: Vec<u64>,
     data: DataStats,
 }
@@ -112,7 +95,8 @@ struct Rows<'a> {
     trigram_add: Vec<u64>,
 }
 
-const NO_TOKEN: u32 = u32::MAX;
+/// The free-slot keys of the summaries' tables, never stored.
+const NO_TOKEN: u32 = <u32 as TableKey>::EMPTY;
 
 thread_local! {
     /// Per-thread scratch of `update`: active rows of each neuron of a task, reused across calls.
@@ -150,6 +134,7 @@ pub struct Finalized {
     pub frequency: Vec<f64>,
     pub dead: Vec<bool>,
     pub cover_1: Vec<u32>,
+    pub cover_1_max: Vec<u32>,
     pub cover_2: Vec<u32>,
     pub cover_2_max: Vec<u32>,
     pub cover_3: Vec<u32>,
@@ -196,12 +181,14 @@ impl NeuronStats {
             return Err(StatsError::Value("n_layers must fit in u16".into()));
         }
         let layers = (0..config.n_layers).map(|_| vec![None; config.n_neurons]).collect();
+        let chunks = config.n_neurons.div_ceil(CHUNK);
+        let positions = (0..config.n_layers).map(|_| vec![None; chunks]).collect();
         let data = DataStats {
             position_totals: vec![0; config.max_positions],
             token_occurrences: vec![0; config.vocab_size],
             ..Default::default()
         };
-        Ok(NeuronStats { layer_rows: vec![0; config.n_layers], config, layers, data })
+        Ok(NeuronStats { layer_rows: vec![0; config.n_layers], config, layers, positions, data })
     }
 
     pub fn config(&self) -> &StatsConfig {
@@ -261,7 +248,8 @@ impl NeuronStats {
             0 => u64::MAX,
             r => (1u64 << r) - 1,
         };
-        self.layers[layer].par_chunks_mut(TASK_NEURONS).enumerate().for_each(|(task, accs)| {
+        let tasks = self.layers[layer].par_chunks_mut(TASK_NEURONS).zip(self.positions[layer].par_iter_mut());
+        tasks.enumerate().for_each(|(task, (accs, pos))| {
             let w0 = task * TASK_NEURONS / 64;
             let w1 = (w0 + TASK_NEURONS / 64).min(n_words);
             ACTIVE.with(|scratch| {
@@ -273,26 +261,32 @@ impl NeuronStats {
                 for a in active.iter_mut() {
                     a.clear();
                 }
-                // Transpose this block of bits into per-neuron lists of active rows.
+                // Transpose this block of bits into per-neuron lists of active rows, counting
+                // positions on the way (a row's counts are one contiguous stretch of the chunk).
                 for i in 0..n_rows {
                     // Rows are n_words apart: prefetch this task's words a few rows ahead.
                     if let Some(w) = bits.get((i + 8) * n_words + w0) {
-                        crate::ngram::prefetch(w as *const u64 as *const u8);
+                        prefetch(w as *const u64 as *const u8);
                     }
                     let row = &bits[i * n_words + w0..i * n_words + w1];
+                    let p = positions[i] as usize;
                     for (dw, &word) in row.iter().enumerate() {
                         let mut word = if w0 + dw == n_words - 1 { word & last_mask } else { word };
+                        if word == 0 {
+                            continue;
+                        }
+                        let chunk = pos.get_or_insert_with(|| Box::new(PositionChunk::new(cfg.max_positions)));
                         while word != 0 {
-                            let j = word.trailing_zeros() as usize;
-                            active[dw * 64 + j].push(i as u32);
+                            let j = dw * 64 + word.trailing_zeros() as usize;
+                            active[j].push(i as u32);
+                            chunk.add(p, j);
                             word &= word - 1;
                         }
                     }
                 }
                 for (acc, rows_on) in accs.iter_mut().zip(active.iter()) {
                     if !rows_on.is_empty() {
-                        let acc = acc.get_or_insert_with(|| Box::new(NeuronAcc::new(cfg.max_positions)));
-                        add_activations(acc, rows_on, &rows, cfg);
+                        add_activations(acc.get_or_insert_with(Default::default), rows_on, &rows, cfg);
                     }
                 }
             });
@@ -332,6 +326,15 @@ impl NeuronStats {
                     (_, None) => {}
                     (None, Some(b)) => *a = Some(b.clone()),
                     (Some(a), Some(b)) => a.merge(b, cfg),
+                }
+            }
+        });
+        self.positions.par_iter_mut().zip(&other.positions).for_each(|(mine, theirs)| {
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                match (a.as_mut(), b) {
+                    (_, None) => {}
+                    (None, Some(b)) => *a = Some(b.clone()),
+                    (Some(a), Some(b)) => a.merge(b),
                 }
             }
         });
@@ -379,14 +382,26 @@ impl NeuronStats {
 
     /// Activations of one neuron at each position (all rows, BOS included).
     pub fn position_counts(&self, layer: usize, neuron: usize) -> Result<Vec<u32>, StatsError> {
-        Ok(self.acc(layer, neuron)?.map_or_else(|| vec![0; self.config.max_positions], |a| a.positions.clone()))
+        self.acc(layer, neuron)?; // range checks
+        let t = self.config.max_positions;
+        Ok(match &self.positions[layer][neuron / CHUNK] {
+            None => vec![0; t],
+            Some(c) => (0..t).map(|p| c.get(p, neuron % CHUNK)).collect(),
+        })
     }
 
-    /// (token id, activations) of one neuron on non-BOS rows, heaviest first.
-    pub fn token_counts(&self, layer: usize, neuron: usize) -> Result<Vec<(u32, u32)>, StatsError> {
-        let mut v = self.acc(layer, neuron)?.map_or_else(Vec::new, |a| a.tokens.nonzero());
-        sort_by_count(&mut v);
-        Ok(v)
+    /// (token id, activations) of one neuron on non-BOS rows, heaviest first, and the summary's
+    /// slack: the counts are exact when it is 0, else each may undercount by up to the slack (and
+    /// an absent token may hold up to the slack).
+    pub fn token_counts(&self, layer: usize, neuron: usize) -> Result<(Vec<(u32, u32)>, u64), StatsError> {
+        Ok(match self.acc(layer, neuron)? {
+            None => (Vec::new(), 0),
+            Some(a) => {
+                let mut v: Vec<(u32, u32)> = a.tokens.counts.iter().collect();
+                sort_by_count(&mut v);
+                (v, a.tokens.slack)
+            }
+        })
     }
 
     /// Bytes held by the accumulators (heap estimate), for memory reports.
@@ -395,7 +410,8 @@ impl NeuronStats {
             .layers
             .iter()
             .map(|l| l.len() * 8 + l.iter().flatten().map(|a| a.heap_bytes()).sum::<usize>())
-            .sum();
+            .sum::<usize>()
+            + self.positions.iter().flatten().flatten().map(|c| c.heap_bytes()).sum::<usize>();
         let d = &self.data;
         neurons
             + d.position_totals.len() * 8
@@ -431,7 +447,7 @@ impl NeuronStats {
         Ok(())
     }
 
-    fn finalize_neuron(&self, acc: Option<&NeuronAcc>, dp: &DetectorParams, pp: &PositionalParams) -> NeuronResult {
+    fn finalize_neuron(&self, acc: Option<&NeuronAcc>, positions: &[u32], dp: &DetectorParams, pp: &PositionalParams) -> NeuronResult {
         let zero = CoverageBounds { lo: 0, hi: 0 };
         let Some(a) = acc else {
             return NeuronResult {
@@ -443,31 +459,38 @@ impl NeuronStats {
             };
         };
         let d = &self.data;
-        let mut toks = a.tokens.nonzero();
-        sort_by_count(&mut toks);
-        let c1 = coverage_bounds(&toks, a.n_counted, 0, dp.coverage);
-        let tokens = detect(&toks, a.n_counted, 0, c1, dp.max_tokens, |t| d.token_occurrences[t as usize], dp);
-        let bounds = |s: &NgramSummary| {
-            let mut v: Vec<(u64, u32)> = s.counts.iter().collect();
-            sort_by_count(&mut v);
-            let b = coverage_bounds(&v, s.total, s.slack, dp.coverage);
-            (v, b)
-        };
-        let (_, c2) = bounds(&a.bigrams);
-        let (tri, c3) = bounds(&a.trigrams);
+        let (toks, c1) = sorted_with_bounds(&a.tokens, dp);
+        let tokens = detect(&toks, a.tokens.total, a.tokens.slack, c1, dp.max_tokens, |t| d.token_occurrences[t as usize], dp);
+        let (_, c2) = sorted_with_bounds(&a.bigrams, dp);
+        let (tri, c3) = sorted_with_bounds(&a.trigrams, dp);
         let trigrams = detect(&tri, a.trigrams.total, a.trigrams.slack, c3, dp.max_trigrams, |k| d.trigram_occurrences.get(&k).copied().unwrap_or(0) as u64, dp);
-        let pos = positional::analyze(&a.positions, &d.position_totals, pp);
+        let pos = positional::analyze(positions, &d.position_totals, pp);
         NeuronResult { n_active: a.n_active, cover: [c1, c2, c3], tokens, trigrams, pos }
+    }
+
+    /// Results of one chunk of neurons of a layer (the chunk's position counts are transposed once).
+    fn finalize_chunk(&self, layer: usize, chunk: usize, dp: &DetectorParams, pp: &PositionalParams) -> Vec<NeuronResult> {
+        let t = self.config.max_positions;
+        let accs = &self.layers[layer][chunk * CHUNK..((chunk + 1) * CHUNK).min(self.config.n_neurons)];
+        let by_neuron = self.positions[layer][chunk].as_ref().map(|c| c.by_neuron(t));
+        let zeros = vec![0u32; t];
+        accs.iter()
+            .enumerate()
+            .map(|(j, a)| {
+                let pos = by_neuron.as_ref().map_or(&zeros[..], |b| &b[j * t..(j + 1) * t]);
+                self.finalize_neuron(a.as_deref(), pos, dp, pp)
+            })
+            .collect()
     }
 
     /// Turn the accumulators into `neurons` table columns (METHOD.md definitions).
     pub fn finalize(&self, dp: &DetectorParams, pp: &PositionalParams) -> Result<Finalized, StatsError> {
         self.check_complete()?;
         let cfg = &self.config;
-        let results: Vec<NeuronResult> = self
-            .layers
-            .par_iter()
-            .flat_map(|l| l.par_iter().map(|a| self.finalize_neuron(a.as_deref(), dp, pp)))
+        let chunks = cfg.n_neurons.div_ceil(CHUNK);
+        let results: Vec<NeuronResult> = (0..cfg.n_layers * chunks)
+            .into_par_iter()
+            .flat_map_iter(|i| self.finalize_chunk(i / chunks, i % chunks, dp, pp))
             .collect();
         let mut f = Finalized::default();
         f.detected_tokens_offsets.push(0);
@@ -481,6 +504,7 @@ impl NeuronStats {
             f.frequency.push(r.n_active as f64 / total);
             f.dead.push(r.n_active == 0);
             f.cover_1.push(r.cover[0].lo);
+            f.cover_1_max.push(r.cover[0].hi);
             f.cover_2.push(r.cover[1].lo);
             f.cover_2_max.push(r.cover[1].hi);
             f.cover_3.push(r.cover[2].lo);
@@ -510,58 +534,44 @@ impl NeuronStats {
 /// How many activations ahead the hash-table slots are prefetched.
 const PREFETCH: usize = 16;
 
-/// Count one neuron's activations on `active_rows` (ascending). Each accumulator sees its adds
-/// in row order, exactly as one add per activation would; the token, bigram and trigram tables
-/// are filled in separate passes, with the slots of later activations prefetched.
+/// Sorted (key, count) pairs of a summary (see `sort_by_count`) and its cover bounds.
+fn sorted_with_bounds<K: TableKey + Ord>(s: &Summary<K>, dp: &DetectorParams) -> (Vec<(K, u32)>, CoverageBounds) {
+    let mut v: Vec<(K, u32)> = s.counts.iter().collect();
+    sort_by_count(&mut v);
+    let b = coverage_bounds(&v, s.total, s.slack, dp.coverage);
+    (v, b)
+}
+
+/// Add `keys[i]` for every active row i to a summary (NO_KEY rows skipped), prefetching the slots
+/// of later activations.
+#[inline(always)]
+fn add_keys<K: TableKey>(summary: &mut Summary<K>, active_rows: &[u32], keys: &[K], capacity: usize) {
+    for &i in &active_rows[..active_rows.len().min(PREFETCH)] {
+        let k = keys[i as usize];
+        if k != K::EMPTY {
+            summary.prefetch(k);
+        }
+    }
+    for (n, &i) in active_rows.iter().enumerate() {
+        if let Some(&j) = active_rows.get(n + PREFETCH) {
+            let k = keys[j as usize];
+            if k != K::EMPTY {
+                summary.prefetch(k);
+            }
+        }
+        let key = keys[i as usize];
+        if key != K::EMPTY {
+            summary.add(key, 1, capacity);
+        }
+    }
+}
+
+/// Count one neuron's activations on `active_rows` (ascending). Each summary sees its adds in row
+/// order, exactly as one add per activation would; the token, bigram and trigram summaries are
+/// filled in separate passes.
 fn add_activations(acc: &mut NeuronAcc, active_rows: &[u32], rows: &Rows, cfg: &StatsConfig) {
     acc.n_active += active_rows.len() as u64;
-    // The first activations' slots, before any pass starts (the passes prefetch PREFETCH ahead).
-    for &i in &active_rows[..active_rows.len().min(PREFETCH)] {
-        let i = i as usize;
-        crate::ngram::prefetch(&acc.positions[rows.positions[i] as usize] as *const u32 as *const u8);
-        if rows.tok_add[i] != NO_TOKEN {
-            acc.tokens.prefetch(rows.tok_add[i]);
-        }
-        if rows.bigram_add[i] != NO_KEY {
-            acc.bigrams.prefetch(rows.bigram_add[i]);
-        }
-        if rows.trigram_add[i] != NO_KEY {
-            acc.trigrams.prefetch(rows.trigram_add[i]);
-        }
-    }
-    let ahead = |k: usize| active_rows.get(k + PREFETCH).map(|&j| j as usize);
-    let positions = &mut acc.positions[..];
-    for (k, &i) in active_rows.iter().enumerate() {
-        if let Some(j) = ahead(k) {
-            crate::ngram::prefetch(&positions[rows.positions[j] as usize] as *const u32 as *const u8);
-        }
-        positions[rows.positions[i as usize] as usize] += 1;
-    }
-    let mut counted = 0u64;
-    for (k, &i) in active_rows.iter().enumerate() {
-        if let Some(j) = ahead(k) {
-            if rows.tok_add[j] != NO_TOKEN {
-                acc.tokens.prefetch(rows.tok_add[j]);
-            }
-        }
-        let t = rows.tok_add[i as usize];
-        if t != NO_TOKEN {
-            counted += 1;
-            acc.tokens.add(t, 1, cfg.vocab_size);
-        }
-    }
-    acc.n_counted += counted;
-    for (summary, keys) in [(&mut acc.bigrams, &rows.bigram_add), (&mut acc.trigrams, &rows.trigram_add)] {
-        for (k, &i) in active_rows.iter().enumerate() {
-            if let Some(j) = ahead(k) {
-                if keys[j] != NO_KEY {
-                    summary.prefetch(keys[j]);
-                }
-            }
-            let key = keys[i as usize];
-            if key != NO_KEY {
-                summary.add(key, 1, cfg.ngram_capacity);
-            }
-        }
-    }
+    add_keys(&mut acc.tokens, active_rows, &rows.tok_add, cfg.ngram_capacity);
+    add_keys(&mut acc.bigrams, active_rows, &rows.bigram_add, cfg.ngram_capacity);
+    add_keys(&mut acc.trigrams, active_rows, &rows.trigram_add, cfg.ngram_capacity);
 }

@@ -2,6 +2,7 @@
 //! while the core works. No statistics are computed here.
 
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use opt_neurons_core::summary::DEFAULT_CAPACITY;
 use opt_neurons_core::{DetectorParams, NeuronStats, PositionalParams, StatsConfig, StatsError};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -27,7 +28,7 @@ struct PyNeuronStats {
 #[pymethods]
 impl PyNeuronStats {
     #[new]
-    #[pyo3(signature = (n_layers, n_neurons, vocab_size, max_positions, *, bos_token_id=Some(2), ngram_capacity=1024))]
+    #[pyo3(signature = (n_layers, n_neurons, vocab_size, max_positions, *, bos_token_id=Some(2), ngram_capacity=DEFAULT_CAPACITY))]
     fn new(
         n_layers: usize,
         n_neurons: usize,
@@ -101,7 +102,7 @@ impl PyNeuronStats {
         macro_rules! put {
             ($($name:ident),*) => { $( d.set_item(stringify!($name), PyArray1::from_vec(py, f.$name))?; )* };
         }
-        put!(layer, neuron, n_active, frequency, dead, cover_1, cover_2, cover_2_max, cover_3, cover_3_max,
+        put!(layer, neuron, n_active, frequency, dead, cover_1, cover_1_max, cover_2, cover_2_max, cover_3, cover_3_max,
             token_detector, detected_tokens, detected_tokens_offsets, trigram_detector, detected_trigrams,
             detected_trigrams_offsets, mi_position, positional, positional_strong, interval_start, interval_end,
             intervals_offsets);
@@ -113,15 +114,17 @@ impl PyNeuronStats {
         Ok(PyArray1::from_vec(py, self.inner.position_counts(layer, neuron).map_err(err)?))
     }
 
-    /// (token ids, counts) of one neuron on non-BOS rows, heaviest first.
+    /// (token ids, counts, slack) of one neuron on non-BOS rows, heaviest first.
+    #[allow(clippy::type_complexity)]
     fn token_counts<'py>(
         &self,
         py: Python<'py>,
         layer: usize,
         neuron: usize,
-    ) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u32>>)> {
-        let (t, c): (Vec<u32>, Vec<u32>) = self.inner.token_counts(layer, neuron).map_err(err)?.into_iter().unzip();
-        Ok((PyArray1::from_vec(py, t), PyArray1::from_vec(py, c)))
+    ) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u32>>, u64)> {
+        let (pairs, slack) = self.inner.token_counts(layer, neuron).map_err(err)?;
+        let (t, c): (Vec<u32>, Vec<u32>) = pairs.into_iter().unzip();
+        Ok((PyArray1::from_vec(py, t), PyArray1::from_vec(py, c), slack))
     }
 
     fn position_totals<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
@@ -175,5 +178,6 @@ impl PyNeuronStats {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyNeuronStats>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEFAULT_CAPACITY", DEFAULT_CAPACITY)?;
     Ok(())
 }

@@ -1,13 +1,13 @@
-//! Bounded-memory n-gram counts per neuron with a certified error (Misra-Gries, batched), and the
-//! compact hash table that holds them (also used for sparse token counts).
+//! Bounded-memory k-gram counts per neuron (tokens, bigrams, trigrams) with a certified error
+//! (Misra-Gries, batched), and the compact hash table that holds them.
 //!
-//! While fewer than `capacity` distinct keys have been seen the counts are exact. Beyond that,
+//! While at most `capacity` distinct keys have been seen the counts are exact. Beyond that,
 //! the summary keeps the heaviest keys: whenever the map grows past `capacity` it subtracts a
 //! threshold from every count, drops what reaches zero, and adds the threshold to `slack`.
 //! Invariant (holds through merges): for every key, stored <= true <= stored + slack, and a key
 //! absent from the map has true count <= slack. With slack == 0 the counts are exact.
-//! Memory: at most `capacity` + 1 entries of 12 bytes in a table at most 3/4 full (24 KiB for
-//! the default capacity 1024).
+//! Memory: at most `capacity` + 1 entries in a table at most 3/4 full: 512 slots for the default
+//! capacity 256, i.e. 6 KiB for n-gram keys (12-byte slots) and 4 KiB for token ids (8 bytes).
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -18,6 +18,8 @@ use std::marker::PhantomData;
 pub trait TableKey: Copy + Eq + std::fmt::Debug {
     const EMPTY: Self;
     fn hash64(self) -> u64;
+    fn to_u64(self) -> u64;
+    fn from_u64(v: u64) -> Self;
 }
 
 impl TableKey for u64 {
@@ -27,6 +29,14 @@ impl TableKey for u64 {
     fn hash64(self) -> u64 {
         self
     }
+    #[inline(always)]
+    fn to_u64(self) -> u64 {
+        self
+    }
+    #[inline(always)]
+    fn from_u64(v: u64) -> Self {
+        v
+    }
 }
 
 impl TableKey for u32 {
@@ -34,6 +44,14 @@ impl TableKey for u32 {
     #[inline(always)]
     fn hash64(self) -> u64 {
         self as u64
+    }
+    #[inline(always)]
+    fn to_u64(self) -> u64 {
+        self as u64
+    }
+    #[inline(always)]
+    fn from_u64(v: u64) -> Self {
+        v as u32
     }
 }
 
@@ -73,6 +91,11 @@ pub struct CountTable<K: TableKey> {
 }
 
 const MIN_SLOTS: usize = 16;
+
+thread_local! {
+    /// Survivors of a `subtract`, reused by every table of the thread.
+    static SURVIVORS: std::cell::RefCell<Vec<(u64, u32)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 impl<K: TableKey> Default for CountTable<K> {
     fn default() -> Self {
@@ -180,8 +203,12 @@ impl<K: TableKey> CountTable<K> {
     }
 
     fn rebuild(&mut self, n_slots: usize, entries: impl Iterator<Item = (K, u32)>) {
-        self.slots.clear();
-        self.slots.resize(n_slots, Slot { key: K::EMPTY, count: 0 });
+        if self.slots.len() == n_slots {
+            self.slots.fill(Slot { key: K::EMPTY, count: 0 });
+        } else {
+            self.slots.clear();
+            self.slots.resize(n_slots, Slot { key: K::EMPTY, count: 0 });
+        }
         self.shift = 64 - n_slots.trailing_zeros();
         self.len = 0;
         self.n_big = 0;
@@ -216,18 +243,21 @@ impl<K: TableKey> CountTable<K> {
         self.slots.iter().filter(|s| !s.is_free()).map(|s| s.get().1)
     }
 
-    /// Subtract `t` from every count and drop the entries that reach 0 (or less).
+    /// Subtract `t` from every count and drop the entries that reach 0 (or less). The table keeps
+    /// its size; survivors are re-inserted through a per-thread scratch buffer (no allocation).
     pub fn subtract(&mut self, t: u32) {
-        // Branch-free compaction of the survivors (slot occupancy is unpredictable).
-        let mut kept = vec![Slot { key: K::EMPTY, count: 0 }; self.len + 1];
-        let mut m = 0;
-        for s in &self.slots {
-            let (k, c) = s.get();
-            kept[m] = Slot { key: k, count: c.wrapping_sub(t) };
-            m += (k != K::EMPTY && c > t) as usize;
-        }
-        let n = self.slots.len();
-        self.rebuild(n, kept[..m].iter().map(|s| s.get()));
+        SURVIVORS.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            kept.clear();
+            for s in &self.slots {
+                let (k, c) = s.get();
+                if k != K::EMPTY && c > t {
+                    kept.push((k.to_u64(), c - t));
+                }
+            }
+            let n = self.slots.len();
+            self.rebuild(n, kept.iter().map(|&(k, c)| (K::from_u64(k), c)));
+        });
     }
 
     /// How many entries have count c, for c < B - 1; bucket B - 1 holds the counts >= B - 1.
@@ -291,7 +321,7 @@ impl<'de, K: TableKey + Deserialize<'de>> Deserialize<'de> for CountTable<K> {
 
 /// The count at index `n` of the table's counts sorted in descending order (`n` < len): a
 /// histogram of the small counts finds it in one pass; only counts in the top bucket are sorted.
-fn nth_largest(t: &CountTable<u64>, n: usize) -> u32 {
+fn nth_largest<K: TableKey>(t: &CountTable<K>, n: usize) -> u32 {
     if t.len_at_least_2() <= n && t.len() - t.len_zero() > n {
         // At most n counts exceed 1 and more than n are >= 1: the n-th largest is 1.
         return 1;
@@ -313,18 +343,33 @@ fn nth_largest(t: &CountTable<u64>, n: usize) -> u32 {
     unreachable!("nth_largest: n = {n} is not below the {} entries", t.len())
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct NgramSummary {
-    pub counts: CountTable<u64>,
+/// Default `capacity` (StatsConfig::ngram_capacity): 512-slot tables, ~16 KiB per saturated neuron.
+pub const DEFAULT_CAPACITY: usize = 256;
+
+/// Misra-Gries summary of one neuron's k-grams (see the module comment). Keys: token ids (u32)
+/// or packed n-grams (u64).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(bound(serialize = "K: Serialize", deserialize = "K: Deserialize<'de>"))]
+pub struct Summary<K: TableKey> {
+    pub counts: CountTable<K>,
     /// Total count added (every occurrence, kept or not).
     pub total: u64,
     /// Largest possible undercount of any key.
     pub slack: u64,
 }
 
-impl NgramSummary {
+pub type NgramSummary = Summary<u64>;
+pub type TokenSummary = Summary<u32>;
+
+impl<K: TableKey> Default for Summary<K> {
+    fn default() -> Self {
+        Summary { counts: CountTable::default(), total: 0, slack: 0 }
+    }
+}
+
+impl<K: TableKey> Summary<K> {
     #[inline(always)]
-    pub fn add(&mut self, key: u64, by: u32, capacity: usize) {
+    pub fn add(&mut self, key: K, by: u32, capacity: usize) {
         self.total += by as u64;
         self.counts.add(key, by);
         if self.counts.len() > capacity {
@@ -334,7 +379,7 @@ impl NgramSummary {
 
     /// Hint the cache about the slot a later `add(key)` reads first.
     #[inline(always)]
-    pub fn prefetch(&self, key: u64) {
+    pub fn prefetch(&self, key: K) {
         self.counts.prefetch(key);
     }
 
@@ -351,7 +396,7 @@ impl NgramSummary {
         self.slack += threshold as u64;
     }
 
-    pub fn merge(&mut self, other: &NgramSummary, capacity: usize) {
+    pub fn merge(&mut self, other: &Summary<K>, capacity: usize) {
         self.total += other.total;
         self.slack += other.slack;
         for (k, c) in other.counts.iter() {
