@@ -234,6 +234,32 @@ def test_padding_bits_past_the_last_neuron_are_ignored():
     check_against_reference(stats, s.reference())
 
 
+@settings(max_examples=examples(20), **SETTINGS)
+@given(n_neurons=st.sampled_from([1, 65, 300]), split=st.integers(0, 8), seed=st.integers(0, 2**32 - 1))
+def test_activity_rows_count_only_towards_frequency(n_neurons, split, seed):
+    """update() on the first sequences and update_activity() on the rest: n_active / frequency / dead
+    of the whole stream, every other statistic of the first sequences alone."""
+    rng = np.random.default_rng(seed)
+    s = random_stream(rng, n_layers=2, n_neurons=n_neurons, vocab=50, max_positions=20, n_seqs=8, bos=2)
+    split = min(split, len(s.bounds))
+    head, tail = s.subset(list(range(split))), s.subset(list(range(split, len(s.bounds))))
+    stats = s.new_stats()
+    feed(stats, head, rng)
+    for layer in range(2):
+        if len(tail.token_ids):
+            stats.update_activity(layer, pack(tail.acts[layer]))
+    ref = s.reference()
+    assert stats.rows == ref.rows and stats.detail_rows == len(head.token_ids)
+    got = stats.finalize().neurons
+    np.testing.assert_array_equal(got["n_active"].to_numpy(), ref.n_active.reshape(-1))
+    np.testing.assert_array_equal(got["frequency"].to_numpy(), ref.frequency.reshape(-1))
+    if split:
+        only_head = head.new_stats()
+        feed(only_head, head, rng)
+        rest = [c for c in got.columns if c not in ("n_active", "frequency", "dead")]
+        assert got.select(rest).equals(only_head.finalize().neurons.select(rest))
+
+
 # ---------------------------------------------------------------------------------------- merges
 
 

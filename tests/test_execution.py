@@ -51,6 +51,28 @@ def test_layer_major_streamed_from_safetensors_is_identical(model_and_tokens, pl
     assert_same(a, plain)
 
 
+@pytest.mark.parametrize("execution", ["memory", "layer"])
+def test_detail_tokens_counts_dead_over_all_and_the_rest_over_the_first(model_and_tokens, plain, execution):
+    """The paper's protocol: dead neurons and frequency over every token, the other statistics over the
+    first detail_tokens (rounded up to whole sequences). The boundary falls inside a batch and a block."""
+    d, tokens = model_and_tokens
+    a = opt_neurons.analyze(d, tokens, batch_size=4, block_size=8, detail_tokens=5 * 32 + 1, progress=False,
+                            execution=execution)  # fmt: skip
+    first = opt_neurons.analyze(d, tokens[:6], batch_size=2, progress=False, execution="memory")
+    assert a.metadata["detail_tokens"] == 6 * 32 and a.metadata["n_tokens"] == 12 * 32
+    activity = ["n_active", "frequency", "dead"]
+    assert a.neurons.select(activity).equals(plain.neurons.select(activity))
+    assert not a.neurons.select(activity).equals(first.neurons.select(activity))  # the test can tell them apart
+    rest = [c for c in a.neurons.columns if c not in activity]
+    assert a.neurons.select(rest).equals(first.neurons.select(rest))
+    for name in ("tokens", "positions"):
+        assert getattr(a, name).equals(getattr(first, name)), name
+    by_activity = ["n_dead", "dead_fraction", "mean_frequency_alive"]
+    assert a.layers.select(by_activity).equals(plain.layers.select(by_activity))
+    others = [c for c in a.layers.columns if c not in by_activity]
+    assert a.layers.select(others).equals(first.layers.select(others))
+
+
 def test_layer_major_from_host_memory_is_identical(model_and_tokens, plain):
     from transformers import OPTForCausalLM
 

@@ -59,9 +59,11 @@ class BitCapture:
         self.worker = threading.Thread(target=self._consume, daemon=True, name="opt-neurons-counter")
         self.worker.start()
 
-    def set_rows(self, token_ids: np.ndarray, positions: np.ndarray) -> None:
-        """Token ids and positions of the rows of the next forward pass (row-major over the batch)."""
-        self.rows = (np.ascontiguousarray(token_ids, np.uint32), np.ascontiguousarray(positions, np.uint32))
+    def set_rows(self, token_ids: np.ndarray, positions: np.ndarray, detail_rows: int | None = None) -> None:
+        """Token ids and positions of the rows of the next forward pass (row-major over the batch); the
+        first `detail_rows` (default: all) get every statistic, the rest activation counts only."""
+        n = len(token_ids) if detail_rows is None else detail_rows
+        self.rows = (np.ascontiguousarray(token_ids[:n], np.uint32), np.ascontiguousarray(positions[:n], np.uint32))
         self.batch = []
 
     def _hook(self, layer: int):
@@ -102,7 +104,12 @@ class BitCapture:
                 for layer, packed, event in batch:
                     if event is not None:
                         event.synchronize()
-                    self.stats.update(layer, packed.numpy().view(np.uint64), tokens, positions)
+                    bits = packed.numpy().view(np.uint64)
+                    n = len(tokens)
+                    if n:
+                        self.stats.update(layer, bits[:n], tokens, positions)
+                    if n < len(bits):
+                        self.stats.update_activity(layer, bits[n:])
                 if upto is not None:
                     self.counted_upto, self.consistent = upto, True
                 elif batch:

@@ -26,6 +26,9 @@ def _thresholds(args: argparse.Namespace) -> dict:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="file or folder of .txt/.jsonl/.parquet (default: the bundled corpus)")
     p.add_argument("--tokens", type=int, default=None, help="number of tokens to analyse")
+    p.add_argument("--detail-tokens", type=int, default=None,
+                   help="token, n-gram and position statistics over only this many tokens, dead neurons over "
+                        "all --tokens (the paper: 5000000 of 20000000)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the model's maximum)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: fp16 on GPU, fp32 on CPU)")
@@ -43,7 +46,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _run_kwargs(args: argparse.Namespace) -> dict:
-    kw = dict(seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype, device_map=args.device_map,
+    kw = dict(detail_tokens=args.detail_tokens, seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype, device_map=args.device_map,
               progress=not args.no_progress, ngram_capacity=args.ngram_capacity, execution=args.execution,
               block_size=args.block_size, offload_folder=args.offload_folder, checkpoint_every=args.checkpoint_every,
               **_thresholds(args))  # fmt: skip

@@ -24,10 +24,27 @@ class TokenData:
     tokens: np.ndarray  # (n_seq, T) int64, padded with BOS past each length
     lengths: np.ndarray  # (n_seq,) int64
     sources: list[dict] = field(default_factory=list)
+    # The first `detail` sequences get every statistic, the rest activation counts only (None: all).
+    detail: int | None = None
 
     @property
     def n_tokens(self) -> int:
         return int(self.lengths.sum())
+
+    def detail_rows(self, begin: int, end: int) -> int:
+        """Rows of sequences [begin, end) that get every statistic (a prefix of their rows)."""
+        stop = end if self.detail is None else min(end, max(begin, self.detail))
+        return int(self.lengths[begin:stop].sum())
+
+    def with_detail_tokens(self, detail_tokens: int | None) -> TokenData:
+        """Every statistic over the first sequences holding at least `detail_tokens` tokens (None or
+        more than there are: all); activation counts (frequency, dead) over all of them."""
+        if detail_tokens is None:
+            return self
+        if detail_tokens <= 0:
+            raise DataError(f"detail_tokens must be positive, got {detail_tokens}")
+        n = int(np.searchsorted(np.cumsum(self.lengths), detail_tokens) + 1)
+        return TokenData(self.tokens, self.lengths, self.sources, min(n, len(self.lengths)))
 
     def content_hash(self) -> str:
         h = hashlib.sha256()

@@ -37,7 +37,8 @@ def shard(data: TokenData, rank: int, world: int) -> TokenData:
     """This rank's contiguous share of the sequences."""
     n = len(data.lengths)
     lo, hi = rank * n // world, (rank + 1) * n // world
-    return TokenData(data.tokens[lo:hi], data.lengths[lo:hi], data.sources)
+    detail = None if data.detail is None else min(max(data.detail - lo, 0), hi - lo)
+    return TokenData(data.tokens[lo:hi], data.lengths[lo:hi], data.sources, detail)
 
 
 def gather_to_rank0(stats: NeuronStats, rank: int, world: int) -> NeuronStats | None:

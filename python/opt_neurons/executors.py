@@ -75,7 +75,7 @@ def run_memory(lm: LoadedModel, data: TokenData, capture: BitCapture, *, start: 
     with torch.inference_mode(), out_of_memory_hint(batch_size):
         for begin, end in batches(data, start, batch_size):
             ids, flat, pos = rows_of(data, begin, end)
-            capture.set_rows(flat, pos)
+            capture.set_rows(flat, pos, data.detail_rows(begin, end))
             decoder(input_ids=torch.from_numpy(ids).to(lm.device), use_cache=False)
             capture.commit(end)
             on_progress(end)
@@ -180,7 +180,7 @@ def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, sourc
                         mask = create_causal_mask(config=decoder.config, inputs_embeds=h, attention_mask=None,
                                                   cache=None)  # fmt: skip
                         positions = torch.arange(h.shape[1], device=device).expand(h.shape[0], -1)
-                        capture.set_rows(flat, pos)
+                        capture.set_rows(flat, pos, data.detail_rows(begin, end))
                         out = layer(h, attention_mask=mask, position_ids=positions)
                         capture.commit(None)  # part of a block: not a resumable point
                         hidden[k] = out.to("cpu").pin_memory() if pin else out.to("cpu")

@@ -44,6 +44,7 @@ def analyze(
     data: Any = None,
     *,
     n_tokens: int = DEFAULT_TOKENS,
+    detail_tokens: int | None = None,
     seq_len: int | None = None,
     batch_size: int = 8,
     dtype: Any = None,
@@ -65,6 +66,9 @@ def analyze(
     data: None (bundled corpus), a file or folder of .txt/.jsonl/.parquet, an iterable of strings,
         or a (n_seq, T) array of token ids used exactly as given. n_tokens is rounded up to whole
         sequences of T = seq_len (default: the model's maximum positions) tokens.
+    detail_tokens: count token, n-gram and position statistics over only the first detail_tokens
+        tokens (rounded up to whole sequences), and frequency / dead neurons over all n_tokens: the
+        paper's protocol (5 M and 20 M). The extra tokens cost the forward pass and a popcount.
     out: folder for the tables, metadata and checkpoints (every `checkpoint_every` sequences); a run
         interrupted and restarted with the same arguments resumes from it.
     execution: "memory" (whole model on the device), "offload" (accelerate device_map, with
@@ -92,13 +96,14 @@ def analyze(
     bos = bos_id_of(lm)
     vocab = max(int(cfg.vocab_size), len(lm.tokenizer) if lm.tokenizer is not None else 0)
     tokens = prepare_data(data, lm.tokenizer, seq_len=seq_len or max_pos, max_positions=max_pos,
-                          n_tokens=n_tokens, bos_id=bos, vocab_size=vocab)  # fmt: skip
+                          n_tokens=n_tokens, bos_id=bos, vocab_size=vocab).with_detail_tokens(detail_tokens)  # fmt: skip
     mine = distributed.shard(tokens, rank, world) if world > 1 else tokens
     n_layers, n_neurons, T = len(decoder_layers(lm.model)), int(cfg.ffn_dim), int(tokens.tokens.shape[1])
     dtype_name = str(next(lm.model.parameters()).dtype).replace("torch.", "")
     data_sha256 = tokens.content_hash()  # hashes every token: once per run
     fingerprint = {"model": lm.model_id, "revision": lm.revision, "data": data_sha256, "T": T,
-                   "ngram_capacity": ngram_capacity, "dtype": dtype_name, "rank": rank, "world": world}  # fmt: skip
+                   "ngram_capacity": ngram_capacity, "dtype": dtype_name, "rank": rank, "world": world,
+                   "detail_sequences": tokens.detail}  # fmt: skip
     out_dir = Path(out) if out is not None else None
     ckpt = checkpoint.DIR if world == 1 else f"{checkpoint.DIR}-rank{rank}"
     resumed = checkpoint.load(out_dir, fingerprint, ckpt) if out_dir is not None else None
@@ -129,6 +134,7 @@ def analyze(
         "vocab_size": vocab,
         "bos_token_id": bos,
         "n_tokens": tokens.n_tokens,
+        "detail_tokens": stats.detail_rows,
         "n_sequences": int(len(tokens.lengths)),
         "T": T,
         "data_sources": tokens.sources,

@@ -75,6 +75,16 @@ class NeuronStats:
     def update(self, layer: int, bits: Any, token_ids: Any, positions: Any) -> None:
         self._core.update(layer, as_bits(bits), as_u32(token_ids, "token_ids"), as_u32(positions, "positions"))
 
+    def update_activity(self, layer: int, bits: Any) -> None:
+        """Rows that count towards frequency and dead neurons only (no token, n-gram or position
+        statistics): the paper counted dead neurons over 20 M tokens and the rest over 5 M."""
+        self._core.update_activity(layer, as_bits(bits))
+
+    @property
+    def detail_rows(self) -> int:
+        """Rows counted with full statistics (`update`); `rows` counts every row."""
+        return self._core.detail_rows
+
     def merge(self, other: NeuronStats) -> None:
         self._core.merge(other._core)
 

@@ -64,7 +64,10 @@ impl NeuronAcc {
 /// Statistics of the data itself, counted from the updates of layer 0.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct DataStats {
+    /// Every row counted (the denominator of `frequency`).
     rows: u64,
+    /// Rows counted with full statistics (`update`; the rest came through `update_activity`).
+    detail_rows: u64,
     position_totals: Vec<u64>,
     token_occurrences: Vec<u64>,
     bigram_occurrences: FxHashMap<u64, u32>,
@@ -294,9 +297,56 @@ impl NeuronStats {
         Ok(())
     }
 
+    /// Add one layer's activations for a block of rows to the activation counts only (frequency,
+    /// dead neurons): no token, n-gram or position statistics. The paper's protocol counts dead
+    /// neurons over more tokens (20 M) than the rest (5 M); these rows cost a popcount each.
+    pub fn update_activity(&mut self, layer: usize, bits: &[u64], n_words: usize) -> Result<(), StatsError> {
+        let c = &self.config;
+        if layer >= c.n_layers {
+            return Err(StatsError::Value(format!("layer {layer} out of range: this NeuronStats has {} layers", c.n_layers)));
+        }
+        if n_words != c.n_words() || bits.len() % n_words.max(1) != 0 {
+            return Err(StatsError::Shape(format!(
+                "bitmask has {n_words} words per row but {} neurons need {} (bit j of word w = neuron 64w+j)",
+                c.n_neurons,
+                c.n_words()
+            )));
+        }
+        let n_rows = bits.len() / n_words;
+        if layer == 0 {
+            self.data.rows += n_rows as u64;
+        }
+        self.layer_rows[layer] += n_rows as u64;
+        let last_mask = match c.n_neurons % 64 {
+            0 => u64::MAX,
+            r => (1u64 << r) - 1,
+        };
+        self.layers[layer].par_chunks_mut(TASK_NEURONS).enumerate().for_each(|(task, accs)| {
+            let w0 = task * TASK_NEURONS / 64;
+            let w1 = (w0 + TASK_NEURONS / 64).min(n_words);
+            let mut counts = [0u64; TASK_NEURONS];
+            for i in 0..n_rows {
+                for (dw, &word) in bits[i * n_words + w0..i * n_words + w1].iter().enumerate() {
+                    let mut word = if w0 + dw == n_words - 1 { word & last_mask } else { word };
+                    while word != 0 {
+                        counts[dw * 64 + word.trailing_zeros() as usize] += 1;
+                        word &= word - 1;
+                    }
+                }
+            }
+            for (acc, &n) in accs.iter_mut().zip(&counts) {
+                if n > 0 {
+                    acc.get_or_insert_with(Default::default).n_active += n;
+                }
+            }
+        });
+        Ok(())
+    }
+
     fn count_data(&mut self, rows: &Rows) {
         let d = &mut self.data;
         d.rows += rows.tokens.len() as u64;
+        d.detail_rows += rows.tokens.len() as u64;
         for i in 0..rows.tokens.len() {
             d.position_totals[rows.positions[i] as usize] += 1;
             if rows.counted[i] {
@@ -343,6 +393,7 @@ impl NeuronStats {
         }
         let (d, o) = (&mut self.data, &other.data);
         d.rows += o.rows;
+        d.detail_rows += o.detail_rows;
         for (a, b) in d.position_totals.iter_mut().zip(&o.position_totals) {
             *a += b;
         }
@@ -360,6 +411,10 @@ impl NeuronStats {
 
     pub fn rows(&self) -> u64 {
         self.data.rows
+    }
+
+    pub fn detail_rows(&self) -> u64 {
+        self.data.detail_rows
     }
 
     pub fn layer_rows(&self) -> &[u64] {

@@ -58,6 +58,14 @@ impl PyNeuronStats {
         py.allow_threads(|| inner.update(layer, b, n_words, t, p)).map_err(err)
     }
 
+    /// Activation counts only (frequency, dead): bits (rows, ceil(n_neurons/64)) uint64.
+    fn update_activity(&mut self, py: Python<'_>, layer: usize, bits: PyReadonlyArray2<'_, u64>) -> PyResult<()> {
+        let n_words = bits.shape()[1];
+        let b = contiguous(&bits, "bits")?;
+        let inner = &mut self.inner;
+        py.allow_threads(|| inner.update_activity(layer, b, n_words)).map_err(err)
+    }
+
     fn merge(&mut self, py: Python<'_>, other: PyRef<'_, PyNeuronStats>) -> PyResult<()> {
         let inner = &mut self.inner;
         let o = &other.inner;
@@ -142,6 +150,11 @@ impl PyNeuronStats {
     #[getter]
     fn rows(&self) -> u64 {
         self.inner.rows()
+    }
+
+    #[getter]
+    fn detail_rows(&self) -> u64 {
+        self.inner.detail_rows()
     }
 
     fn memory_bytes(&self) -> usize {
