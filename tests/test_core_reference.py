@@ -111,7 +111,7 @@ def check_tokens_and_ngrams(row: dict, ref: Reference, l: int, n: int, capacity:
         counts = ref.ngram_counts(l, n, k)
         exact = ref.cover(l, n, k)
         lo, hi = row[f"cover_{k}"], row[f"cover_{k}_max"]
-        exact_k[k] = len(counts) <= capacity
+        exact_k[k] = len(counts) < capacity
         if exact_k[k]:
             assert lo == exact == hi, (at, k, lo, exact, hi)
         else:
@@ -168,7 +168,7 @@ def check_against_reference(stats: NeuronStats, ref: Reference, *, capacity: int
         np.testing.assert_array_equal(stats.position_counts(l, n), ref.position_counts[l, n], err_msg=at)
         ids, cnts, slack = stats.token_counts(l, n)
         got, want = dict(zip(ids.tolist(), cnts.tolist())), ref.token_counts(l, n)
-        if len(want) <= capacity:
+        if len(want) < capacity:
             assert slack == 0 and got == want, at
         else:  # certified: stored <= true <= stored + slack; an absent token has at most slack
             assert all(got.get(t, 0) <= c <= got.get(t, 0) + slack for t, c in want.items()), at

@@ -27,7 +27,8 @@ pub struct StatsConfig {
     pub max_positions: usize,
     /// Rows holding this token (BOS, also the document separator) are left out of token statistics.
     pub bos_token_id: Option<u32>,
-    /// Most distinct tokens / bigrams / trigrams kept per neuron before its summary becomes lossy.
+    /// Most tokens / bigrams / trigrams a neuron's summary holds: exact while it has seen fewer
+    /// distinct ones, lossy (certified) from then on.
     pub ngram_capacity: usize,
 }
 

@@ -1,13 +1,13 @@
 //! Bounded-memory k-gram counts per neuron (tokens, bigrams, trigrams) with a certified error
 //! (Misra-Gries, batched), and the compact hash table that holds them.
 //!
-//! While at most `capacity` distinct keys have been seen the counts are exact. Beyond that,
-//! the summary keeps the heaviest keys: whenever the map grows past `capacity` it subtracts a
+//! While fewer than `capacity` distinct keys have been seen the counts are exact. Beyond that,
+//! the summary keeps the heaviest keys: whenever the map reaches `capacity` keys it subtracts a
 //! threshold from every count, drops what reaches zero, and adds the threshold to `slack`.
 //! Invariant (holds through merges): for every key, stored <= true <= stored + slack, and a key
 //! absent from the map has true count <= slack. With slack == 0 the counts are exact.
-//! Memory: at most `capacity` + 1 entries in a table at most 3/4 full: 512 slots for the default
-//! capacity 256, i.e. 6 KiB for n-gram keys (12-byte slots) and 4 KiB for token ids (8 bytes).
+//! Memory: at most `capacity` entries in a table at most 3/4 full: 512 slots for the default
+//! capacity 384, i.e. 6 KiB for n-gram keys (12-byte slots) and 4 KiB for token ids (8 bytes).
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -18,8 +18,6 @@ use std::marker::PhantomData;
 pub trait TableKey: Copy + Eq + std::fmt::Debug {
     const EMPTY: Self;
     fn hash64(self) -> u64;
-    fn to_u64(self) -> u64;
-    fn from_u64(v: u64) -> Self;
 }
 
 impl TableKey for u64 {
@@ -29,14 +27,6 @@ impl TableKey for u64 {
     fn hash64(self) -> u64 {
         self
     }
-    #[inline(always)]
-    fn to_u64(self) -> u64 {
-        self
-    }
-    #[inline(always)]
-    fn from_u64(v: u64) -> Self {
-        v
-    }
 }
 
 impl TableKey for u32 {
@@ -44,14 +34,6 @@ impl TableKey for u32 {
     #[inline(always)]
     fn hash64(self) -> u64 {
         self as u64
-    }
-    #[inline(always)]
-    fn to_u64(self) -> u64 {
-        self as u64
-    }
-    #[inline(always)]
-    fn from_u64(v: u64) -> Self {
-        v as u32
     }
 }
 
@@ -92,10 +74,6 @@ pub struct CountTable<K: TableKey> {
 
 const MIN_SLOTS: usize = 16;
 
-thread_local! {
-    /// Survivors of a `subtract`, reused by every table of the thread.
-    static SURVIVORS: std::cell::RefCell<Vec<(u64, u32)>> = const { std::cell::RefCell::new(Vec::new()) };
-}
 
 impl<K: TableKey> Default for CountTable<K> {
     fn default() -> Self {
@@ -243,35 +221,62 @@ impl<K: TableKey> CountTable<K> {
         self.slots.iter().filter(|s| !s.is_free()).map(|s| s.get().1)
     }
 
-    /// Subtract `t` from every count and drop the entries that reach 0 (or less). The table keeps
-    /// its size; survivors are re-inserted through a per-thread scratch buffer (no allocation).
+    /// Subtract `t` from every count and drop the entries that reach 0 (or less), in place: freed
+    /// slots are then closed up by moving back the entries whose probe path crossed one.
     pub fn subtract(&mut self, t: u32) {
-        SURVIVORS.with(|kept| {
-            let mut kept = kept.borrow_mut();
-            kept.clear();
-            for s in &self.slots {
-                let (k, c) = s.get();
-                if k != K::EMPTY && c > t {
-                    kept.push((k.to_u64(), c - t));
-                }
+        let n = self.slots.len();
+        let Some(start) = self.slots.iter().position(|s| s.is_free()) else {
+            return; // no table (tables are at most 3/4 full)
+        };
+        // Branch-free: which slots survive is unpredictable. Survivors have count > 0.
+        let (mut len, mut n_big) = (0, 0);
+        for s in self.slots.iter_mut() {
+            let (k, c) = s.get();
+            let keep = k != K::EMPTY && c > t;
+            let left = c.wrapping_sub(t);
+            *s = Slot { key: if keep { k } else { K::EMPTY }, count: if keep { left } else { 0 } };
+            len += keep as usize;
+            n_big += (keep && left >= 2) as usize;
+        }
+        (self.len, self.n_big, self.n_zero) = (len, n_big, 0);
+        // Linear probing: an entry must be reachable from its home without crossing a free slot.
+        // `start` was free before, so no probe path crosses it: going once round from there, every
+        // entry's path lies in slots already settled, and an entry moves to the first free slot
+        // from its home (at or before where it is).
+        let mask = n - 1;
+        for step in 1..n {
+            let i = (start + step) & mask;
+            let s = self.slots[i];
+            if s.is_free() {
+                continue;
             }
-            let n = self.slots.len();
-            self.rebuild(n, kept.iter().map(|&(k, c)| (K::from_u64(k), c)));
-        });
+            let mut j = self.home(s.key);
+            if j == i {
+                continue;
+            }
+            while !self.slots[j].is_free() && j != i {
+                j = (j + 1) & mask;
+            }
+            if j != i {
+                self.slots[j] = s;
+                self.slots[i] = Slot { key: K::EMPTY, count: 0 };
+            }
+        }
     }
 
     /// How many entries have count c, for c < B - 1; bucket B - 1 holds the counts >= B - 1.
     pub fn count_histogram<const B: usize>(&self) -> [usize; B] {
         // Four interleaved histograms and a dummy bucket for free slots: no branches, and no
         // chain of increments of one bucket (most counts are equal).
-        let mut h = [[0usize; 256]; 4];
-        assert!(B <= 255);
+        const DUMMY: usize = 64;
+        let mut h = [[0u32; DUMMY + 1]; 4];
+        assert!(B <= DUMMY);
         for (i, s) in self.slots.iter().enumerate() {
             let (k, c) = s.get();
-            let b = if k == K::EMPTY { 255 } else { (c as usize).min(B - 1) };
+            let b = if k == K::EMPTY { DUMMY } else { (c as usize).min(B - 1) };
             h[i & 3][b] += 1;
         }
-        std::array::from_fn(|b| h[0][b] + h[1][b] + h[2][b] + h[3][b])
+        std::array::from_fn(|b| (h[0][b] + h[1][b] + h[2][b] + h[3][b]) as usize)
     }
 }
 
@@ -343,8 +348,9 @@ fn nth_largest<K: TableKey>(t: &CountTable<K>, n: usize) -> u32 {
     unreachable!("nth_largest: n = {n} is not below the {} entries", t.len())
 }
 
-/// Default `capacity` (StatsConfig::ngram_capacity): 512-slot tables, ~16 KiB per saturated neuron.
-pub const DEFAULT_CAPACITY: usize = 256;
+/// Default `capacity` (StatsConfig::ngram_capacity): the most a 512-slot table holds (3/4 full),
+/// ~16 KiB per saturated neuron for its three summaries.
+pub const DEFAULT_CAPACITY: usize = 384;
 
 /// Misra-Gries summary of one neuron's k-grams (see the module comment). Keys: token ids (u32)
 /// or packed n-grams (u64).
@@ -372,7 +378,7 @@ impl<K: TableKey> Summary<K> {
     pub fn add(&mut self, key: K, by: u32, capacity: usize) {
         self.total += by as u64;
         self.counts.add(key, by);
-        if self.counts.len() > capacity {
+        if self.counts.len() >= capacity {
             self.prune(capacity);
         }
     }
@@ -402,7 +408,7 @@ impl<K: TableKey> Summary<K> {
         for (k, c) in other.counts.iter() {
             self.counts.add(k, c);
         }
-        if self.counts.len() > capacity {
+        if self.counts.len() >= capacity {
             self.prune(capacity);
         }
     }
