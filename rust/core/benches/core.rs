@@ -182,28 +182,34 @@ struct Case {
     profile: Profile,
     n_seq: usize,
     reset_every: u64,
+    /// `update_activity` (frequency and dead neurons only) instead of `update`.
+    activity: bool,
 }
 
 fn bench_update(c: &mut Criterion) {
     use Profile::*;
     let cases = [
-        Case { n_neurons: 3072, density: 0.005, profile: Uniform, n_seq: 2, reset_every: 64 },
-        Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 2, reset_every: 64 },
-        Case { n_neurons: 3072, density: 0.5, profile: Uniform, n_seq: 2, reset_every: 16 },
+        Case { n_neurons: 3072, density: 0.005, profile: Uniform, n_seq: 2, reset_every: 64, activity: false },
+        Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 2, reset_every: 64, activity: false },
+        Case { n_neurons: 3072, density: 0.5, profile: Uniform, n_seq: 2, reset_every: 16, activity: false },
         // The pipeline's default batch: 8 sequences per update.
-        Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 8, reset_every: 16 },
-        Case { n_neurons: 3072, density: 0.05, profile: Selective, n_seq: 2, reset_every: 64 },
-        Case { n_neurons: 36864, density: 0.005, profile: Uniform, n_seq: 2, reset_every: 16 },
-        Case { n_neurons: 36864, density: 0.05, profile: Uniform, n_seq: 2, reset_every: 4 },
+        Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 8, reset_every: 16, activity: false },
+        Case { n_neurons: 3072, density: 0.05, profile: Selective, n_seq: 2, reset_every: 64, activity: false },
+        Case { n_neurons: 36864, density: 0.005, profile: Uniform, n_seq: 2, reset_every: 16, activity: false },
+        Case { n_neurons: 36864, density: 0.05, profile: Uniform, n_seq: 2, reset_every: 4, activity: false },
         // 36864 live neurons at 50% hold ~70 KB each after one sequence (2.6 GB for the layer):
         // one sequence per update, accumulators rebuilt after every timed update (1 warm-up update).
-        Case { n_neurons: 36864, density: 0.5, profile: Uniform, n_seq: 1, reset_every: 1 },
+        Case { n_neurons: 36864, density: 0.5, profile: Uniform, n_seq: 1, reset_every: 1, activity: false },
+        // Rows past `detail_tokens`: activation counts only.
+        Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 8, reset_every: 64, activity: true },
+        Case { n_neurons: 36864, density: 0.05, profile: Uniform, n_seq: 2, reset_every: 64, activity: true },
     ];
-    let mut group = c.benchmark_group("update");
+    let mut group = c.benchmark_group("core");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     for case in &cases {
         let prof = if case.profile == Uniform { "uniform" } else { "selective" };
-        let name = format!("{}/{}%/{prof}/{}rows", case.n_neurons, case.density * 100.0, case.n_seq * T);
+        let kind = if case.activity { "activity" } else { "update" };
+        let name = format!("{kind}/{}/{}%/{prof}/{}rows", case.n_neurons, case.density * 100.0, case.n_seq * T);
         let data: Mutex<Option<(Vec<Block>, u64, u64)>> = Mutex::new(None);
         let tally = Mutex::new(Tally::default());
         let n_words = case.n_neurons.div_ceil(64);
@@ -224,7 +230,11 @@ fn bench_update(c: &mut Criterion) {
             });
             let update = |stats: &mut NeuronStats, k: u64| {
                 let (t, p, bits) = &blocks[k as usize % BLOCKS];
-                stats.update(0, bits, n_words, t, p).unwrap();
+                if case.activity {
+                    stats.update_activity(0, bits, n_words).unwrap();
+                } else {
+                    stats.update(0, bits, n_words, t, p).unwrap();
+                }
             };
             // Accumulators persist across criterion's samples; rebuilt (untimed) every `reset_every`
             // timed updates, then warmed by `warm` untimed updates.
@@ -260,7 +270,7 @@ fn bench_update(c: &mut Criterion) {
         });
         let summary = data.lock().unwrap().as_ref().map(|d| (d.1, d.2));
         if let Some((events, bytes)) = summary {
-            REPORT.lock().unwrap().push((format!("update/{name}"), events, bytes, *tally.lock().unwrap()));
+            REPORT.lock().unwrap().push((name.clone(), events, bytes, *tally.lock().unwrap()));
         }
     }
     group.finish();
