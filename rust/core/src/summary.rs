@@ -212,6 +212,18 @@ impl<K: TableKey> CountTable<K> {
         self.rebuild(n, old.iter().filter(|s| !s.is_free()).map(|s| s.get()));
     }
 
+    /// Rebuild at the smallest size that holds `n` entries (and the current ones) without growing.
+    pub fn shrink_for(&mut self, n: usize) {
+        let mut want = MIN_SLOTS;
+        while n.max(self.len) * 4 > want * 3 {
+            want *= 2;
+        }
+        if want < self.slots.len() {
+            let old = std::mem::take(&mut self.slots);
+            self.rebuild(want, old.iter().filter(|s| !s.is_free()).map(|s| s.get()));
+        }
+    }
+
     /// (key, count) of every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (K, u32)> + '_ {
         self.slots.iter().filter(|s| !s.is_free()).map(|s| s.get())
@@ -411,6 +423,8 @@ impl<K: TableKey> Summary<K> {
         if self.counts.len() >= capacity {
             self.prune(capacity);
         }
+        // The table grew to hold both sides: back to what `capacity` entries need.
+        self.counts.shrink_for(capacity);
     }
 
     pub fn is_exact(&self) -> bool {
@@ -483,5 +497,10 @@ mod tests {
             let stored = s.counts.get(k) as u64;
             assert!(stored <= c && c <= stored + s.slack, "key {k}: {stored} {c} {}", s.slack);
         }
+        // A merge keeps the table at the size `cap` entries need.
+        let slots = s.counts.capacity();
+        let other = s.clone();
+        s.merge(&other, cap);
+        assert!(s.counts.capacity() <= slots && s.counts.len() <= cap, "{} slots", s.counts.capacity());
     }
 }
