@@ -18,6 +18,8 @@ use std::marker::PhantomData;
 pub trait TableKey: Copy + Eq + std::fmt::Debug {
     const EMPTY: Self;
     fn hash64(self) -> u64;
+    /// `self` if `keep`, else EMPTY, without a branch.
+    fn or_empty(self, keep: bool) -> Self;
 }
 
 impl TableKey for u64 {
@@ -27,6 +29,11 @@ impl TableKey for u64 {
     fn hash64(self) -> u64 {
         self
     }
+    #[inline(always)]
+    fn or_empty(self, keep: bool) -> Self {
+        let m = 0u64.wrapping_sub(keep as u64);
+        (self & m) | (Self::EMPTY & !m)
+    }
 }
 
 impl TableKey for u32 {
@@ -34,6 +41,11 @@ impl TableKey for u32 {
     #[inline(always)]
     fn hash64(self) -> u64 {
         self as u64
+    }
+    #[inline(always)]
+    fn or_empty(self, keep: bool) -> Self {
+        let m = 0u32.wrapping_sub(keep as u32);
+        (self & m) | (Self::EMPTY & !m)
     }
 }
 
@@ -244,11 +256,11 @@ impl<K: TableKey> CountTable<K> {
         let (mut len, mut n_big) = (0, 0);
         for s in self.slots.iter_mut() {
             let (k, c) = s.get();
-            let keep = k != K::EMPTY && c > t;
-            let left = c.wrapping_sub(t);
-            *s = Slot { key: if keep { k } else { K::EMPTY }, count: if keep { left } else { 0 } };
+            let keep = (k != K::EMPTY) & (c > t);
+            let left = c.wrapping_sub(t) & 0u32.wrapping_sub(keep as u32);
+            *s = Slot { key: k.or_empty(keep), count: left };
             len += keep as usize;
-            n_big += (keep && left >= 2) as usize;
+            n_big += (left >= 2) as usize;
         }
         (self.len, self.n_big, self.n_zero) = (len, n_big, 0);
         // Linear probing: an entry must be reachable from its home without crossing a free slot.
