@@ -27,6 +27,62 @@ T = 2048
 BOS = 2
 
 
+# Layout of the core's accumulators (rust/core/src/stats.rs, summary.rs, positions.rs), for the memory
+# models of bench_memory.py and bench_66b_memory.py. Checked against `NeuronStats.memory_bytes()` there.
+CHUNK = 256  # neurons per position chunk (PositionChunk: u16 count per (position, neuron), position-major)
+ACC_BYTES = 224  # boxed NeuronAcc: n_active + 3 Summary structs (CountTable 56 + total + slack = 72 each)
+PTR_BYTES = 8  # Option<Box<NeuronAcc>> per neuron, dead or alive
+
+
+def chunk_bytes(max_positions: int = T) -> int:
+    """One PositionChunk (allocated when any of its 256 neurons first fires): 2 bytes per (position,
+    neuron); its overflow table stays empty while no count passes 65535 (fewer sequences than that)."""
+    return max_positions * CHUNK * 2
+
+
+def table_slots(n_keys: Any) -> np.ndarray:
+    """Slots of a summary's CountTable after it has held `n_keys` distinct keys and been added to since:
+    it doubles (from 16) before any add that could leave it over 3/4 full, so the smallest power of two
+    >= 16 with (n + 1) * 4 <= 3 * slots; 0 when nothing was added. A summary prunes as soon as it
+    reaches `capacity` keys, so it holds at most capacity - 1 between adds: pass min(distinct, capacity - 1)."""
+    n = np.atleast_1d(np.asarray(n_keys, np.int64))
+    s = np.full(n.shape, 16, np.int64)
+    while (grow := (n + 1) * 4 > 3 * s).any():
+        s[grow] *= 2
+    return np.where(n > 0, s, 0).reshape(np.shape(n_keys))
+
+
+def neuron_bytes(d_tokens: Any, d_bigrams: Any, d_trigrams: Any, capacity: int) -> np.ndarray:
+    """Heap of one live neuron's NeuronAcc (positions excluded, they are per chunk) after it fired on
+    that many distinct tokens / bigrams / trigrams: token slots 8 bytes, n-gram slots 12 bytes. Does not
+    grow once each count reaches `capacity` (512-slot tables up to capacity 384: 16,608 bytes)."""
+    cap = lambda d: np.minimum(np.asarray(d, np.int64), capacity - 1)  # noqa: E731
+    return ACC_BYTES + 8 * table_slots(cap(d_tokens)) + 12 * (table_slots(cap(d_bigrams)) + table_slots(cap(d_trigrams)))
+
+
+def hashmap_buckets(n_items: int) -> int:
+    """Buckets of a hashbrown map grown one insert at a time to `n_items` (the data's own n-gram
+    occurrence tables): the smallest power of two >= 4 whose capacity (7/8 of it from 8 up) holds them."""
+    if n_items <= 0:
+        return 0
+    b = 4
+    while (b - 1 if b < 8 else b // 8 * 7) < n_items:
+        b *= 2
+    return b
+
+
+def hashmap_accounted_bytes(n_items: int) -> int:
+    """What `memory_bytes()` counts for such a map: capacity x 13."""
+    b = hashmap_buckets(n_items)
+    return (b - 1 if b < 8 else b // 8 * 7) * 13 if b else 0
+
+
+def hashmap_heap_bytes(n_items: int) -> int:
+    """Its real heap: a 16-byte (u64, u32) entry and a control byte per bucket, + 16 control bytes."""
+    b = hashmap_buckets(n_items)
+    return b * 17 + 16 if b else 0
+
+
 def machine() -> dict:
     """nproc, CPU model, load average (other users of the machine skew timings), versions."""
     model = platform.processor() or "?"

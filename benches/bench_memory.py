@@ -9,11 +9,20 @@ fire at a log-normal rate (median 1% in the lower half, 5% at the top, sigma 1, 
 them on any token and half on a fixed pseudo-random eighth of the vocabulary only. Tokens: Zipf(1)
 over the OPT vocabulary, sequences of 2048 starting with BOS, batches of 8 sequences.
 
-Extrapolation: accumulators saturate (position counts are fixed once a neuron is live, n-gram summaries
-hold at most `ngram_capacity` entries, token counts at most the vocabulary), so memory grows
-sublinearly. The last doubling's growth is assumed to repeat (or shrink) for every further doubling
-up to 5 M tokens, capped by the hard bound (every live neuron with dense token counts and full
-summaries); `--tokens 5000000` measures it instead (about 15 minutes on 2 cores).
+Layout being measured (rust/core/src/stats.rs, summary.rs, positions.rs): a pointer per neuron (8
+bytes, dead ones cost nothing else); per chunk of 256 neurons of a layer with any activation, position
+counts of 2 bytes per (position, neuron) (1 MiB at 2048 positions); per live neuron a 224-byte struct
+and three Misra-Gries summaries (tokens: 8-byte slots, bigrams and trigrams: 12-byte slots) of fewer
+than `ngram_capacity` keys in power-of-two tables at most 3/4 full (512 slots for any capacity from 193
+to 384, the default: 16,608 bytes per saturated neuron; 1024 slots up to 768); and the data's own bigram / trigram occurrence tables, one entry per distinct
+n-gram of the text (shared, growing with the tokens). The data tables are split off by feeding the
+same token stream to a data-only NeuronStats afterwards (to 5 M tokens).
+
+Extrapolation: per-neuron accumulators saturate (chunks are fixed once a neuron of theirs fires,
+summaries are full at `ngram_capacity` keys), so their memory grows sublinearly: the last doubling's
+growth is assumed to repeat (or shrink) for every further doubling up to 5 M tokens, capped by the
+hard bound (every live neuron's summaries full). The data tables are measured at 5 M tokens directly.
+`--tokens 5000000` measures everything instead.
 
     python benches/bench_memory.py                     # up to 262,144 tokens, then extrapolated
     python benches/bench_memory.py --tokens 5000000    # the real thing
@@ -30,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BOS, T, VOCAB, machine, pack_rows, peak_rss_bytes, record, rss_bytes, zipf_tokens  # noqa: E402
+from _common import (BOS, CHUNK, PTR_BYTES, T, VOCAB, chunk_bytes, hashmap_accounted_bytes, machine,  # noqa: E402
+                     neuron_bytes, pack_rows, peak_rss_bytes, record, rss_bytes, zipf_tokens)
 
 import opt_neurons  # noqa: E402
 
@@ -90,6 +100,22 @@ class Layer:
         return pack_rows(on)
 
 
+def data_bytes(marks: list[int], batch: int, seed: int, capacity: int) -> list[int]:
+    """`memory_bytes()` of the data's own statistics (position totals, token occurrences, bigram and
+    trigram occurrence tables) after each mark, fed the same token stream as the run."""
+    rng = np.random.default_rng(seed)
+    data = opt_neurons.NeuronStats(1, 64, VOCAB, T, bos_token_id=BOS, ngram_capacity=capacity)
+    zero = np.zeros((batch * T, 1), np.uint64)
+    pos = np.tile(np.arange(T, dtype=np.uint32), batch)
+    out, done = [], 0
+    for mark in marks:
+        while done < mark:
+            data.update(0, zero, zipf_tokens(batch, rng).reshape(-1).astype(np.uint32), pos)
+            done += batch * T
+        out.append(data.memory_bytes() - 64 * PTR_BYTES)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=262_144)
@@ -99,18 +125,25 @@ def main() -> None:
     a = ap.parse_args()
     info = machine()
     rng = np.random.default_rng(a.seed)
+    token_seed = a.seed + 2  # a stream of its own, replayed for the data-only statistics
+    token_rng = np.random.default_rng(token_seed)
     sample = zipf_tokens(64, np.random.default_rng(a.seed + 1)).reshape(-1)
     sample = sample[sample != BOS]
     layers = [Layer(k, rng, sample) for k in range(LAYERS)]
     n_dead = sum(l.n_dead for l in layers)
+    n_live = LAYERS * N - n_dead
+    # Chunks holding a live neuron: the ones whose position counts get allocated.
+    n_chunks = sum(int(l.live.reshape(-1, CHUNK).any(axis=1).sum()) for l in layers)
+    positions = n_chunks * chunk_bytes(T)
+    pointers = LAYERS * N * PTR_BYTES
+    t_start = time.time()
     rss0 = rss_bytes()
     stats = opt_neurons.NeuronStats(LAYERS, N, VOCAB, T, bos_token_id=BOS, ngram_capacity=a.ngram_capacity)
-    rows_out = []
     points = []
     done, next_mark, events = 0, a.batch * T, 0
     t0 = time.time()
     while done < a.tokens:
-        tok = zipf_tokens(a.batch, rng).reshape(-1).astype(np.uint32)
+        tok = zipf_tokens(a.batch, token_rng).reshape(-1).astype(np.uint32)
         pos = np.tile(np.arange(T, dtype=np.uint32), a.batch)
         for k, layer in enumerate(layers):
             b = layer.bits(tok.astype(np.int64), rng)
@@ -122,30 +155,57 @@ def main() -> None:
             points.append((done, mem, rss))
             print(f"{done:>9,} tokens: accumulators {mem / 2**20:8.1f} MiB, RSS +{rss / 2**20:8.1f} MiB, "
                   f"{events / done / LAYERS / N * 100:.2f}% density, {time.time() - t0:.0f} s", flush=True)  # fmt: skip
-            rows_out.append([f"{done:,}", "measured", f"{mem / 2**20:,.1f}", f"{rss / 2**20:,.1f}",
-                             f"{mem / (LAYERS * N):,.0f}", f"{mem / max(1, LAYERS * N - n_dead):,.0f}"])  # fmt: skip
             next_mark *= 2
-    # Hard bound per live neuron: positions + dense token counts + two full summaries (12-byte slots,
-    # table of the next power of two above (capacity + 1) / 0.75) + the struct.
-    slots = 1 << math.ceil(math.log2((a.ngram_capacity + 2) * 4 / 3))
-    bound = (LAYERS * N - n_dead) * (T * 4 + VOCAB * 4 + 2 * slots * 12 + 112) + LAYERS * N * 8
+    density = events / done / LAYERS / N
+    peak_rss = peak_rss_bytes()
+    del stats
+    marks = [p[0] for p in points]
+    data = data_bytes(marks + ([TARGET] if done < TARGET else []), a.batch, token_seed, a.ngram_capacity)
+    data_target = data[-1]
+
+    # Hard bound at 5 M tokens: every live neuron's summaries full, every chunk with a live neuron
+    # allocated, and the data's n-gram tables with one distinct bigram and trigram per token.
+    full = int(neuron_bytes(a.ngram_capacity, a.ngram_capacity, a.ngram_capacity, a.ngram_capacity))
+    fixed_data = T * 8 + VOCAB * 8  # position totals, token occurrences
+    neuron_bound = pointers + positions + n_live * full
+    bound = neuron_bound + fixed_data + 2 * hashmap_accounted_bytes(TARGET)
+
+    def row(tokens: str, kind: str, mem: float, rss: str, dat: float) -> list:
+        per_live = mem - dat - pointers  # positions + summaries of the live neurons
+        return [tokens, kind, f"{mem / 2**20:,.1f}", f"{dat / 2**20:,.1f}", rss, f"{mem / (LAYERS * N):,.0f}",
+                f"{per_live / n_live:,.0f}", f"{(per_live - positions) / n_live:,.0f}"]  # fmt: skip
+
+    rows_out = [row(f"{t:,}", "measured", m, f"{r / 2**20:,.1f}", d) for (t, m, r), d in zip(points, data)]
+    extrapolated = None
     if done < TARGET and len(points) >= 2:
-        (t1, m1, r1), (t2, m2, r2) = points[-2], points[-1]
+        (t1, m1, _), (t2, m2, r2) = points[-2], points[-1]
+        d1, d2 = data[len(points) - 2], data[len(points) - 1]
         doublings = math.log2(TARGET / t2) / math.log2(t2 / t1)
-        m = min(bound, m2 + doublings * (m2 - m1))
-        r = r2 + doublings * (r2 - r1)
-        rows_out.append([f"{TARGET:,}", "extrapolated", f"{m / 2**20:,.1f}", f"{r / 2**20:,.1f}",
-                         f"{m / (LAYERS * N):,.0f}", f"{m / max(1, LAYERS * N - n_dead):,.0f}"])  # fmt: skip
-    rows_out.append(["any", "hard bound", f"{bound / 2**20:,.1f}", "-", f"{bound / (LAYERS * N):,.0f}",
-                     f"{bound / max(1, LAYERS * N - n_dead):,.0f}"])  # fmt: skip
+        neurons = min(neuron_bound, (m2 - d2) + doublings * ((m2 - d2) - (m1 - d1)))
+        extrapolated = neurons + data_target
+        rss = r2 * extrapolated / m2  # the last measured RSS / accounted ratio
+        rows_out.append(row(f"{TARGET:,}", "extrapolated", extrapolated, f"{rss / 2**20:,.1f}", data_target))
+    rows_out.append(row(f"{TARGET:,}", "hard bound", bound, "-", fixed_data + 2 * hashmap_accounted_bytes(TARGET)))
+    at_target = extrapolated if extrapolated is not None else points[-1][1]
+    verdict = "met" if at_target <= 2e9 else "MISSED"
     record("memory",
-           ["tokens", "kind", "accumulators MiB", "process RSS growth MiB", "bytes / neuron", "bytes / live neuron"],
+           ["tokens", "kind", "accumulators MiB", "of which data statistics MiB", "process RSS growth MiB",
+            "bytes / neuron", "bytes / live neuron", "of which summaries"],
            rows_out, machine_info=info,
-           notes=f"OPT-125m shape ({LAYERS} x {N} neurons, {n_dead} dead = {100 * n_dead / (LAYERS * N):.0f}%), "
-                 f"mean density {events / done / LAYERS / N * 100:.2f}%, ngram_capacity {a.ngram_capacity}, "
-                 f"{a.batch} sequences per update; peak RSS of the process {peak_rss_bytes() / 2**20:,.0f} MiB. "
-                 "Extrapolation: the growth of the last doubling repeated per doubling up to 5 M tokens, capped "
-                 "by the hard bound.")  # fmt: skip
+           notes=f"OPT-125m shape ({LAYERS} x {N} neurons, {n_dead} dead = {100 * n_dead / (LAYERS * N):.0f}%, "
+                 f"{n_live:,} live), mean density {density * 100:.2f}%, ngram_capacity {a.ngram_capacity}, "
+                 f"{a.batch} sequences per update; {n_chunks} position chunks of {chunk_bytes(T) / 2**20:g} MiB "
+                 f"({positions / n_live:,.0f} bytes per live neuron), a full neuron's summaries {full:,} bytes. "
+                 f"Peak RSS of the process {peak_rss / 2**20:,.0f} MiB; {time.time() - t_start:.0f} s. "
+                 f"bytes / live neuron: accumulators less data tables and neuron pointers; 'of which summaries': "
+                 f"less the position chunks too; data statistics: position totals, token occurrences and "
+                 f"the n-gram occurrence tables as memory_bytes() counts them (capacity x 13 bytes; their real "
+                 f"heap is about 1.5x that, 17 bytes per bucket). Extrapolation: the per-neuron part's growth "
+                 f"of the last doubling repeated per doubling up to 5 M tokens, capped by the hard bound; data "
+                 f"statistics measured at 5 M tokens; RSS scaled by the last RSS / accounted ratio. Target (<= 2 GB at 5 M tokens): "
+                 f"{verdict} ({at_target / 1e9:.2f} GB = {at_target / 2**30:.2f} GiB).",
+           extra={"points": points, "data_bytes": data, "bound": bound, "n_live": n_live, "n_chunks": n_chunks,
+                  "at_target_bytes": at_target})  # fmt: skip
 
 
 if __name__ == "__main__":

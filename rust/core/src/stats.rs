@@ -472,7 +472,8 @@ impl NeuronStats {
         neurons
             + d.position_totals.len() * 8
             + d.token_occurrences.len() * 8
-            + (d.bigram_occurrences.capacity() + d.trigram_occurrences.capacity()) * 13
+            // hashbrown: 8/7 buckets per unit of capacity, each a 16-byte (u64, u32) entry and a control byte.
+            + (d.bigram_occurrences.capacity() + d.trigram_occurrences.capacity()) * 8 / 7 * 17
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, StatsError> {
