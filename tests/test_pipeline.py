@@ -83,11 +83,12 @@ def test_cli_analyze_and_errors(tiny_opt, tmp_path):
     f.write_text("The quick brown fox jumps over the lazy dog. " * 30)
     out = tmp_path / "cli"
     r = subprocess.run([sys.executable, "-m", "opt_neurons.cli", "analyze", str(tiny_opt), "--data", str(f),
-                        "--tokens", "128", "--out", str(out), "--no-progress", "--max-tokens", "3"],
-                       capture_output=True, text=True)  # fmt: skip
+                        "--tokens", "128", "--detail-tokens", "40", "--out", str(out), "--no-progress",
+                        "--max-tokens", "3"], capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
     b = opt_neurons.load(out)
     assert b.metadata["n_tokens"] == 128 and b.metadata["thresholds"]["max_tokens"] == 3
+    assert b.metadata["detail_tokens"] == 64  # rounded up to a whole sequence of T = 64
     r = subprocess.run([sys.executable, "-m", "opt_neurons.cli", "analyze", "no-such-org/no-such-model",
                         "--out", str(tmp_path / "x"), "--no-progress"], capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2
