@@ -9,15 +9,17 @@ For each shape, on the same tokens and batches:
 - bare: `model.model.decoder(input_ids=batch, use_cache=False)` under torch.inference_mode, synchronised;
 - analyze: `opt_neurons.analyze(model, tokens, batch_size=...)`: the forward phase (bit packing on the
   device, copies of the bits to pinned host memory, counting on the host worker thread) is timed from
-  `metadata["forward_seconds"]`, and the whole call (with finalisation) too.
+  `metadata["forward_seconds"]`, and the whole call (with finalisation) too;
+- analyze, activity past the first sequence: the same with `detail_tokens=T` (every statistic on the first
+  sequence, frequency / dead neurons only on the rest: the paper's extra tokens for dead neurons).
 Target (issue 5): forward-phase throughput with analysis >= 90% of the bare forward.
 
     python benches/bench_gpu.py                       # all three shapes (needs a GPU with ~40 GB)
     python benches/bench_gpu.py --shapes 125m,1.3b --seqs 16
     python benches/bench_gpu.py --smoke               # tiny shapes on whatever device there is (CPU ok)
 
-Host memory: the accumulators of a 6.7b model (524 k neurons) take tens of GB after a few sequences
-(each live neuron holds position counts, token counts and two n-gram summaries): keep --seqs small there.
+Host memory: at most ~21 kB per live neuron (position counts and three k-gram summaries), about 11 GB
+for 6.7b (524 k neurons).
 """
 
 from __future__ import annotations
@@ -79,12 +81,15 @@ def run_shape(name: str, kwargs: dict, seqs: int, batch_size: int, density: floa
     an = opt_neurons.analyze(model, tokens, batch_size=batch_size, progress=False)
     total = time.perf_counter() - t0
     fwd = an.metadata["forward_seconds"]
+    del an
+    act = opt_neurons.analyze(model, tokens, batch_size=batch_size, progress=False, detail_tokens=T)
+    fwd_act = act.metadata["forward_seconds"]
     n = tokens.size
     row = [name, str(dtype).replace("torch.", ""), str(device), f"{np.mean(dens):.3f}", n, batch_size,
            f"{n / b:,.0f}", f"{n / fwd:,.0f}", f"{100 * b / fwd:.0f}%", f"{n / total:,.0f}",
-           f"{an.metadata['accumulator_bytes'] / 2**20:,.0f}"]  # fmt: skip
+           f"{n / fwd_act:,.0f}", f"{100 * b / fwd_act:.0f}%", f"{act.metadata['accumulator_bytes'] / 2**20:,.0f}"]  # fmt: skip
     print(row, flush=True)
-    del model, an
+    del model, act
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
@@ -111,7 +116,8 @@ def main() -> None:
         rows.append(run_shape(name, kw, seqs, min(a.batch_size, seqs), density, dtype, device, a.seed))
     record("gpu_smoke" if a.smoke else "gpu",
            ["shape", "dtype", "device", "fc1 density", "tokens", "batch", "bare tok/s", "analyze forward-phase tok/s",
-            "analyze / bare", "analyze total tok/s", "accumulators MiB"],
+            "analyze / bare", "analyze total tok/s", "activity-only forward-phase tok/s", "activity-only / bare",
+            "accumulators MiB (activity run)"],
            rows, machine_info=info,
            notes="random weights; 'analyze / bare' = forward-phase throughput with analysis relative to the bare "
                  "forward (target >= 90%); the total includes finalisation (tables, suppression scores).")  # fmt: skip
