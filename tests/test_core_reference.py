@@ -260,6 +260,29 @@ def test_activity_rows_count_only_towards_frequency(n_neurons, split, seed):
         assert got.select(rest).equals(only_head.finalize().neurons.select(rest))
 
 
+def test_memory_bound_is_what_saturated_accumulators_take():
+    """Every neuron firing on every row of random text fills all its summaries: the accumulators then take
+    exactly memory_bound() besides the data's n-gram tables; before that, less."""
+    rng = np.random.default_rng(3)
+    n_layers, n_neurons, T = 2, 300, 40
+    toks, pos, bounds = sequences(rng, [4] + [T] * 11, 1000, 2)
+    acts = np.ones((n_layers, len(toks), n_neurons), dtype=bool)
+    s = Stream(toks, pos, bounds, acts, 1000, T, 2)
+    stats, data_only = s.new_stats(capacity=16), s.new_stats(capacity=16)
+    no_acts = Stream(toks, pos, bounds, np.zeros_like(acts), 1000, T, 2)
+
+    def data_tables() -> int:  # the data's n-gram tables: data_only less its totals and neuron pointers
+        return data_only.memory_bytes() - (1000 + T) * 8 - n_layers * n_neurons * 8
+
+    feed(stats, s.subset([0]), rng)  # 4 rows: fewer distinct k-grams than the capacity
+    feed(data_only, no_acts.subset([0]), rng)
+    assert stats.memory_bytes() - data_tables() < stats.memory_bound()
+    rest = list(range(1, len(bounds)))
+    feed(stats, s.subset(rest), rng)
+    feed(data_only, no_acts.subset(rest), rng)
+    assert stats.memory_bytes() - data_tables() == stats.memory_bound()
+
+
 # ---------------------------------------------------------------------------------------- merges
 
 

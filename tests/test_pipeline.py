@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,21 @@ def test_sequences_longer_than_the_model(tiny_opt):
         opt_neurons.analyze(tiny_opt, ["hello"], seq_len=65, progress=False)
     with pytest.raises(DataError, match="longer than the model allows"):
         opt_neurons.analyze(tiny_opt, np.zeros((2, 65), dtype=np.int64), progress=False)
+
+
+def test_warns_when_the_statistics_may_not_fit_in_host_memory(tiny_opt, tiny_tokens, monkeypatch):
+    from opt_neurons import host_memory
+
+    a = opt_neurons.analyze(tiny_opt, tiny_tokens, progress=False)
+    bound = a.metadata["accumulator_bound_bytes"]
+    assert a.metadata["accumulator_bytes"] <= bound  # 2 x 100 neurons: a few MB at most
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: bound - 1)
+    with pytest.warns(RuntimeWarning, match=r"may need up to .* GB of host memory.*Lower ngram_capacity"):
+        opt_neurons.analyze(tiny_opt, tiny_tokens, progress=False)
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: bound)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        opt_neurons.analyze(tiny_opt, tiny_tokens, progress=False)
 
 
 def test_unknown_threshold(tiny_opt, tiny_tokens):

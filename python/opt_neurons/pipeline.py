@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _core, checkpoint, distributed, executors
+from . import _core, checkpoint, distributed, executors, host_memory
 from .analysis import Analysis
 from .capture import BitCapture
 from .data import prepare_data
@@ -110,6 +110,8 @@ def analyze(
     stats, start = resumed or (
         NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=ngram_capacity), 0
     )
+    if rank == 0:
+        host_memory.warn_if_short(stats, tokens.n_tokens, host_memory.available_bytes())
     count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=batch_size,
                   block_size=block_size, out_dir=out_dir, ckpt=ckpt, fingerprint=fingerprint,
                   checkpoint_every=checkpoint_every, progress=progress and rank == 0)  # fmt: skip
@@ -142,6 +144,7 @@ def analyze(
         "thresholds": t.to_dict(),
         "ngram_capacity": ngram_capacity,
         "accumulator_bytes": stats.memory_bytes(),
+        "accumulator_bound_bytes": host_memory.statistics_bound(stats, tokens.n_tokens),
         "resumed_from_sequence": start,
         "package_version": _version(),
         "torch_version": torch.__version__,

@@ -91,6 +91,11 @@ class NeuronStats:
     def memory_bytes(self) -> int:
         return self._core.memory_bytes()
 
+    def memory_bound(self) -> int:
+        """The most the per-neuron accumulators can take however many tokens are counted (every neuron
+        live, every summary full); the data's own n-gram tables come on top (about 40 bytes a token)."""
+        return self._core.memory_bound()
+
     def position_counts(self, layer: int, neuron: int) -> np.ndarray:
         return self._core.position_counts(layer, neuron)
 

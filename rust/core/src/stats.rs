@@ -4,7 +4,7 @@ use crate::coverage::{coverage_bounds, detect, sort_by_count, CoverageBounds, De
 use crate::error::StatsError;
 use crate::positional::{self, PositionalParams};
 use crate::positions::{PositionChunk, CHUNK};
-use crate::summary::{NgramSummary, Summary, TableKey, TokenSummary};
+use crate::summary::{CountTable, NgramSummary, Summary, TableKey, TokenSummary};
 use crate::summary::prefetch;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
@@ -458,6 +458,19 @@ impl NeuronStats {
                 (v, a.tokens.slack)
             }
         })
+    }
+
+    /// The most the accumulators can take, however many rows are counted: every neuron live and every
+    /// summary full, and the data's token and position totals. Not included: the data's own n-gram
+    /// tables, which grow with the distinct n-grams of the data.
+    pub fn memory_bound(&self) -> usize {
+        let c = &self.config;
+        let neurons = c.n_layers * c.n_neurons;
+        let per_live = std::mem::size_of::<NeuronAcc>()
+            + CountTable::<u32>::bytes_for(c.ngram_capacity)
+            + 2 * CountTable::<u64>::bytes_for(c.ngram_capacity);
+        let chunks = c.n_layers * c.n_neurons.div_ceil(CHUNK);
+        neurons * (8 + per_live) + chunks * c.max_positions * CHUNK * 2 + (c.vocab_size + c.max_positions) * 8
     }
 
     /// Bytes held by the accumulators (heap estimate), for memory reports.

@@ -224,12 +224,23 @@ impl<K: TableKey> CountTable<K> {
         self.rebuild(n, old.iter().filter(|s| !s.is_free()).map(|s| s.get()));
     }
 
-    /// Rebuild at the smallest size that holds `n` entries (and the current ones) without growing.
-    pub fn shrink_for(&mut self, n: usize) {
+    /// Slots of the smallest table that holds `n` entries without growing (at most 3/4 full).
+    pub fn slots_for(n: usize) -> usize {
         let mut want = MIN_SLOTS;
-        while n.max(self.len) * 4 > want * 3 {
+        while n * 4 > want * 3 {
             want *= 2;
         }
+        want
+    }
+
+    /// Bytes of a table that holds `n` entries (a full summary of capacity `n`).
+    pub fn bytes_for(n: usize) -> usize {
+        Self::slots_for(n) * std::mem::size_of::<Slot<K>>()
+    }
+
+    /// Rebuild at the smallest size that holds `n` entries (and the current ones) without growing.
+    pub fn shrink_for(&mut self, n: usize) {
+        let want = Self::slots_for(n.max(self.len));
         if want < self.slots.len() {
             let old = std::mem::take(&mut self.slots);
             self.rebuild(want, old.iter().filter(|s| !s.is_free()).map(|s| s.get()));

@@ -161,6 +161,10 @@ impl PyNeuronStats {
         self.inner.memory_bytes()
     }
 
+    fn memory_bound(&self) -> usize {
+        self.inner.memory_bound()
+    }
+
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let c = self.inner.config();
