@@ -278,6 +278,20 @@ def test_neuron_card(runs):
         report.neuron_card(a, 0, N_NEURONS)
 
 
+def test_cards_and_headline_say_what_is_certified(runs):
+    a = runs[0].analysis
+    for row in a.neurons.filter(~pl.col("dead")).head(20).iter_rows(named=True):
+        card = report.neuron_card(a, row["layer"], row["neuron"])
+        for k in (1, 2, 3):
+            assert (card[f"cover_{k}"], card[f"cover_{k}_max"]) == (row[f"cover_{k}"], row[f"cover_{k}_max"])
+    assert report._cover_range(7, 7) == "7" and report._cover_range(7, 1200) == "7-1,200"
+    h = report.headline(a)
+    meta = dict(a.metadata, detail_tokens=h["tokens"] // 2)
+    rows = dict(report._headline_rows(h, meta))
+    assert rows["Token and position statistics over"].startswith(f"the first {h['tokens'] // 2:,} tokens")
+    assert "Token and position statistics over" not in dict(report._headline_rows(h, dict(a.metadata)))
+
+
 def test_report_model_options(runs, tmp_path):
     a = runs[0].analysis
     html = report.write_report(a, tmp_path / "none", model=None).read_text()

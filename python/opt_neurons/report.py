@@ -229,6 +229,11 @@ SUMMARY_SCHEMA = {
 }  # fmt: skip
 
 
+def _cover_range(lo: int, hi: int) -> str:
+    """cover_k as certified: exact, or the range a lossy summary proves."""
+    return f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
+
+
 def _headline_rows(h: dict, meta: dict) -> list[tuple[str, str]]:
     data = ", ".join(str(s.get("name", s)) if isinstance(s, dict) else str(s) for s in meta.get("data_sources") or [])
     rows = [
@@ -239,6 +244,9 @@ def _headline_rows(h: dict, meta: dict) -> list[tuple[str, str]]:
                  + (f" of up to {_int(meta['T'])} positions" if meta.get("T") else "")
                  + (f" ({data})" if data else "")),
         ("dtype", str(meta.get("dtype") or "n/a")),
+        *([("Token and position statistics over", f"the first {_int(meta['detail_tokens'])} tokens "
+            "(dead neurons and frequencies over all)")]
+          if meta.get("detail_tokens") and meta["detail_tokens"] < h["tokens"] else []),
         ("Neurons", f"{h['layers']} layers × {_int(h['neurons_per_layer'])} = {_int(h['neurons'])}"),
         ("Dead neurons", f"{_int(h['dead'])} ({_pct(h['dead_fraction'])}); most in layer "
                          f"{h['dead_max_layer'] if h['dead_max_layer'] is not None else 'n/a'}: "
@@ -642,6 +650,8 @@ def neuron_card(analysis: Analysis, layer: int, neuron: int, model: Any = None, 
         "cover_1": int(r["cover_1"]),
         "cover_2": int(r["cover_2"]),
         "cover_3": int(r["cover_3"]),
+        # Certified upper bounds (equal to cover_k when the neuron's k-gram counts are exact).
+        **{f"cover_{k}_max": int(r.get(f"cover_{k}_max") or r[f"cover_{k}"]) for k in (1, 2, 3)},
         "token_detector": bool(r["token_detector"]),
         "detected_tokens": detected,
         "detected_strings": list(strings or []),
@@ -868,8 +878,9 @@ def _card_html(card: dict, img: Path | None) -> str:
             + "".join(f'<span class="badge">{_esc(b)}</span>' for b in badges) + "</h3>")  # fmt: skip
     rows = [
         ("activations", f"{card['n_active']:,} (frequency {card['frequency']:.4g})"),
-        ("k-grams covering 95%",
-         f"{card['cover_1']:,} tokens, {card['cover_2']:,} bigrams, {card['cover_3']:,} trigrams"),
+        ("k-grams covering 95%", ", ".join(
+            _cover_range(card[f"cover_{k}"], card[f"cover_{k}_max"]) + f" {name}"
+            for k, name in ((1, "tokens"), (2, "bigrams"), (3, "trigrams")))),
         ("I(act; pos)", "n/a" if card["mi_position"] is None else f"{card['mi_position']:.3f} nats"),
     ]
     if card["token_detector"]:
