@@ -30,7 +30,8 @@ BOS = 2
 # Layout of the core's accumulators (rust/core/src/stats.rs, summary.rs, positions.rs), for the memory
 # models of bench_memory.py and bench_66b_memory.py. Checked against `NeuronStats.memory_bytes()` there.
 CHUNK = 256  # neurons per position chunk (PositionChunk: u16 count per (position, neuron), position-major)
-ACC_BYTES = 224  # boxed NeuronAcc: n_active + 3 Summary structs (CountTable 56 + total + slack = 72 each)
+ACC_BYTES = 296  # boxed NeuronAcc: n_active + 3 Summary structs (CountTable 80 + total + slack = 96 each)
+GROUP = 16  # a CountTable has one tag byte per slot and GROUP more
 PTR_BYTES = 8  # Option<Box<NeuronAcc>> per neuron, dead or alive
 
 
@@ -54,10 +55,16 @@ def table_slots(n_keys: Any) -> np.ndarray:
 
 def neuron_bytes(d_tokens: Any, d_bigrams: Any, d_trigrams: Any, capacity: int) -> np.ndarray:
     """Heap of one live neuron's NeuronAcc (positions excluded, they are per chunk) after it fired on
-    that many distinct tokens / bigrams / trigrams: token slots 8 bytes, n-gram slots 12 bytes. Does not
-    grow once each count reaches `capacity` (512-slot tables up to capacity 384: 16,608 bytes)."""
+    that many distinct tokens / bigrams / trigrams: token slots 8 bytes, n-gram slots 12 bytes, and a tag
+    byte per slot plus GROUP. Does not grow once each count reaches `capacity` (512-slot tables up to
+    capacity 384: 18,264 bytes)."""
     cap = lambda d: np.minimum(np.asarray(d, np.int64), capacity - 1)  # noqa: E731
-    return ACC_BYTES + 8 * table_slots(cap(d_tokens)) + 12 * (table_slots(cap(d_bigrams)) + table_slots(cap(d_trigrams)))
+
+    def table(slots: np.ndarray, slot_bytes: int) -> np.ndarray:
+        return np.where(slots > 0, (slot_bytes + 1) * slots + GROUP, 0)
+
+    return (ACC_BYTES + table(table_slots(cap(d_tokens)), 8) + table(table_slots(cap(d_bigrams)), 12)
+            + table(table_slots(cap(d_trigrams)), 12))
 
 
 def hashmap_buckets(n_items: int) -> int:
@@ -72,9 +79,10 @@ def hashmap_buckets(n_items: int) -> int:
 
 
 def hashmap_accounted_bytes(n_items: int) -> int:
-    """What `memory_bytes()` counts for such a map: capacity x 13."""
+    """What `memory_bytes()` counts for such a map: capacity x 8 / 7 x 17 (buckets of a 16-byte entry and
+    a control byte)."""
     b = hashmap_buckets(n_items)
-    return (b - 1 if b < 8 else b // 8 * 7) * 13 if b else 0
+    return (b - 1 if b < 8 else b // 8 * 7) * 8 // 7 * 17 if b else 0
 
 
 def hashmap_heap_bytes(n_items: int) -> int:

@@ -204,7 +204,7 @@ def main() -> None:
                              f"{(b + pos + NEURONS * PTR_BYTES) / 2**30:.2f}"])  # fmt: skip
     # The data's own statistics (shared): position totals, token occurrences, and the bigram and trigram
     # occurrence tables with at most one distinct n-gram per token (their real heap; memory_bytes()
-    # counts them as capacity x 13 bytes, less than the 17 bytes per bucket they take).
+    # counts them as hashbrown buckets of 17 bytes).
     data_tables = T * 8 + VOCAB * 8 + 2 * hashmap_heap_bytes(TOKENS)
     data_accounted = T * 8 + VOCAB * 8 + 2 * hashmap_accounted_bytes(TOKENS)
     total = summaries + positions + pointers + data_tables

@@ -199,8 +199,8 @@ def main() -> None:
                  f"Peak RSS of the process {peak_rss / 2**20:,.0f} MiB; {time.time() - t_start:.0f} s. "
                  f"bytes / live neuron: accumulators less data tables and neuron pointers; 'of which summaries': "
                  f"less the position chunks too; data statistics: position totals, token occurrences and "
-                 f"the n-gram occurrence tables as memory_bytes() counts them (capacity x 13 bytes; their real "
-                 f"heap is about 1.5x that, 17 bytes per bucket). Extrapolation: the per-neuron part's growth "
+                 f"the n-gram occurrence tables (hash-map buckets of 17 bytes, 8/7 per unit of capacity). "
+                 f"Extrapolation: the per-neuron part's growth "
                  f"of the last doubling repeated per doubling up to 5 M tokens, capped by the hard bound; data "
                  f"statistics measured at 5 M tokens; RSS scaled by the last RSS / accounted ratio. Target (<= 2 GB at 5 M tokens): "
                  f"{verdict} ({at_target / 1e9:.2f} GB = {at_target / 2**30:.2f} GiB).",

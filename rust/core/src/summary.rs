@@ -72,9 +72,13 @@ impl<K: TableKey> Slot<K> {
 
 /// Open-addressing (linear probing) hash map from keys to u32 counts, at most 3/4 full,
 /// Fibonacci hashing on the top bits. Iteration order is arbitrary (as with a hash map).
+/// A control byte per slot (7 other bits of the hash, or EMPTY_TAG) lets a probe test 16 slots
+/// with one vector compare instead of a branch per slot.
 #[derive(Clone)]
 pub struct CountTable<K: TableKey> {
     slots: Vec<Slot<K>>,
+    /// One tag per slot, then the first GROUP tags again (a group read at any slot needs no wrap).
+    tags: Vec<u8>,
     len: usize,
     /// Entries with count >= 2 (lets a Misra-Gries prune find a threshold of 1 without a scan).
     n_big: usize,
@@ -85,11 +89,42 @@ pub struct CountTable<K: TableKey> {
 }
 
 const MIN_SLOTS: usize = 16;
+/// Slots tested by one probe step (MIN_SLOTS >= GROUP).
+const GROUP: usize = 16;
+const EMPTY_TAG: u8 = 0x80;
+
+#[inline(always)]
+fn hash<K: TableKey>(key: K) -> u64 {
+    key.hash64().wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// 7 bits of the hash that the home slot (its top bits) does not use, for tables up to 2^32 slots.
+#[inline(always)]
+fn tag_of(h: u64) -> u8 {
+    ((h >> 24) & 0x7F) as u8
+}
+
+/// Bit j set when tags[pos + j] == b, for j < GROUP.
+#[inline(always)]
+fn group_match(tags: &[u8], pos: usize, b: u8) -> u32 {
+    debug_assert!(pos + GROUP <= tags.len());
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: pos + GROUP <= tags.len() (pos < slots, tags has GROUP extra); SSE2 is baseline x86_64.
+    unsafe {
+        use std::arch::x86_64::*;
+        let g = _mm_loadu_si128(tags.as_ptr().add(pos) as *const __m128i);
+        _mm_movemask_epi8(_mm_cmpeq_epi8(g, _mm_set1_epi8(b as i8))) as u32
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        (0..GROUP).fold(0u32, |m, j| m | (((tags[pos + j] == b) as u32) << j))
+    }
+}
 
 
 impl<K: TableKey> Default for CountTable<K> {
     fn default() -> Self {
-        CountTable { slots: Vec::new(), len: 0, n_big: 0, n_zero: 0, shift: 64 }
+        CountTable { slots: Vec::new(), tags: Vec::new(), len: 0, n_big: 0, n_zero: 0, shift: 64 }
     }
 }
 
@@ -102,7 +137,16 @@ impl<K: TableKey> std::fmt::Debug for CountTable<K> {
 impl<K: TableKey> CountTable<K> {
     #[inline(always)]
     fn home(&self, key: K) -> usize {
-        (key.hash64().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+        (hash(key) >> self.shift) as usize
+    }
+
+    #[inline(always)]
+    fn set_tag(&mut self, i: usize, t: u8) {
+        self.tags[i] = t;
+        if i < GROUP {
+            let n = self.slots.len();
+            self.tags[n + i] = t;
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -129,15 +173,19 @@ impl<K: TableKey> CountTable<K> {
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot<K>>()
+        self.slots.capacity() * std::mem::size_of::<Slot<K>>() + self.tags.capacity()
     }
 
     /// Hint the cache about the slot a later `add(key)` reads first.
     #[inline(always)]
     pub fn prefetch(&self, key: K) {
         if !self.slots.is_empty() {
-            let p = unsafe { self.slots.as_ptr().add(self.home(key)) };
-            prefetch(p as *const u8);
+            let i = self.home(key);
+            // SAFETY: i < slots.len() <= tags.len().
+            unsafe {
+                prefetch(self.tags.as_ptr().add(i));
+                prefetch(self.slots.as_ptr().add(i) as *const u8);
+            }
         }
     }
 
@@ -149,27 +197,50 @@ impl<K: TableKey> CountTable<K> {
             self.grow();
         }
         let mask = self.slots.len() - 1;
-        let mut i = self.home(key);
+        let h = hash(key);
+        let tag = tag_of(h);
+        let mut pos = (h >> self.shift) as usize;
+        // Most adds of a key already present find it at home: no group scan then.
+        // SAFETY: pos < slots.len().
+        let s = unsafe { self.slots.get_unchecked_mut(pos) };
+        let k = s.key;
+        if k == key {
+            let old = s.count;
+            let c = old + by;
+            s.count = c;
+            self.n_big += (old < 2 && c >= 2) as usize;
+            self.n_zero -= (old == 0 && c > 0) as usize;
+            return c;
+        }
         loop {
-            // SAFETY: i is masked to the table size.
-            let s = unsafe { self.slots.get_unchecked_mut(i) };
-            let k = s.key;
-            if k == key {
-                let old = s.count;
-                let c = old + by;
-                s.count = c;
-                self.n_big += (old < 2 && c >= 2) as usize;
-                self.n_zero -= (old == 0 && c > 0) as usize;
-                return c;
+            let mut m = group_match(&self.tags, pos, tag);
+            while m != 0 {
+                let i = (pos + m.trailing_zeros() as usize) & mask;
+                // SAFETY: i is masked to the table size.
+                let s = unsafe { self.slots.get_unchecked_mut(i) };
+                let k = s.key;
+                if k == key {
+                    let old = s.count;
+                    let c = old + by;
+                    s.count = c;
+                    self.n_big += (old < 2 && c >= 2) as usize;
+                    self.n_zero -= (old == 0 && c > 0) as usize;
+                    return c;
+                }
+                m &= m - 1;
             }
-            if k == K::EMPTY {
-                *s = Slot { key, count: by };
+            // Not in this group; the first free slot of the group ends the probe (linear probing).
+            let e = group_match(&self.tags, pos, EMPTY_TAG);
+            if e != 0 {
+                let i = (pos + e.trailing_zeros() as usize) & mask;
+                self.slots[i] = Slot { key, count: by };
+                self.set_tag(i, tag);
                 self.len += 1;
                 self.n_big += (by >= 2) as usize;
                 self.n_zero += (by == 0) as usize;
                 return by;
             }
-            i = (i + 1) & mask;
+            pos = (pos + GROUP) & mask;
         }
     }
 
@@ -178,26 +249,35 @@ impl<K: TableKey> CountTable<K> {
             return 0;
         }
         let mask = self.slots.len() - 1;
-        let mut i = self.home(key);
+        let h = hash(key);
+        let tag = tag_of(h);
+        let mut pos = (h >> self.shift) as usize;
         loop {
-            let s = self.slots[i];
-            let k = s.key;
-            if k == key {
-                return s.count;
+            let mut m = group_match(&self.tags, pos, tag);
+            while m != 0 {
+                let i = (pos + m.trailing_zeros() as usize) & mask;
+                let s = self.slots[i];
+                let k = s.key;
+                if k == key {
+                    return s.count;
+                }
+                m &= m - 1;
             }
-            if k == K::EMPTY {
+            if group_match(&self.tags, pos, EMPTY_TAG) != 0 {
                 return 0;
             }
-            i = (i + 1) & mask;
+            pos = (pos + GROUP) & mask;
         }
     }
 
     fn rebuild(&mut self, n_slots: usize, entries: impl Iterator<Item = (K, u32)>) {
         if self.slots.len() == n_slots {
             self.slots.fill(Slot { key: K::EMPTY, count: 0 });
+            self.tags.fill(EMPTY_TAG);
         } else {
-            self.slots.clear();
-            self.slots.resize(n_slots, Slot { key: K::EMPTY, count: 0 });
+            // Exact allocations (a resized Vec may keep spare capacity).
+            self.slots = vec![Slot { key: K::EMPTY, count: 0 }; n_slots];
+            self.tags = vec![EMPTY_TAG; n_slots + GROUP];
         }
         self.shift = 64 - n_slots.trailing_zeros();
         self.len = 0;
@@ -211,6 +291,7 @@ impl<K: TableKey> CountTable<K> {
                 i = (i + 1) & mask;
             }
             *unsafe { self.slots.get_unchecked_mut(i) } = Slot { key, count };
+            self.set_tag(i, tag_of(hash(key)));
             self.len += 1;
             self.n_big += (count >= 2) as usize;
             self.n_zero += (count == 0) as usize;
@@ -235,7 +316,8 @@ impl<K: TableKey> CountTable<K> {
 
     /// Bytes of a table that holds `n` entries (a full summary of capacity `n`).
     pub fn bytes_for(n: usize) -> usize {
-        Self::slots_for(n) * std::mem::size_of::<Slot<K>>()
+        let slots = Self::slots_for(n);
+        slots * std::mem::size_of::<Slot<K>>() + slots + GROUP
     }
 
     /// Rebuild at the smallest size that holds `n` entries (and the current ones) without growing.
@@ -265,14 +347,16 @@ impl<K: TableKey> CountTable<K> {
         };
         // Branch-free: which slots survive is unpredictable. Survivors have count > 0.
         let (mut len, mut n_big) = (0, 0);
-        for s in self.slots.iter_mut() {
+        for (s, tag) in self.slots.iter_mut().zip(self.tags.iter_mut()) {
             let (k, c) = s.get();
             let keep = (k != K::EMPTY) & (c > t);
             let left = c.wrapping_sub(t) & 0u32.wrapping_sub(keep as u32);
             *s = Slot { key: k.or_empty(keep), count: left };
+            *tag = if keep { *tag } else { EMPTY_TAG };
             len += keep as usize;
             n_big += (left >= 2) as usize;
         }
+        self.tags.copy_within(0..GROUP, n);
         (self.len, self.n_big, self.n_zero) = (len, n_big, 0);
         // Linear probing: an entry must be reachable from its home without crossing a free slot.
         // `start` was free before, so no probe path crosses it: going once round from there, every
@@ -295,6 +379,9 @@ impl<K: TableKey> CountTable<K> {
             if j != i {
                 self.slots[j] = s;
                 self.slots[i] = Slot { key: K::EMPTY, count: 0 };
+                let tag = self.tags[i];
+                self.set_tag(j, tag);
+                self.set_tag(i, EMPTY_TAG);
             }
         }
     }
