@@ -189,6 +189,25 @@ impl<K: TableKey> CountTable<K> {
         }
     }
 
+    #[inline(always)]
+    fn key_at(&self, i: usize) -> K {
+        // SAFETY: callers pass i < slots.len() (masked).
+        unsafe { self.slots.get_unchecked(i) }.key
+    }
+
+    /// Add `by` to the count in slot i (occupied); returns the new count.
+    #[inline(always)]
+    fn bump(&mut self, i: usize, by: u32) -> u32 {
+        // SAFETY: as key_at.
+        let s = unsafe { self.slots.get_unchecked_mut(i) };
+        let old = s.count;
+        let c = old + by;
+        s.count = c;
+        self.n_big += (old < 2 && c >= 2) as usize;
+        self.n_zero -= (old == 0 && c > 0) as usize;
+        c
+    }
+
     /// Add `by` to `key`'s count (inserting it at `by`); returns the new count.
     #[inline(always)]
     pub fn add(&mut self, key: K, by: u32) -> u32 {
@@ -201,31 +220,15 @@ impl<K: TableKey> CountTable<K> {
         let tag = tag_of(h);
         let mut pos = (h >> self.shift) as usize;
         // Most adds of a key already present find it at home: no group scan then.
-        // SAFETY: pos < slots.len().
-        let s = unsafe { self.slots.get_unchecked_mut(pos) };
-        let k = s.key;
-        if k == key {
-            let old = s.count;
-            let c = old + by;
-            s.count = c;
-            self.n_big += (old < 2 && c >= 2) as usize;
-            self.n_zero -= (old == 0 && c > 0) as usize;
-            return c;
+        if self.key_at(pos) == key {
+            return self.bump(pos, by);
         }
         loop {
             let mut m = group_match(&self.tags, pos, tag);
             while m != 0 {
                 let i = (pos + m.trailing_zeros() as usize) & mask;
-                // SAFETY: i is masked to the table size.
-                let s = unsafe { self.slots.get_unchecked_mut(i) };
-                let k = s.key;
-                if k == key {
-                    let old = s.count;
-                    let c = old + by;
-                    s.count = c;
-                    self.n_big += (old < 2 && c >= 2) as usize;
-                    self.n_zero -= (old == 0 && c > 0) as usize;
-                    return c;
+                if self.key_at(i) == key {
+                    return self.bump(i, by);
                 }
                 m &= m - 1;
             }
