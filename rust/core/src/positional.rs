@@ -166,7 +166,7 @@ pub fn half_width(n_positions: usize, p: &PositionalParams) -> usize {
 /// Everything METHOD.md asks of one neuron's position counts.
 pub fn analyze(active: &[u32], totals: &[u64], p: &PositionalParams) -> PositionalResult {
     let mi = mutual_information(active, totals);
-    if !(mi > p.mi_threshold) {
+    if mi.is_nan() || mi <= p.mi_threshold {
         return PositionalResult { mi, kind: None, strong: false, intervals: Vec::new() };
     }
     let curve = frequency_curve(active, totals);

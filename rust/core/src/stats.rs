@@ -306,7 +306,7 @@ impl NeuronStats {
         if layer >= c.n_layers {
             return Err(StatsError::Value(format!("layer {layer} out of range: this NeuronStats has {} layers", c.n_layers)));
         }
-        if n_words != c.n_words() || bits.len() % n_words.max(1) != 0 {
+        if n_words != c.n_words() || !bits.len().is_multiple_of(n_words) {
             return Err(StatsError::Shape(format!(
                 "bitmask has {n_words} words per row but {} neurons need {} (bit j of word w = neuron 64w+j)",
                 c.n_neurons,

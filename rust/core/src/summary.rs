@@ -7,7 +7,8 @@
 //! Invariant (holds through merges): for every key, stored <= true <= stored + slack, and a key
 //! absent from the map has true count <= slack. With slack == 0 the counts are exact.
 //! Memory: at most `capacity` entries in a table at most 3/4 full: 512 slots for the default
-//! capacity 384, i.e. 6 KiB for n-gram keys (12-byte slots) and 4 KiB for token ids (8 bytes).
+//! capacity 384, i.e. 6.5 KiB for n-gram keys (12-byte slots) and 4.5 KiB for token ids (8 bytes),
+//! with a tag byte per slot.
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -474,7 +475,7 @@ fn nth_largest<K: TableKey>(t: &CountTable<K>, n: usize) -> u32 {
 }
 
 /// Default `capacity` (StatsConfig::ngram_capacity): the most a 512-slot table holds (3/4 full),
-/// ~16 KiB per saturated neuron for its three summaries.
+/// ~18 KiB per saturated neuron for its three summaries.
 pub const DEFAULT_CAPACITY: usize = 384;
 
 /// Misra-Gries summary of one neuron's k-grams (see the module comment). Keys: token ids (u32)
@@ -581,6 +582,28 @@ mod tests {
         for (k, c) in t.iter() {
             assert_eq!(c, m[&k] - 2);
         }
+        // Every key is still found where probing looks for it (entries moved back, tags with them).
+        for (&k, &c) in &m {
+            assert_eq!(t.get(k), c.saturating_sub(2), "key {k}");
+        }
+        // And the table keeps working: more adds, another subtract, all checked against a map.
+        let mut m2: HashMap<u64, u32> = m.iter().filter(|&(_, &c)| c > 2).map(|(&k, &c)| (k, c - 2)).collect();
+        for i in 0..5_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let k = (x >> 40) % 6000 + if i % 5 == 0 { 1 << 61 } else { 0 };
+            t.add(k, 1);
+            *m2.entry(k).or_insert(0) += 1;
+        }
+        t.subtract(1);
+        m2.retain(|_, c| {
+            *c = c.saturating_sub(1);
+            *c > 0
+        });
+        assert_eq!(t.len(), m2.len());
+        for (&k, &c) in &m2 {
+            assert_eq!(t.get(k), c, "key {k}");
+        }
+        assert_eq!(t.get(7 << 55), 0);
         let b = bincode::serialize(&t).unwrap();
         let back: CountTable<u64> = bincode::deserialize(&b).unwrap();
         let as_map: HashMap<u64, u32> = bincode::deserialize(&b).unwrap();
