@@ -323,7 +323,7 @@ def merged(parts: list[NeuronStats], order: str) -> NeuronStats:
     bos=st.sampled_from([None, 2]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_merges_equal_single_stream(n_neurons, n_shards, bos, seed):
+def test_merges_equal_single_stream(n_neurons, n_shards, bos, seed, tmp_path_factory):
     rng = np.random.default_rng(seed)
     s = random_stream(rng, n_layers=2, n_neurons=n_neurons, vocab=30, max_positions=24,
                       n_seqs=int(rng.integers(n_shards, 14)), bos=bos)  # fmt: skip
@@ -349,8 +349,13 @@ def test_merges_equal_single_stream(n_neurons, n_shards, bos, seed):
             np.testing.assert_array_equal(m.position_counts(l, n), single.position_counts(l, n))
             for a, b in zip(m.token_counts(l, n), single.token_counts(l, n)):
                 np.testing.assert_array_equal(a, b)
-    # Round trip of a merged state, then merging into an empty accumulator, changes nothing.
-    m = NeuronStats.from_bytes(merged(parts, "forward").to_bytes())
+    # Round trip of a merged state through a file (the checkpoint path), then merging into an empty
+    # accumulator, changes nothing; the file holds exactly the bytes of to_bytes().
+    path = tmp_path_factory.mktemp("state") / "state.bin"
+    whole = merged(parts, "forward")
+    whole.save(path)
+    assert path.read_bytes() == whole.to_bytes()
+    m = NeuronStats.load(path)
     empty = s.new_stats()
     empty.merge(m)
     assert empty.finalize().neurons.equals(expected.neurons)
@@ -695,3 +700,7 @@ def test_errors_name_the_problem():
         NeuronStats.from_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"corrupt NeuronStats state"):
         NeuronStats.from_bytes(s.to_bytes()[:40])
+    with pytest.raises(ValueError, match=r"cannot open .*no-such-dir"):
+        NeuronStats.load("/no-such-dir/state.bin")
+    with pytest.raises(ValueError, match=r"cannot create .*no-such-dir"):
+        s.save("/no-such-dir/state.bin")

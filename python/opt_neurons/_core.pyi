@@ -1,5 +1,6 @@
 """Type stubs for the compiled Rust core (opt_neurons_core via PyO3)."""
 
+import os
 from typing import Any
 
 import numpy as np
@@ -70,3 +71,6 @@ class NeuronStats:
     def to_bytes(self) -> bytes: ...
     @staticmethod
     def from_bytes(data: bytes) -> NeuronStats: ...
+    def save(self, path: str | os.PathLike[str]) -> None: ...
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> NeuronStats: ...

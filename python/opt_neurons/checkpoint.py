@@ -24,7 +24,7 @@ def save(out: Path, stats: NeuronStats, sequences_done: int, fingerprint: dict, 
     state, progress = _paths(out, name)
     state.parent.mkdir(parents=True, exist_ok=True)
     tmp = state.with_suffix(".tmp")
-    tmp.write_bytes(stats.to_bytes())
+    stats.save(tmp)
     os.replace(tmp, state)
     tmp = progress.with_suffix(".tmp")
     tmp.write_text(json.dumps({"sequences_done": sequences_done, "fingerprint": fingerprint}, sort_keys=True))
@@ -39,7 +39,7 @@ def load(out: Path, fingerprint: dict, name: str = DIR) -> tuple[NeuronStats, in
     p = json.loads(progress.read_text())
     if p.get("fingerprint") != json.loads(json.dumps(fingerprint, sort_keys=True)):
         return None
-    return NeuronStats.from_bytes(state.read_bytes()), int(p["sequences_done"])
+    return NeuronStats.load(state), int(p["sequences_done"])
 
 
 def clear(out: Path, name: str = DIR) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -116,6 +117,14 @@ class NeuronStats:
     @classmethod
     def from_bytes(cls, data: bytes) -> NeuronStats:
         return cls._wrap(_core.NeuronStats.from_bytes(data))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the state to a file, streamed (a big model's state is never copied in memory)."""
+        self._core.save(os.fspath(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> NeuronStats:
+        return cls._wrap(_core.NeuronStats.load(os.fspath(path)))
 
     def __getstate__(self) -> bytes:
         return self.to_bytes()

@@ -7,14 +7,17 @@ pub enum StatsError {
     Value(String),
     Incompatible(String),
     Decode(String),
+    Io(String),
 }
 
 impl fmt::Display for StatsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StatsError::Shape(m) | StatsError::Value(m) | StatsError::Incompatible(m) | StatsError::Decode(m) => {
-                f.write_str(m)
-            }
+            StatsError::Shape(m)
+            | StatsError::Value(m)
+            | StatsError::Incompatible(m)
+            | StatsError::Decode(m)
+            | StatsError::Io(m) => f.write_str(m),
         }
     }
 }

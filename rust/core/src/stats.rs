@@ -489,17 +489,41 @@ impl NeuronStats {
             + (d.bigram_occurrences.capacity() + d.trigram_occurrences.capacity()) * 8 / 7 * 17
     }
 
+    /// The state, streamed (a header, then bincode): no copy of it is held in memory.
+    pub fn write_to<W: std::io::Write>(&self, mut w: W) -> Result<(), StatsError> {
+        let io = |e: std::io::Error| StatsError::Io(format!("cannot write the NeuronStats state: {e}"));
+        w.write_all(MAGIC).map_err(io)?;
+        bincode::serialize_into(&mut w, self).map_err(|e| StatsError::Io(format!("cannot write the NeuronStats state: {e}")))?;
+        w.flush().map_err(io)
+    }
+
+    pub fn read_from<R: std::io::Read>(mut r: R) -> Result<Self, StatsError> {
+        let mut magic = [0u8; 8];
+        if r.read_exact(&mut magic).is_err() || &magic != MAGIC {
+            return Err(StatsError::Decode("not a NeuronStats state (bad header); was it written by this version?".into()));
+        }
+        bincode::deserialize_from(r).map_err(|e| StatsError::Decode(format!("corrupt NeuronStats state: {e}")))
+    }
+
     pub fn to_bytes(&self) -> Result<Vec<u8>, StatsError> {
-        let mut out = MAGIC.to_vec();
-        bincode::serialize_into(&mut out, self).map_err(|e| StatsError::Decode(e.to_string()))?;
+        let mut out = Vec::new();
+        self.write_to(&mut out)?;
         Ok(out)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StatsError> {
-        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-            return Err(StatsError::Decode("not a NeuronStats state (bad header); was it written by this version?".into()));
-        }
-        bincode::deserialize(&bytes[MAGIC.len()..]).map_err(|e| StatsError::Decode(format!("corrupt NeuronStats state: {e}")))
+        Self::read_from(bytes)
+    }
+
+    /// Write the state to a file (checkpoints of big models: tens of GB, never copied in memory).
+    pub fn save(&self, path: &std::path::Path) -> Result<(), StatsError> {
+        let f = std::fs::File::create(path).map_err(|e| StatsError::Io(format!("cannot create {}: {e}", path.display())))?;
+        self.write_to(std::io::BufWriter::with_capacity(1 << 20, f))
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, StatsError> {
+        let f = std::fs::File::open(path).map_err(|e| StatsError::Io(format!("cannot open {}: {e}", path.display())))?;
+        Self::read_from(std::io::BufReader::with_capacity(1 << 20, f))
     }
 
     fn check_complete(&self) -> Result<(), StatsError> {

@@ -189,6 +189,17 @@ impl PyNeuronStats {
         let inner = py.allow_threads(|| NeuronStats::from_bytes(data)).map_err(err)?;
         Ok(PyNeuronStats { inner })
     }
+
+    fn save(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
+        let inner = &self.inner;
+        py.allow_threads(|| inner.save(&path)).map_err(err)
+    }
+
+    #[staticmethod]
+    fn load(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
+        let inner = py.allow_threads(|| NeuronStats::load(&path)).map_err(err)?;
+        Ok(PyNeuronStats { inner })
+    }
 }
 
 #[pymodule]
