@@ -42,14 +42,15 @@ def shard(data: TokenData, rank: int, world: int) -> TokenData:
 
 
 def gather_to_rank0(stats: NeuronStats, rank: int, world: int) -> NeuronStats | None:
-    """Rank 0 gets every rank's accumulators merged in rank order; other ranks get None."""
+    """Rank 0 gets every rank's accumulators merged in rank order; other ranks get None. One rank's
+    state travels at a time, so rank 0 holds its own and one other (not all of them at once)."""
     import torch.distributed as dist
 
-    states = [None] * world if rank == 0 else None
-    dist.gather_object(stats.to_bytes(), states, dst=0)
     if rank != 0:
+        dist.send_object_list([stats.to_bytes()], dst=0)
         return None
-    merged = NeuronStats.from_bytes(states[0])
-    for s in states[1:]:
-        merged.merge(NeuronStats.from_bytes(s))
-    return merged
+    for r in range(1, world):
+        box: list = [None]
+        dist.recv_object_list(box, src=r)
+        stats.merge(NeuronStats.from_bytes(box[0]))
+    return stats
