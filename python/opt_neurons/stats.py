@@ -93,8 +93,9 @@ class NeuronStats:
         return self._core.memory_bytes()
 
     def memory_bound(self) -> int:
-        """The most the per-neuron accumulators can take however many tokens are counted (every neuron
-        live, every summary full); the data's own n-gram tables come on top (about 40 bytes a token)."""
+        """The most the accumulators can take however many tokens are counted (every neuron live, every
+        summary full, and the data's token and position totals); the data's own n-gram tables come on
+        top (see host_memory.DATA_BYTES_PER_TOKEN)."""
         return self._core.memory_bound()
 
     def position_counts(self, layer: int, neuron: int) -> np.ndarray:

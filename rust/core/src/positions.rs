@@ -37,11 +37,6 @@ impl PositionChunk {
         }
     }
 
-    #[inline(always)]
-    pub fn row_ptr(&self, p: usize) -> *const u8 {
-        self.low[p * CHUNK..].as_ptr() as *const u8
-    }
-
     /// Counts of every neuron of the chunk, neuron-major: `out[j * T + p]`.
     pub fn by_neuron(&self, max_positions: usize) -> Vec<u32> {
         let mut out = vec![0u32; CHUNK * max_positions];

@@ -36,6 +36,14 @@ impl StatsConfig {
     pub fn n_words(&self) -> usize {
         self.n_neurons.div_ceil(64)
     }
+
+    /// The bits of the last word of a row that are neurons (the rest is padding, ignored).
+    fn last_word_mask(&self) -> u64 {
+        match self.n_neurons % 64 {
+            0 => u64::MAX,
+            r => (1u64 << r) - 1,
+        }
+    }
 }
 
 /// Per-neuron accumulators, allocated on the first activation (dead neurons cost 8 bytes).
@@ -199,7 +207,7 @@ impl NeuronStats {
         &self.config
     }
 
-    fn check_rows(&self, layer: usize, bits_len: usize, n_words: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
+    fn check_layer_and_words(&self, layer: usize, n_words: usize) -> Result<(), StatsError> {
         let c = &self.config;
         if layer >= c.n_layers {
             return Err(StatsError::Value(format!("layer {layer} out of range: this NeuronStats has {} layers", c.n_layers)));
@@ -211,6 +219,12 @@ impl NeuronStats {
                 c.n_words()
             )));
         }
+        Ok(())
+    }
+
+    fn check_rows(&self, layer: usize, bits_len: usize, n_words: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
+        self.check_layer_and_words(layer, n_words)?;
+        let c = &self.config;
         let n = tokens.len();
         if positions.len() != n || bits_len != n * n_words {
             return Err(StatsError::Shape(format!(
@@ -248,10 +262,7 @@ impl NeuronStats {
         self.layer_rows[layer] += tokens.len() as u64;
         let cfg = &self.config;
         let n_rows = tokens.len();
-        let last_mask = match cfg.n_neurons % 64 {
-            0 => u64::MAX,
-            r => (1u64 << r) - 1,
-        };
+        let last_mask = cfg.last_word_mask();
         let tasks = self.layers[layer].par_chunks_mut(TASK_NEURONS).zip(self.positions[layer].par_iter_mut());
         tasks.enumerate().for_each(|(task, (accs, pos))| {
             let w0 = task * TASK_NEURONS / 64;
@@ -302,26 +313,16 @@ impl NeuronStats {
     /// dead neurons): no token, n-gram or position statistics. The paper's protocol counts dead
     /// neurons over more tokens (20 M) than the rest (5 M); these rows cost a popcount each.
     pub fn update_activity(&mut self, layer: usize, bits: &[u64], n_words: usize) -> Result<(), StatsError> {
-        let c = &self.config;
-        if layer >= c.n_layers {
-            return Err(StatsError::Value(format!("layer {layer} out of range: this NeuronStats has {} layers", c.n_layers)));
-        }
-        if n_words != c.n_words() || !bits.len().is_multiple_of(n_words) {
-            return Err(StatsError::Shape(format!(
-                "bitmask has {n_words} words per row but {} neurons need {} (bit j of word w = neuron 64w+j)",
-                c.n_neurons,
-                c.n_words()
-            )));
+        self.check_layer_and_words(layer, n_words)?;
+        if !bits.len().is_multiple_of(n_words) {
+            return Err(StatsError::Shape(format!("bitmask of {} words is not whole rows of {n_words} words", bits.len())));
         }
         let n_rows = bits.len() / n_words;
         if layer == 0 {
             self.data.rows += n_rows as u64;
         }
         self.layer_rows[layer] += n_rows as u64;
-        let last_mask = match c.n_neurons % 64 {
-            0 => u64::MAX,
-            r => (1u64 << r) - 1,
-        };
+        let last_mask = self.config.last_word_mask();
         self.layers[layer].par_chunks_mut(TASK_NEURONS).enumerate().for_each(|(task, accs)| {
             let w0 = task * TASK_NEURONS / 64;
             let w1 = (w0 + TASK_NEURONS / 64).min(n_words);
