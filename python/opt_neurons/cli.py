@@ -46,8 +46,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _run_kwargs(args: argparse.Namespace) -> dict:
-    kw = dict(detail_tokens=args.detail_tokens, seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype, device_map=args.device_map,
-              progress=not args.no_progress, ngram_capacity=args.ngram_capacity, execution=args.execution,
+    kw = dict(detail_tokens=args.detail_tokens, seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype,
+              device_map=args.device_map, progress=not args.no_progress, ngram_capacity=args.ngram_capacity, execution=args.execution,
               block_size=args.block_size, offload_folder=args.offload_folder, checkpoint_every=args.checkpoint_every,
               **_thresholds(args))  # fmt: skip
     if args.tokens is not None:
