@@ -7,14 +7,17 @@ with the number of activations.
 
 For each shape, on the same tokens and batches:
 - bare: `model.model.decoder(input_ids=batch, use_cache=False)` under torch.inference_mode, synchronised;
+- capture only: the same with the package's fc1 hooks (bit packing on the device, copies to pinned host
+  memory) and a counter that counts nothing: what the device side of the analysis costs;
 - analyze: `opt_neurons.analyze(model, tokens, batch_size=...)`: the forward phase (bit packing on the
   device, copies of the bits to pinned host memory, counting on the host worker thread) is timed from
-  `metadata["forward_seconds"]`, and the whole call (with finalisation) too;
+  `metadata["forward_seconds"]`, and the whole call (with finalisation) too; `metadata["counting_seconds"]`
+  is the host worker's busy time: near the forward phase's time, the host's counting sets the speed;
 - analyze, activity past the first sequence: the same with `detail_tokens=T` (every statistic on the first
   sequence, frequency / dead neurons only on the rest: the paper's extra tokens for dead neurons).
 Target (issue 5): forward-phase throughput with analysis >= 90% of the bare forward.
 
-    python benches/bench_gpu.py                       # all three shapes (needs a GPU with ~40 GB)
+    python benches/bench_gpu.py                       # all three shapes (6.7b: ~27 GB of GPU memory, ~12 GB of host)
     python benches/bench_gpu.py --shapes 125m,1.3b --seqs 16
     python benches/bench_gpu.py --smoke               # tiny shapes on whatever device there is (CPU ok)
 
@@ -39,6 +42,7 @@ import torch  # noqa: E402
 from _common import calibrate_density, machine, random_opt, record, zipf_tokens  # noqa: E402
 
 import opt_neurons  # noqa: E402
+from opt_neurons.capture import BitCapture  # noqa: E402
 
 SHAPES = {
     "125m": dict(num_hidden_layers=12, hidden_size=768, ffn_dim=3072, num_attention_heads=12, word_embed_proj_dim=768),
@@ -69,6 +73,34 @@ def bare(model, tokens: np.ndarray, batch_size: int, device: torch.device) -> fl
     return time.perf_counter() - t0
 
 
+class NullStats:
+    """Counts nothing: BitCapture with it costs what the device side of the analysis costs."""
+
+    def update(self, *args: object) -> None:
+        pass
+
+    update_activity = update
+
+
+def capture_only(model, tokens: np.ndarray, batch_size: int, device: torch.device) -> float:
+    decoder = model.model.decoder
+    capture = BitCapture([layer.fc1 for layer in decoder.layers], NullStats())
+    flat_pos = np.tile(np.arange(tokens.shape[1], dtype=np.uint32), batch_size)
+    sync(device)
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for b in range(0, len(tokens), batch_size):
+                chunk = tokens[b : b + batch_size]
+                capture.set_rows(chunk.reshape(-1), flat_pos[: chunk.size])
+                decoder(input_ids=torch.from_numpy(chunk).to(device), use_cache=False)
+                capture.commit(b + len(chunk))
+        capture.flush()
+    finally:
+        capture.close()
+    return time.perf_counter() - t0
+
+
 def run_shape(name: str, kwargs: dict, seqs: int, batch_size: int, density: float | None, dtype: torch.dtype,
               device: torch.device, seed: int) -> list:  # fmt: skip
     model = random_opt(kwargs, dtype=dtype, device=device, seed=seed)
@@ -77,16 +109,18 @@ def run_shape(name: str, kwargs: dict, seqs: int, batch_size: int, density: floa
     dens = calibrate_density(model, torch.from_numpy(tokens[:1]).to(device), density)
     bare(model, tokens[:batch_size], batch_size, device)  # warm-up (kernels, allocator)
     b = min(bare(model, tokens, batch_size, device) for _ in range(2))
+    cap = min(capture_only(model, tokens, batch_size, device) for _ in range(2))
     t0 = time.perf_counter()
     an = opt_neurons.analyze(model, tokens, batch_size=batch_size, progress=False)
     total = time.perf_counter() - t0
-    fwd = an.metadata["forward_seconds"]
+    fwd, busy = an.metadata["forward_seconds"], an.metadata["counting_seconds"]
     del an
     act = opt_neurons.analyze(model, tokens, batch_size=batch_size, progress=False, detail_tokens=T)
     fwd_act = act.metadata["forward_seconds"]
     n = tokens.size
     row = [name, str(dtype).replace("torch.", ""), str(device), f"{np.mean(dens):.3f}", n, batch_size,
-           f"{n / b:,.0f}", f"{n / fwd:,.0f}", f"{100 * b / fwd:.0f}%", f"{n / total:,.0f}",
+           f"{n / b:,.0f}", f"{n / cap:,.0f}", f"{100 * b / cap:.0f}%", f"{n / fwd:,.0f}", f"{100 * b / fwd:.0f}%",
+           f"{busy:.2f} / {fwd:.2f}", f"{n / total:,.0f}",
            f"{n / fwd_act:,.0f}", f"{100 * b / fwd_act:.0f}%", f"{act.metadata['accumulator_bytes'] / 2**20:,.0f}"]  # fmt: skip
     print(row, flush=True)
     del model, act
@@ -98,7 +132,7 @@ def run_shape(name: str, kwargs: dict, seqs: int, batch_size: int, density: floa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="125m,1.3b,6.7b")
-    ap.add_argument("--seqs", type=int, default=8, help="sequences per shape (6.7b: at most 4 are used)")
+    ap.add_argument("--seqs", type=int, default=8, help="sequences per shape")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--density", default="0.05", help="target fraction of fc1 outputs > 0, or 'none'")
     ap.add_argument("--dtype", default=None, help="default: float16 on a GPU, float32 on the CPU")
@@ -112,11 +146,10 @@ def main() -> None:
     shapes = SMOKE if a.smoke else {k: SHAPES[k] for k in a.shapes.split(",")}
     rows = []
     for name, kw in shapes.items():
-        seqs = min(a.seqs, 4) if name == "6.7b" else a.seqs
-        rows.append(run_shape(name, kw, seqs, min(a.batch_size, seqs), density, dtype, device, a.seed))
+        rows.append(run_shape(name, kw, a.seqs, min(a.batch_size, a.seqs), density, dtype, device, a.seed))
     record("gpu_smoke" if a.smoke else "gpu",
-           ["shape", "dtype", "device", "fc1 density", "tokens", "batch", "bare tok/s", "analyze forward-phase tok/s",
-            "analyze / bare", "analyze total tok/s", "activity-only forward-phase tok/s", "activity-only / bare",
+           ["shape", "dtype", "device", "fc1 density", "tokens", "batch", "bare tok/s", "capture-only tok/s",
+            "capture-only / bare", "analyze forward-phase tok/s", "analyze / bare", "counting busy s / forward s", "analyze total tok/s", "activity-only forward-phase tok/s", "activity-only / bare",
             "accumulators MiB (activity run)"],
            rows, machine_info=info,
            notes="random weights; 'analyze / bare' = forward-phase throughput with analysis relative to the bare "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,9 @@ class BitCapture:
         # `consistent`) nothing after it. Layer-major runs count partial blocks in between.
         self.counted_upto = 0
         self.consistent = True
+        # Seconds the worker spent counting (not waiting for copies or batches): when it nears the
+        # forward pass's wall time, the host's counting, not the device, sets the speed.
+        self.count_seconds = 0.0
         self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(fc1_modules)]
         self.worker = threading.Thread(target=self._consume, daemon=True, name="opt-neurons-counter")
         self.worker.start()
@@ -106,10 +110,12 @@ class BitCapture:
                         event.synchronize()
                     bits = packed.numpy().view(np.uint64)
                     n = len(tokens)
+                    t0 = time.perf_counter()
                     if n:
                         self.stats.update(layer, bits[:n], tokens, positions)
                     if n < len(bits):
                         self.stats.update_activity(layer, bits[n:])
+                    self.count_seconds += time.perf_counter() - t0
                 if upto is not None:
                     self.counted_upto, self.consistent = upto, True
                 elif batch:

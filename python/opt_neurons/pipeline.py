@@ -112,7 +112,7 @@ def analyze(
     )
     if rank == 0:
         host_memory.warn_if_short(stats, tokens.n_tokens, host_memory.available_bytes())
-    count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=batch_size,
+    counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=batch_size,
                   block_size=block_size, out_dir=out_dir, ckpt=ckpt, fingerprint=fingerprint,
                   checkpoint_every=checkpoint_every, progress=progress and rank == 0)  # fmt: skip
     forward_s = time.time() - started
@@ -150,6 +150,7 @@ def analyze(
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "forward_seconds": forward_s,
+        "counting_seconds": counting_s,
         "wall_seconds": time.time() - started,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "position_totals": stats.position_totals().tolist(),
@@ -170,9 +171,10 @@ def execution_choice(requested: str, config: Any, dtype: Any, device: torch.devi
 
 def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str, source: Any, start: int,
                   batch_size: int, block_size: int, out_dir: Path | None, ckpt: str, fingerprint: dict,
-                  checkpoint_every: int, progress: bool) -> None:  # fmt: skip
+                  checkpoint_every: int, progress: bool) -> float:  # fmt: skip
     """Run the forward pass from sequence `start` with bit capture, checkpointing as it goes; on any
-    interruption, save what is counted up to the last resumable point, then re-raise."""
+    interruption, save what is counted up to the last resumable point, then re-raise. Returns the
+    seconds the host spent counting."""
     cum_tokens = np.concatenate([[0], np.cumsum(tokens.lengths)])
     bar = _progress_bar(progress, int(cum_tokens[-1]), int(cum_tokens[start]), lm.model_id)
     saved, seen = [start], [start]
@@ -201,6 +203,7 @@ def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str
     finally:
         capture.close()
         bar.close()
+    return capture.count_seconds
 
 
 def _version() -> str:
