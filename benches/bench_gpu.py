@@ -76,10 +76,10 @@ def bare(model, tokens: np.ndarray, batch_size: int, device: torch.device) -> fl
 class NullStats:
     """Counts nothing: BitCapture with it costs what the device side of the analysis costs."""
 
-    def update(self, *args: object) -> None:
+    def update_layers(self, *args: object) -> None:
         pass
 
-    update_activity = update
+    update_activity_layers = update_layers
 
 
 def capture_only(model, tokens: np.ndarray, batch_size: int, device: torch.device) -> float:

@@ -90,6 +90,10 @@ def feed(stats: NeuronStats, s: Stream, rng, *, layer_major: bool | None = None)
     layers = range(s.acts.shape[0])
     if layer_major is None:
         layer_major = bool(rng.integers(2))
+    if not layer_major and rng.integers(2):  # every layer of a group in one call, as analyze() does
+        for a, b in groups:
+            stats.update_layers({l: pack(s.acts[l, a:b]) for l in layers}, s.token_ids[a:b], s.positions[a:b])
+        return
     calls = [(l, g) for l in layers for g in groups] if layer_major else [(l, g) for g in groups for l in layers]
     for layer, (a, b) in calls:
         stats.update(layer, pack(s.acts[layer, a:b]), s.token_ids[a:b], s.positions[a:b])
@@ -652,6 +656,53 @@ def test_positions_without_tokens_are_skipped_by_the_smoothing():
 
 
 # ---------------------------------------------------------------------------------------- errors
+
+
+@settings(max_examples=examples(20), **SETTINGS)
+@given(n_layers=st.integers(1, 4), n_neurons=st.sampled_from([1, 65, 300, 600]), split=st.integers(0, 6),
+       seed=st.integers(0, 2**32 - 1))  # fmt: skip
+def test_multi_layer_updates_equal_one_call_per_layer(n_layers, n_neurons, split, seed):
+    """update_layers / update_activity_layers (one parallel pass over all layers) leave exactly the
+    state that one update / update_activity call per layer leaves, layer 0 (the data's counts) or not."""
+    rng = np.random.default_rng(seed)
+    s = random_stream(rng, n_layers=n_layers, n_neurons=n_neurons, vocab=50, max_positions=20, n_seqs=6, bos=2)
+    cut = s.bounds[min(split, len(s.bounds) - 1)][0]
+    order = rng.permutation(n_layers).tolist()  # any order of layers in one call
+    one, many = s.new_stats(), s.new_stats()
+    for lo, hi, full in ((0, cut, True), (cut, len(s.token_ids), False)):
+        bits = {l: pack(s.acts[l, lo:hi]) for l in order}
+        for l in order:
+            if full:
+                one.update(l, bits[l], s.token_ids[lo:hi], s.positions[lo:hi])
+            else:
+                one.update_activity(l, bits[l])
+        if full:
+            many.update_layers(bits, s.token_ids[lo:hi], s.positions[lo:hi])
+        else:
+            many.update_activity_layers(bits)
+    assert many.to_bytes() == one.to_bytes()
+
+
+def test_multi_layer_update_errors_change_nothing():
+    s = tiny(n_layers=3)
+    bits, t, p = rows()
+    with pytest.raises(ValueError, match=r"layer 1 is given twice"):
+        s._core.update_layers([0, 1, 1], [bits, bits, bits], t, p)
+    with pytest.raises(ValueError, match=r"2 layers but 1 bitmasks"):
+        s._core.update_layers([0, 1], [bits], t, p)
+    with pytest.raises(ValueError, match=r"layer 1 has 3 bitmask rows, layer 0 has 4"):
+        s.update_layers({0: bits, 1: bits[:3]}, t, p)
+    with pytest.raises(ValueError, match=r"layer 1 has 3 bitmask rows, layer 0 has 4"):
+        s.update_activity_layers({0: bits, 1: bits[:3]})
+    with pytest.raises(ValueError, match=r"layer 3 out of range"):
+        s.update_layers({0: bits, 3: bits}, t, p)
+    with pytest.raises(ValueError, match=r"bitmask rows \(4\), token_ids \(3\)"):
+        s.update_layers({0: bits, 1: bits}, t[:3], p[:3])
+    with pytest.raises(ValueError, match=r"bitmasks of 1 and 2 words per row"):
+        s.update_layers({0: bits, 1: bits[:, :1]}, t, p)
+    assert s.rows == 0 and s._core.layer_rows().tolist() == [0, 0, 0]
+    s.update_layers({2: bits, 0: bits, 1: bits}, t, p)
+    assert s.rows == 4 and s._core.layer_rows().tolist() == [4, 4, 4]
 
 
 def tiny(n_layers=2, n_neurons=65, vocab=10, max_positions=8, **kw) -> NeuronStats:

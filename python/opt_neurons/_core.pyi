@@ -1,7 +1,7 @@
 """Type stubs for the compiled Rust core (opt_neurons_core via PyO3)."""
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +37,14 @@ class NeuronStats:
         positions: npt.NDArray[np.uint32],
     ) -> None: ...
     def update_activity(self, layer: int, bits: npt.NDArray[np.uint64]) -> None: ...
+    def update_layers(
+        self,
+        layers: Sequence[int],
+        bits: Sequence[npt.NDArray[np.uint64]],
+        token_ids: npt.NDArray[np.uint32],
+        positions: npt.NDArray[np.uint32],
+    ) -> None: ...
+    def update_activity_layers(self, layers: Sequence[int], bits: Sequence[npt.NDArray[np.uint64]]) -> None: ...
     def merge(self, other: NeuronStats) -> None: ...
     def finalize(
         self,

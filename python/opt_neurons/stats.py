@@ -81,6 +81,18 @@ class NeuronStats:
         statistics): the paper counted dead neurons over 20 M tokens and the rest over 5 M."""
         self._core.update_activity(layer, as_bits(bits))
 
+    def update_layers(self, bits_by_layer: dict[int, Any], token_ids: Any, positions: Any) -> None:
+        """`update` of several layers with the same rows, in one parallel pass (a small model's layer
+        alone gives a many-core host too little to do at once). Same result as one call per layer."""
+        layers = list(bits_by_layer)
+        bits = [as_bits(bits_by_layer[layer]) for layer in layers]
+        self._core.update_layers(layers, bits, as_u32(token_ids, "token_ids"), as_u32(positions, "positions"))
+
+    def update_activity_layers(self, bits_by_layer: dict[int, Any]) -> None:
+        """`update_activity` of several layers with the same rows, in one parallel pass."""
+        layers = list(bits_by_layer)
+        self._core.update_activity_layers(layers, [as_bits(bits_by_layer[layer]) for layer in layers])
+
     @property
     def detail_rows(self) -> int:
         """Rows counted with full statistics (`update`); `rows` counts every row."""

@@ -139,8 +139,8 @@ fn make_bits(tokens: &[u32], n_neurons: usize, density: f64, profile: Profile, z
     bits
 }
 
-fn config(n_neurons: usize) -> StatsConfig {
-    StatsConfig { n_layers: 1, n_neurons, vocab_size: VOCAB, max_positions: T, bos_token_id: Some(BOS), ngram_capacity: opt_neurons_core::summary::DEFAULT_CAPACITY }
+fn config(n_neurons: usize, n_layers: usize) -> StatsConfig {
+    StatsConfig { n_layers, n_neurons, vocab_size: VOCAB, max_positions: T, bos_token_id: Some(BOS), ngram_capacity: opt_neurons_core::summary::DEFAULT_CAPACITY }
 }
 
 type Block = (Vec<u32>, Vec<u32>, Vec<u64>);
@@ -184,38 +184,48 @@ struct Case {
     reset_every: u64,
     /// `update_activity` (frequency and dead neurons only) instead of `update`.
     activity: bool,
+    /// Layers given the same block of bits in one `update_layers` call (1: plain `update`), as the
+    /// pipeline does for every layer of a forward batch.
+    layers: usize,
 }
 
 fn bench_update(c: &mut Criterion) {
     use Profile::*;
     let cases = [
-        Case { n_neurons: 3072, density: 0.005, profile: Uniform, n_seq: 2, reset_every: 64, activity: false },
-        Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 2, reset_every: 64, activity: false },
-        Case { n_neurons: 3072, density: 0.5, profile: Uniform, n_seq: 2, reset_every: 16, activity: false },
+        Case { n_neurons: 3072, density: 0.005, profile: Uniform, n_seq: 2, reset_every: 64, activity: false, layers: 1 },
+        Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 2, reset_every: 64, activity: false, layers: 1 },
+        Case { n_neurons: 3072, density: 0.5, profile: Uniform, n_seq: 2, reset_every: 16, activity: false, layers: 1 },
         // The pipeline's default batch: 8 sequences per update.
-        Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 8, reset_every: 16, activity: false },
-        Case { n_neurons: 3072, density: 0.05, profile: Selective, n_seq: 2, reset_every: 64, activity: false },
-        Case { n_neurons: 36864, density: 0.005, profile: Uniform, n_seq: 2, reset_every: 16, activity: false },
-        Case { n_neurons: 36864, density: 0.05, profile: Uniform, n_seq: 2, reset_every: 4, activity: false },
+        Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 8, reset_every: 16, activity: false, layers: 1 },
+        Case { n_neurons: 3072, density: 0.05, profile: Selective, n_seq: 2, reset_every: 64, activity: false, layers: 1 },
+        Case { n_neurons: 36864, density: 0.005, profile: Uniform, n_seq: 2, reset_every: 16, activity: false, layers: 1 },
+        Case { n_neurons: 36864, density: 0.05, profile: Uniform, n_seq: 2, reset_every: 4, activity: false, layers: 1 },
         // 36864 live neurons at 50% hold ~70 KB each after one sequence (2.6 GB for the layer):
         // one sequence per update, accumulators rebuilt after every timed update (1 warm-up update).
-        Case { n_neurons: 36864, density: 0.5, profile: Uniform, n_seq: 1, reset_every: 1, activity: false },
+        Case { n_neurons: 36864, density: 0.5, profile: Uniform, n_seq: 1, reset_every: 1, activity: false, layers: 1 },
+        // OPT-125m's 12 layers of a 4-sequence batch in one call (a 3072-neuron layer alone is 12
+        // tasks: too few for a 16-core GPU host), against the same work as 12 calls.
+        Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 4, reset_every: 8, activity: false, layers: 12 },
         // Rows past `detail_tokens`: activation counts only.
-        Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 8, reset_every: 64, activity: true },
-        Case { n_neurons: 36864, density: 0.05, profile: Uniform, n_seq: 2, reset_every: 64, activity: true },
+        Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 8, reset_every: 64, activity: true, layers: 1 },
+        Case { n_neurons: 36864, density: 0.05, profile: Uniform, n_seq: 2, reset_every: 64, activity: true, layers: 1 },
     ];
     let mut group = c.benchmark_group("core");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     for case in &cases {
         let prof = if case.profile == Uniform { "uniform" } else { "selective" };
-        let kind = if case.activity { "activity" } else { "update" };
+        let kind = match (case.activity, case.layers) {
+            (true, _) => "activity".to_string(),
+            (false, 1) => "update".to_string(),
+            (false, l) => format!("update_layers{l}x"),
+        };
         let name = format!("{kind}/{}/{}%/{prof}/{}rows", case.n_neurons, case.density * 100.0, case.n_seq * T);
         let data: Mutex<Option<(Vec<Block>, u64, u64)>> = Mutex::new(None);
         let tally = Mutex::new(Tally::default());
         let n_words = case.n_neurons.div_ceil(64);
         // Elements per iteration must be known before the data exist: the expected set bits; the
         // closing table uses the exact count.
-        let expect_events = (case.density * (case.n_seq * T * case.n_neurons) as f64) as u64;
+        let expect_events = (case.density * (case.layers * case.n_seq * T * case.n_neurons) as f64) as u64;
         group.throughput(Throughput::Elements(expect_events));
         // Criterion calls the routine below many times (warm-up, each sample): state kept out here.
         let mut state: Option<(NeuronStats, u64)> = None;
@@ -224,23 +234,27 @@ fn bench_update(c: &mut Criterion) {
             let (blocks, _, _) = guard.get_or_insert_with(|| {
                 let seed = 0x5EED ^ case.n_neurons as u64 ^ (case.density * 1e6) as u64;
                 let bl = blocks(case.n_neurons, case.density, case.profile, case.n_seq, seed);
-                let events = bl.iter().map(|b| b.2.iter().map(|w| w.count_ones() as u64).sum::<u64>()).sum::<u64>() / BLOCKS as u64;
-                let bytes = (bl[0].2.len() * 8) as u64;
+                let events = bl.iter().map(|b| b.2.iter().map(|w| w.count_ones() as u64).sum::<u64>()).sum::<u64>() / BLOCKS as u64
+                    * case.layers as u64;
+                let bytes = (bl[0].2.len() * 8 * case.layers) as u64;
                 (bl, events, bytes)
             });
             let update = |stats: &mut NeuronStats, k: u64| {
                 let (t, p, bits) = &blocks[k as usize % BLOCKS];
                 if case.activity {
                     stats.update_activity(0, bits, n_words).unwrap();
-                } else {
+                } else if case.layers == 1 {
                     stats.update(0, bits, n_words, t, p).unwrap();
+                } else {
+                    let layers: Vec<(usize, &[u64])> = (0..case.layers).map(|l| (l, bits.as_slice())).collect();
+                    stats.update_layers(&layers, n_words, t, p).unwrap();
                 }
             };
             // Accumulators persist across criterion's samples; rebuilt (untimed) every `reset_every`
             // timed updates, then warmed by `warm` untimed updates.
             let warm = (case.reset_every / 4).max(1);
             let fresh = || {
-                let mut st = NeuronStats::new(config(case.n_neurons)).unwrap();
+                let mut st = NeuronStats::new(config(case.n_neurons, case.layers)).unwrap();
                 for k in 0..warm {
                     update(&mut st, k);
                 }
@@ -293,7 +307,7 @@ fn bench_finalize(c: &mut Criterion) {
             let stats = guard.get_or_insert_with(|| {
                 let mut rng = Rng(0xF1A1 ^ n_neurons as u64 ^ (density * 1e6) as u64);
                 let zipf = Zipf::new(&mut rng);
-                let mut stats = NeuronStats::new(config(n_neurons)).unwrap();
+                let mut stats = NeuronStats::new(config(n_neurons, 1)).unwrap();
                 for _ in 0..n_updates {
                     let (t, p) = zipf.rows(2, &mut rng);
                     let bits = make_bits(&t, n_neurons, density, Profile::Uniform, &zipf, &mut rng);

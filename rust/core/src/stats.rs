@@ -115,6 +115,24 @@ thread_local! {
     static ACTIVE: std::cell::RefCell<Vec<Vec<u32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The data's own counts for a block of detail rows (positions, token and n-gram occurrences).
+fn count_data(d: &mut DataStats, rows: &Rows) {
+    d.rows += rows.tokens.len() as u64;
+    d.detail_rows += rows.tokens.len() as u64;
+    for i in 0..rows.tokens.len() {
+        d.position_totals[rows.positions[i] as usize] += 1;
+        if rows.counted[i] {
+            d.token_occurrences[rows.tokens[i] as usize] += 1;
+            if rows.bigram[i] != NO_KEY {
+                *d.bigram_occurrences.entry(rows.bigram[i]).or_insert(0) += 1;
+            }
+            if rows.trigram[i] != NO_KEY {
+                *d.trigram_occurrences.entry(rows.trigram[i]).or_insert(0) += 1;
+            }
+        }
+    }
+}
+
 fn ngram_keys(tokens: &[u32], positions: &[u32]) -> (Vec<u64>, Vec<u64>) {
     let n = tokens.len();
     let mut bi = vec![NO_KEY; n];
@@ -222,14 +240,35 @@ impl NeuronStats {
         Ok(())
     }
 
-    fn check_rows(&self, layer: usize, bits_len: usize, n_words: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
-        self.check_layer_and_words(layer, n_words)?;
+    /// Every (layer, bits) pair names a known layer, once, with whole rows of `n_words` words, and
+    /// every layer has the same rows. Returns that number of rows (None: no layers).
+    fn check_layers(&self, layers: &[(usize, &[u64])], n_words: usize) -> Result<Option<usize>, StatsError> {
+        for (k, &(layer, bits)) in layers.iter().enumerate() {
+            self.check_layer_and_words(layer, n_words)?;
+            if layers[..k].iter().any(|&(l, _)| l == layer) {
+                return Err(StatsError::Value(format!("layer {layer} is given twice in one update")));
+            }
+            if !bits.len().is_multiple_of(n_words) {
+                return Err(StatsError::Shape(format!("bitmask of {} words is not whole rows of {n_words} words", bits.len())));
+            }
+            if bits.len() != layers[0].1.len() {
+                return Err(StatsError::Shape(format!(
+                    "layer {layer} has {} bitmask rows, layer {} has {}: one update is one block of rows",
+                    bits.len() / n_words,
+                    layers[0].0,
+                    layers[0].1.len() / n_words
+                )));
+            }
+        }
+        Ok(layers.first().map(|(_, b)| b.len() / n_words))
+    }
+
+    fn check_rows(&self, bit_rows: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
         let c = &self.config;
         let n = tokens.len();
-        if positions.len() != n || bits_len != n * n_words {
+        if positions.len() != n || bit_rows != n {
             return Err(StatsError::Shape(format!(
-                "bitmask rows ({}), token_ids ({n}) and positions ({}) must have the same length",
-                bits_len / n_words.max(1),
+                "bitmask rows ({bit_rows}), token_ids ({n}) and positions ({}) must have the same length",
                 positions.len()
             )));
         }
@@ -248,7 +287,15 @@ impl NeuronStats {
     /// Add one layer's activations for a block of rows. Rows of one sequence must be
     /// contiguous and in order (n-grams are read off neighbouring rows).
     pub fn update(&mut self, layer: usize, bits: &[u64], n_words: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
-        self.check_rows(layer, bits.len(), n_words, tokens, positions)?;
+        self.update_layers(&[(layer, bits)], n_words, tokens, positions)
+    }
+
+    /// `update` for several layers' bitmasks of the same rows, in one parallel pass: a task per
+    /// 256 neurons of every layer given (one small layer alone has fewer blocks than a GPU host has
+    /// cores), and the rows' n-gram keys built once.
+    pub fn update_layers(&mut self, layers: &[(usize, &[u64])], n_words: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
+        let bit_rows = self.check_layers(layers, n_words)?;
+        self.check_rows(bit_rows.unwrap_or(tokens.len()), tokens, positions)?;
         let bos = self.config.bos_token_id;
         let counted: Vec<bool> = tokens.iter().map(|&t| Some(t) != bos).collect();
         let (bigram, trigram) = ngram_keys(tokens, positions);
@@ -256,74 +303,109 @@ impl NeuronStats {
         let bigram_add = bigram.iter().zip(&counted).map(|(&k, &c)| if c { k } else { NO_KEY }).collect();
         let trigram_add = trigram.iter().zip(&counted).map(|(&k, &c)| if c { k } else { NO_KEY }).collect();
         let rows = Rows { tokens, positions, counted, bigram, trigram, tok_add, bigram_add, trigram_add };
-        if layer == 0 {
-            self.count_data(&rows);
-        }
-        self.layer_rows[layer] += tokens.len() as u64;
-        let cfg = &self.config;
         let n_rows = tokens.len();
+        let bits_of = self.bits_by_layer(layers, n_rows);
+        let Self { config: cfg, layers: accs_by_layer, positions: pos_by_layer, data, .. } = self;
         let last_mask = cfg.last_word_mask();
-        let tasks = self.layers[layer].par_chunks_mut(TASK_NEURONS).zip(self.positions[layer].par_iter_mut());
-        tasks.enumerate().for_each(|(task, (accs, pos))| {
-            let w0 = task * TASK_NEURONS / 64;
-            let w1 = (w0 + TASK_NEURONS / 64).min(n_words);
-            ACTIVE.with(|scratch| {
-                let mut active = scratch.borrow_mut();
-                if active.len() < accs.len() {
-                    active.resize_with(accs.len(), Vec::new);
+        let tasks: Vec<_> = accs_by_layer
+            .iter_mut()
+            .zip(pos_by_layer.iter_mut())
+            .zip(bits_of)
+            .filter_map(|((accs, pos), bits)| Some((accs, pos, bits?)))
+            .flat_map(|(accs, pos, bits)| {
+                accs.chunks_mut(TASK_NEURONS).zip(pos.iter_mut()).enumerate().map(move |(task, (a, p))| (task, a, p, bits))
+            })
+            .collect();
+        let cfg = &*cfg;
+        let count_layer0 = layers.iter().any(|&(l, _)| l == 0);
+        // The data's own counts (layer 0 only) run beside the neurons' tasks.
+        rayon::join(
+            || {
+                if count_layer0 {
+                    count_data(data, &rows);
                 }
-                let active = &mut active[..accs.len()];
-                for a in active.iter_mut() {
-                    a.clear();
-                }
-                // Transpose this block of bits into per-neuron lists of active rows, counting
-                // positions on the way (a row's counts are one contiguous stretch of the chunk).
-                for i in 0..n_rows {
-                    // Rows are n_words apart: prefetch this task's words a few rows ahead.
-                    if let Some(w) = bits.get((i + 8) * n_words + w0) {
-                        prefetch(w as *const u64 as *const u8);
-                    }
-                    let row = &bits[i * n_words + w0..i * n_words + w1];
-                    let p = positions[i] as usize;
-                    for (dw, &word) in row.iter().enumerate() {
-                        let mut word = if w0 + dw == n_words - 1 { word & last_mask } else { word };
-                        if word == 0 {
-                            continue;
+            },
+            || {
+                tasks.into_par_iter().for_each(|(task, accs, pos, bits)| {
+                    let w0 = task * TASK_NEURONS / 64;
+                    let w1 = (w0 + TASK_NEURONS / 64).min(n_words);
+                    ACTIVE.with(|scratch| {
+                        let mut active = scratch.borrow_mut();
+                        if active.len() < accs.len() {
+                            active.resize_with(accs.len(), Vec::new);
                         }
-                        let chunk = pos.get_or_insert_with(|| Box::new(PositionChunk::new(cfg.max_positions)));
-                        while word != 0 {
-                            let j = dw * 64 + word.trailing_zeros() as usize;
-                            active[j].push(i as u32);
-                            chunk.add(p, j);
-                            word &= word - 1;
+                        let active = &mut active[..accs.len()];
+                        for a in active.iter_mut() {
+                            a.clear();
                         }
-                    }
-                }
-                for (acc, rows_on) in accs.iter_mut().zip(active.iter()) {
-                    if !rows_on.is_empty() {
-                        add_activations(acc.get_or_insert_with(Default::default), rows_on, &rows, cfg);
-                    }
-                }
-            });
-        });
+                        // Transpose this block of bits into per-neuron lists of active rows, counting
+                        // positions on the way (a row's counts are one contiguous stretch of the chunk).
+                        for i in 0..n_rows {
+                            // Rows are n_words apart: prefetch this task's words a few rows ahead.
+                            if let Some(w) = bits.get((i + 8) * n_words + w0) {
+                                prefetch(w as *const u64 as *const u8);
+                            }
+                            let row = &bits[i * n_words + w0..i * n_words + w1];
+                            let p = positions[i] as usize;
+                            for (dw, &word) in row.iter().enumerate() {
+                                let mut word = if w0 + dw == n_words - 1 { word & last_mask } else { word };
+                                if word == 0 {
+                                    continue;
+                                }
+                                let chunk = pos.get_or_insert_with(|| Box::new(PositionChunk::new(cfg.max_positions)));
+                                while word != 0 {
+                                    let j = dw * 64 + word.trailing_zeros() as usize;
+                                    active[j].push(i as u32);
+                                    chunk.add(p, j);
+                                    word &= word - 1;
+                                }
+                            }
+                        }
+                        for (acc, rows_on) in accs.iter_mut().zip(active.iter()) {
+                            if !rows_on.is_empty() {
+                                add_activations(acc.get_or_insert_with(Default::default), rows_on, &rows, cfg);
+                            }
+                        }
+                    });
+                });
+            },
+        );
         Ok(())
+    }
+
+    /// Row counts of the layers given, and each layer's bits (None: not in this update).
+    fn bits_by_layer<'b>(&mut self, layers: &[(usize, &'b [u64])], n_rows: usize) -> Vec<Option<&'b [u64]>> {
+        let mut bits_of = vec![None; self.config.n_layers];
+        for &(layer, bits) in layers {
+            bits_of[layer] = Some(bits);
+            self.layer_rows[layer] += n_rows as u64;
+        }
+        bits_of
     }
 
     /// Add one layer's activations for a block of rows to the activation counts only (frequency,
     /// dead neurons): no token, n-gram or position statistics. The paper's protocol counts dead
     /// neurons over more tokens (20 M) than the rest (5 M); these rows cost a popcount each.
     pub fn update_activity(&mut self, layer: usize, bits: &[u64], n_words: usize) -> Result<(), StatsError> {
-        self.check_layer_and_words(layer, n_words)?;
-        if !bits.len().is_multiple_of(n_words) {
-            return Err(StatsError::Shape(format!("bitmask of {} words is not whole rows of {n_words} words", bits.len())));
-        }
-        let n_rows = bits.len() / n_words;
-        if layer == 0 {
+        self.update_activity_layers(&[(layer, bits)], n_words)
+    }
+
+    /// `update_activity` for several layers' bitmasks of the same rows, in one parallel pass.
+    pub fn update_activity_layers(&mut self, layers: &[(usize, &[u64])], n_words: usize) -> Result<(), StatsError> {
+        let Some(n_rows) = self.check_layers(layers, n_words)? else { return Ok(()) };
+        if layers.iter().any(|&(l, _)| l == 0) {
             self.data.rows += n_rows as u64;
         }
-        self.layer_rows[layer] += n_rows as u64;
+        let bits_of = self.bits_by_layer(layers, n_rows);
         let last_mask = self.config.last_word_mask();
-        self.layers[layer].par_chunks_mut(TASK_NEURONS).enumerate().for_each(|(task, accs)| {
+        let tasks: Vec<_> = self
+            .layers
+            .iter_mut()
+            .zip(bits_of)
+            .filter_map(|(accs, bits)| Some((accs, bits?)))
+            .flat_map(|(accs, bits)| accs.chunks_mut(TASK_NEURONS).enumerate().map(move |(task, a)| (task, a, bits)))
+            .collect();
+        tasks.into_par_iter().for_each(|(task, accs, bits)| {
             let w0 = task * TASK_NEURONS / 64;
             let w1 = (w0 + TASK_NEURONS / 64).min(n_words);
             let mut counts = [0u64; TASK_NEURONS];
@@ -345,23 +427,6 @@ impl NeuronStats {
         Ok(())
     }
 
-    fn count_data(&mut self, rows: &Rows) {
-        let d = &mut self.data;
-        d.rows += rows.tokens.len() as u64;
-        d.detail_rows += rows.tokens.len() as u64;
-        for i in 0..rows.tokens.len() {
-            d.position_totals[rows.positions[i] as usize] += 1;
-            if rows.counted[i] {
-                d.token_occurrences[rows.tokens[i] as usize] += 1;
-                if rows.bigram[i] != NO_KEY {
-                    *d.bigram_occurrences.entry(rows.bigram[i]).or_insert(0) += 1;
-                }
-                if rows.trigram[i] != NO_KEY {
-                    *d.trigram_occurrences.entry(rows.trigram[i]).or_insert(0) += 1;
-                }
-            }
-        }
-    }
 
     /// Add another accumulator's counts (a shard of the same model and data layout).
     pub fn merge(&mut self, other: &NeuronStats) -> Result<(), StatsError> {

@@ -20,6 +20,19 @@ fn contiguous<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
         .map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array (use np.ascontiguousarray)")))
 }
 
+/// (layer, words) pairs of a multi-layer update, and the words per row (every layer's the same).
+fn layer_bits<'a>(layers: &[usize], bits: &'a [PyReadonlyArray2<'_, u64>]) -> PyResult<(Vec<(usize, &'a [u64])>, usize)> {
+    if layers.len() != bits.len() {
+        return Err(PyValueError::new_err(format!("{} layers but {} bitmasks: give one bitmask per layer", layers.len(), bits.len())));
+    }
+    let n_words = bits.first().map_or(0, |b| b.shape()[1]);
+    if let Some(b) = bits.iter().find(|b| b.shape()[1] != n_words) {
+        return Err(PyValueError::new_err(format!("bitmasks of {} and {n_words} words per row in one update", b.shape()[1])));
+    }
+    let pairs = layers.iter().zip(bits).map(|(&l, b)| Ok((l, contiguous(b, "bits")?))).collect::<PyResult<Vec<_>>>()?;
+    Ok((pairs, n_words))
+}
+
 #[pyclass(name = "NeuronStats", module = "opt_neurons._core")]
 struct PyNeuronStats {
     inner: NeuronStats,
@@ -64,6 +77,29 @@ impl PyNeuronStats {
         let b = contiguous(&bits, "bits")?;
         let inner = &mut self.inner;
         py.allow_threads(|| inner.update_activity(layer, b, n_words)).map_err(err)
+    }
+
+    /// `update` for several layers of the same rows in one parallel pass: layers[i] gets bits[i].
+    fn update_layers(
+        &mut self,
+        py: Python<'_>,
+        layers: Vec<usize>,
+        bits: Vec<PyReadonlyArray2<'_, u64>>,
+        token_ids: PyReadonlyArray1<'_, u32>,
+        positions: PyReadonlyArray1<'_, u32>,
+    ) -> PyResult<()> {
+        let (pairs, n_words) = layer_bits(&layers, &bits)?;
+        let t = contiguous(&token_ids, "token_ids")?;
+        let p = contiguous(&positions, "positions")?;
+        let inner = &mut self.inner;
+        py.allow_threads(|| inner.update_layers(&pairs, n_words, t, p)).map_err(err)
+    }
+
+    /// `update_activity` for several layers of the same rows in one parallel pass.
+    fn update_activity_layers(&mut self, py: Python<'_>, layers: Vec<usize>, bits: Vec<PyReadonlyArray2<'_, u64>>) -> PyResult<()> {
+        let (pairs, n_words) = layer_bits(&layers, &bits)?;
+        let inner = &mut self.inner;
+        py.allow_threads(|| inner.update_activity_layers(&pairs, n_words)).map_err(err)
     }
 
     fn merge(&mut self, py: Python<'_>, other: PyRef<'_, PyNeuronStats>) -> PyResult<()> {

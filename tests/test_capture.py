@@ -1,0 +1,69 @@
+"""Bit packing of fc1 outputs: the device path (tensor ops) against numpy's packbits, bit for bit."""
+
+import numpy as np
+import pytest
+import torch
+
+from opt_neurons.capture import pack_bits, pack_bits_tensor
+
+
+def unpack(words: torch.Tensor, f: int) -> np.ndarray:
+    return np.unpackbits(words.numpy().view(np.uint8), axis=1, bitorder="little")[:, :f].astype(bool)
+
+
+def test_every_byte_pattern() -> None:
+    # Row r's 8 neurons are the bits of r: each of the 256 patterns once, with negatives and zeros as "off".
+    r = torch.arange(256)
+    on = ((r[:, None] >> torch.arange(8)) & 1).bool()
+    x = torch.where(on, torch.rand(256, 8) + 0.1, -torch.rand(256, 8) * (torch.arange(8) % 2))
+    words = pack_bits_tensor(x)
+    assert words.shape == (256, 1) and words.dtype == torch.int64
+    assert (words.view(torch.uint8)[:, 0] == r.to(torch.uint8)).all()
+    assert (unpack(words, 8) == on.numpy()).all()
+
+
+@pytest.mark.parametrize("rows,f", [(1, 64), (7, 100), (33, 3072), (5, 8), (300, 1000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_tensor_path_equals_numpy_path(rows: int, f: int, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(rows * 1000 + f)
+    x = torch.randn(rows, f, generator=g).to(dtype)
+    x[x.abs() < 0.3] = 0  # exact zeros are "off"
+    a, b = pack_bits_tensor(x), pack_bits(x.float())
+    assert a.shape == b.shape == (rows, -(-f // 64))
+    assert torch.equal(a, b)
+    assert (unpack(a, f) == (x > 0).numpy()).all()
+    assert not unpack(a, a.shape[1] * 64)[:, f:].any()  # padding bits stay clear
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+
+
+@cuda
+@pytest.mark.parametrize("f", [200, 3072])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_cuda_packing_equals_numpy(f: int, dtype: torch.dtype) -> None:
+    x = torch.randn(4099, f, generator=torch.Generator().manual_seed(f)).to(dtype)
+    x[x.abs() < 0.3] = 0
+    assert torch.equal(pack_bits(x.cuda()).cpu(), pack_bits(x.float()))
+
+
+@cuda
+def test_analyze_on_cuda_equals_cpu(tmp_path) -> None:
+    """The device path (packing on the GPU, copies on a side stream into pinned memory) counts what
+    the CPU path counts: same planted model in float32, same tokens, same tables."""
+    import polars as pl
+    from planted import build_planted_opt
+    from transformers import OPTForCausalLM
+
+    import opt_neurons
+
+    p = build_planted_opt(tmp_path)
+    model = OPTForCausalLM.from_pretrained(p.model_dir, dtype=torch.float32).eval()
+    on_cpu = opt_neurons.analyze(model, p.tokens, batch_size=8, progress=False)
+    on_gpu = opt_neurons.analyze(model.to("cuda"), p.tokens, batch_size=8, progress=False)
+    for name in ("neurons", "layers", "tokens", "positions"):
+        a, b = getattr(on_cpu, name), getattr(on_gpu, name)
+        floats = [c for c, t in a.schema.items() if t in (pl.Float32, pl.Float64)]
+        assert a.drop(floats).equals(b.drop(floats)), name  # every count, flag and list exactly
+        for c in floats:  # suppression scores come from GPU matmuls: equal up to rounding
+            np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-4, atol=1e-5, err_msg=c)
