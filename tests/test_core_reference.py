@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -315,6 +316,12 @@ def merged(parts: list[NeuronStats], order: str) -> NeuronStats:
         for p in clone[1:]:
             out.merge(pickle.loads(pickle.dumps(p)))
             out = pickle.loads(pickle.dumps(out))
+    elif order == "files":  # the data-parallel gather: each other shard streamed from its saved file
+        out = clone[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            for k, p in enumerate(clone[1:]):
+                p.save(os.path.join(tmp, f"{k}.state"))
+                out.merge_file(os.path.join(tmp, f"{k}.state"))
     else:
         raise AssertionError(order)
     return out
@@ -342,7 +349,7 @@ def test_merges_equal_single_stream(n_neurons, n_shards, bos, seed, tmp_path_fac
         part = s.new_stats()
         feed(part, s.subset([i for i in range(len(s.bounds)) if owner[i] == k]), rng)
         parts.append(part)
-    for order in ("forward", "reverse", "tree", "pickled"):
+    for order in ("forward", "reverse", "tree", "pickled", "files"):
         m = merged(parts, order)
         got = m.finalize()
         for name in ("neurons", "layers", "tokens", "positions"):
@@ -755,3 +762,17 @@ def test_errors_name_the_problem():
         NeuronStats.load("/no-such-dir/state.bin")
     with pytest.raises(ValueError, match=r"cannot create .*no-such-dir"):
         s.save("/no-such-dir/state.bin")
+    with pytest.raises(ValueError, match=r"cannot open .*no-such-dir"):
+        s.merge_file("/no-such-dir/state.bin")
+    with tempfile.TemporaryDirectory() as tmp:
+        f = os.path.join(tmp, "other.state")
+        tiny(vocab=11).save(f)
+        before = s.to_bytes()
+        with pytest.raises(ValueError, match=r"cannot merge NeuronStats with different settings"):
+            s.merge_file(f)
+        assert s.to_bytes() == before  # settings are checked before anything is added
+        s.save(f)
+        with open(f, "r+b") as fh:
+            fh.truncate(60)
+        with pytest.raises(ValueError, match=r"corrupt NeuronStats state"):
+            tiny().merge_file(f)

@@ -172,9 +172,11 @@ def test_interrupt_saves_a_checkpoint_and_resumes(model_and_tokens, plain, tmp_p
 
 
 # Capacity above every neuron's distinct k-grams: exact summaries merge to exactly the one-process
-# counts (lossy ones merge to certified bounds that may differ; tests/test_core_reference.py).
+# counts (lossy ones merge to certified bounds that may differ; tests/test_core_reference.py). The
+# states travel in many small pieces (a last piece shorter than the rest).
 DIST = """
-import sys, numpy as np, opt_neurons
+import sys, numpy as np, opt_neurons, opt_neurons.distributed
+opt_neurons.distributed.CHUNK_BYTES = 4093
 a = opt_neurons.analyze(sys.argv[1], np.load(sys.argv[2]), batch_size=2, progress=False, out=sys.argv[3],
                         ngram_capacity=4096)
 print("RESULT", a is not None)
@@ -197,4 +199,5 @@ def test_two_processes_equal_one(model_and_tokens, tmp_path):
     assert torchrun(1, d, tmp_path / "t.npy", tmp_path / "one", 29534) == ["RESULT True"]
     merged, single = opt_neurons.load(tmp_path / "two"), opt_neurons.load(tmp_path / "one")
     assert merged.metadata["world_size"] == 2 and single.metadata["world_size"] == 1
+    assert not list((tmp_path / "two").glob("opt-neurons-gather-*"))  # spooled states are removed
     assert_same(merged, single)

@@ -5,6 +5,8 @@ writes the tables. The merged counts equal one process's exactly."""
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -41,16 +43,54 @@ def shard(data: TokenData, rank: int, world: int) -> TokenData:
     return TokenData(data.tokens[lo:hi], data.lengths[lo:hi], data.sources, detail)
 
 
-def gather_to_rank0(stats: NeuronStats, rank: int, world: int) -> NeuronStats | None:
-    """Rank 0 gets every rank's accumulators merged in rank order; other ranks get None. One rank's
-    state travels at a time, so rank 0 holds its own and one other (not all of them at once)."""
+CHUNK_BYTES = 64 << 20  # a saved state travels in pieces of this size
+
+
+def gather_to_rank0(stats: NeuronStats, rank: int, world: int, spool_dir: str | Path | None = None) -> NeuronStats | None:
+    """Rank 0 gets every rank's accumulators merged in rank order; other ranks get None.
+
+    Each rank's state travels as its saved file, in CHUNK_BYTES pieces, one rank at a time, and rank 0
+    merges it from its own copy one layer at a time: a sender holds its state and one piece, rank 0 its
+    state and one layer of another's (a big model's state is tens of GB; pickling it would hold two or
+    three copies). `spool_dir`: where the files go (the run's output folder; default: the temp folder).
+    """
     import torch.distributed as dist
 
-    if rank != 0:
-        dist.send_object_list([stats.to_bytes()], dst=0)
-        return None
-    for r in range(1, world):
-        box: list = [None]
-        dist.recv_object_list(box, src=r)
-        stats.merge(NeuronStats.from_bytes(box[0]))
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    if spool_dir is not None:
+        Path(spool_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=spool_dir, prefix="opt-neurons-gather-") as tmp:
+        path = Path(tmp) / f"rank{rank}.state"
+        if rank != 0:
+            stats.save(path)
+            _send_file(path, 0, device)
+            return None
+        for r in range(1, world):
+            _recv_file(path, r, device)
+            stats.merge_file(path)
     return stats
+
+
+def _send_file(path: Path, dst: int, device: torch.device) -> None:
+    import torch.distributed as dist
+
+    dist.send(torch.tensor([path.stat().st_size], dtype=torch.int64, device=device), dst=dst)
+    buf = bytearray(CHUNK_BYTES)
+    with open(path, "rb") as f:
+        while n := f.readinto(buf):
+            dist.send(torch.frombuffer(buf, dtype=torch.uint8)[:n].to(device), dst=dst)
+
+
+def _recv_file(path: Path, src: int, device: torch.device) -> None:
+    import torch.distributed as dist
+
+    size = torch.zeros(1, dtype=torch.int64, device=device)
+    dist.recv(size, src=src)
+    left = int(size.item())
+    buf = torch.empty(min(left, CHUNK_BYTES), dtype=torch.uint8, device=device)
+    with open(path, "wb") as f:
+        while left:
+            piece = buf[: min(left, CHUNK_BYTES)]
+            dist.recv(piece, src=src)
+            f.write(piece.cpu().numpy().tobytes())
+            left -= len(piece)

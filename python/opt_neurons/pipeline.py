@@ -117,7 +117,7 @@ def analyze(
                   checkpoint_every=checkpoint_every, progress=progress and rank == 0)  # fmt: skip
     forward_s = time.time() - started
     if world > 1:
-        stats = distributed.gather_to_rank0(stats, rank, world)
+        stats = distributed.gather_to_rank0(stats, rank, world, spool_dir=out_dir)
         if stats is None:
             return None
     materialize = source.on_device if isinstance(source, executors.StreamedLayers) else None

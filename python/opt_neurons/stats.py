@@ -101,6 +101,12 @@ class NeuronStats:
     def merge(self, other: NeuronStats) -> None:
         self._core.merge(other._core)
 
+    def merge_file(self, path: str | os.PathLike[str]) -> None:
+        """`merge` of a state written by `save`, read one layer at a time (a big model's second state is
+        never whole in memory). Settings are checked first; a truncated file leaves this state partly
+        merged, so an error here must end the run."""
+        self._core.merge_file(os.fspath(path))
+
     def memory_bytes(self) -> int:
         return self._core.memory_bytes()
 

@@ -17,7 +17,7 @@ const ID_MASK: u64 = (1 << ID_BITS) - 1;
 const NO_KEY: u64 = <u64 as TableKey>::EMPTY;
 /// Neurons handled by one parallel task (one position chunk): 4 words of each row.
 const TASK_NEURONS: usize = CHUNK;
-const MAGIC: &[u8; 8] = b"OPTNST02";
+const MAGIC: &[u8; 8] = b"OPTNST03";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatsConfig {
@@ -131,6 +131,39 @@ fn count_data(d: &mut DataStats, rows: &Rows) {
             }
         }
     }
+}
+
+type Header = (StatsConfig, Vec<u64>, DataStats);
+type Layer = (Vec<Option<Box<NeuronAcc>>>, Vec<Option<Box<PositionChunk>>>);
+
+fn read_header<R: std::io::Read>(r: &mut R) -> Result<Header, StatsError> {
+    let mut magic = [0u8; 8];
+    if r.read_exact(&mut magic).is_err() || &magic != MAGIC {
+        return Err(StatsError::Decode("not a NeuronStats state (bad header); was it written by this version?".into()));
+    }
+    let h: Header = bincode::deserialize_from(&mut *r).map_err(|e| StatsError::Decode(format!("corrupt NeuronStats state: {e}")))?;
+    let c = &h.0;
+    if h.1.len() != c.n_layers || h.2.position_totals.len() != c.max_positions || h.2.token_occurrences.len() != c.vocab_size {
+        return Err(StatsError::Decode("corrupt NeuronStats state: sizes disagree with its settings".into()));
+    }
+    Ok(h)
+}
+
+fn read_layer<R: std::io::Read>(r: &mut R, c: &StatsConfig) -> Result<Layer, StatsError> {
+    let layer: Layer = bincode::deserialize_from(&mut *r).map_err(|e| StatsError::Decode(format!("corrupt NeuronStats state: {e}")))?;
+    if layer.0.len() != c.n_neurons || layer.1.len() != c.n_neurons.div_ceil(CHUNK) {
+        return Err(StatsError::Decode("corrupt NeuronStats state: a layer's size disagrees with its settings".into()));
+    }
+    Ok(layer)
+}
+
+/// Add `theirs` into `mine` slot by slot, in parallel; a slot only they have is copied.
+fn merge_slots<T: Clone + Send + Sync>(mine: &mut [Option<Box<T>>], theirs: &[Option<Box<T>>], add: impl Fn(&mut T, &T) + Sync) {
+    mine.par_iter_mut().zip(theirs).for_each(|(a, b)| match (a.as_mut(), b) {
+        (_, None) => {}
+        (None, Some(b)) => *a = Some(b.clone()),
+        (Some(a), Some(b)) => add(a, b),
+    });
 }
 
 fn ngram_keys(tokens: &[u32], positions: &[u32]) -> (Vec<u64>, Vec<u64>) {
@@ -430,35 +463,44 @@ impl NeuronStats {
 
     /// Add another accumulator's counts (a shard of the same model and data layout).
     pub fn merge(&mut self, other: &NeuronStats) -> Result<(), StatsError> {
-        if self.config != other.config {
+        self.merge_totals(&other.config, &other.layer_rows, &other.data)?;
+        for (l, (accs, pos)) in other.layers.iter().zip(&other.positions).enumerate() {
+            self.merge_layer(l, accs, pos);
+        }
+        Ok(())
+    }
+
+    /// `merge` of a state streamed by `write_to` (a saved file, say), holding one of its layers in
+    /// memory at a time: rank 0 of a data-parallel run of a big model never holds two whole states.
+    /// Settings are checked before anything is added; a stream that breaks off midway leaves this
+    /// state partly merged (an error the caller cannot recover from, so it must stop).
+    pub fn merge_from<R: std::io::Read>(&mut self, mut r: R) -> Result<(), StatsError> {
+        let (config, layer_rows, data) = read_header(&mut r)?;
+        self.merge_totals(&config, &layer_rows, &data)?;
+        drop(data);
+        for l in 0..config.n_layers {
+            let (accs, pos) = read_layer(&mut r, &config)?;
+            self.merge_layer(l, &accs, &pos);
+        }
+        Ok(())
+    }
+
+    pub fn merge_file(&mut self, path: &std::path::Path) -> Result<(), StatsError> {
+        let f = std::fs::File::open(path).map_err(|e| StatsError::Io(format!("cannot open {}: {e}", path.display())))?;
+        self.merge_from(std::io::BufReader::with_capacity(1 << 20, f))
+    }
+
+    fn merge_totals(&mut self, config: &StatsConfig, layer_rows: &[u64], o: &DataStats) -> Result<(), StatsError> {
+        if &self.config != config {
             return Err(StatsError::Incompatible(format!(
-                "cannot merge NeuronStats with different settings: {:?} vs {:?}",
-                self.config, other.config
+                "cannot merge NeuronStats with different settings: {:?} vs {config:?}",
+                self.config
             )));
         }
-        let cfg = &self.config;
-        self.layers.par_iter_mut().zip(&other.layers).for_each(|(mine, theirs)| {
-            for (a, b) in mine.iter_mut().zip(theirs) {
-                match (a.as_mut(), b) {
-                    (_, None) => {}
-                    (None, Some(b)) => *a = Some(b.clone()),
-                    (Some(a), Some(b)) => a.merge(b, cfg),
-                }
-            }
-        });
-        self.positions.par_iter_mut().zip(&other.positions).for_each(|(mine, theirs)| {
-            for (a, b) in mine.iter_mut().zip(theirs) {
-                match (a.as_mut(), b) {
-                    (_, None) => {}
-                    (None, Some(b)) => *a = Some(b.clone()),
-                    (Some(a), Some(b)) => a.merge(b),
-                }
-            }
-        });
-        for (a, b) in self.layer_rows.iter_mut().zip(&other.layer_rows) {
+        for (a, b) in self.layer_rows.iter_mut().zip(layer_rows) {
             *a += b;
         }
-        let (d, o) = (&mut self.data, &other.data);
+        let d = &mut self.data;
         d.rows += o.rows;
         d.detail_rows += o.detail_rows;
         for (a, b) in d.position_totals.iter_mut().zip(&o.position_totals) {
@@ -474,6 +516,12 @@ impl NeuronStats {
             *d.trigram_occurrences.entry(*k).or_insert(0) += c;
         }
         Ok(())
+    }
+
+    fn merge_layer(&mut self, l: usize, accs: &[Option<Box<NeuronAcc>>], pos: &[Option<Box<PositionChunk>>]) {
+        let cfg = &self.config;
+        merge_slots(&mut self.layers[l], accs, |a, b| a.merge(b, cfg));
+        merge_slots(&mut self.positions[l], pos, |a, b| a.merge(b));
     }
 
     pub fn rows(&self) -> u64 {
@@ -555,20 +603,28 @@ impl NeuronStats {
             + (d.bigram_occurrences.capacity() + d.trigram_occurrences.capacity()) * 8 / 7 * 17
     }
 
-    /// The state, streamed (a header, then bincode): no copy of it is held in memory.
+    /// The state, streamed: a header (settings, row counts, the data's own counts), then each layer
+    /// on its own, so that a reader can take one layer at a time (`merge_from`). No copy is held.
     pub fn write_to<W: std::io::Write>(&self, mut w: W) -> Result<(), StatsError> {
         let io = |e: std::io::Error| StatsError::Io(format!("cannot write the NeuronStats state: {e}"));
+        let enc = |e: bincode::Error| StatsError::Io(format!("cannot write the NeuronStats state: {e}"));
         w.write_all(MAGIC).map_err(io)?;
-        bincode::serialize_into(&mut w, self).map_err(|e| StatsError::Io(format!("cannot write the NeuronStats state: {e}")))?;
+        bincode::serialize_into(&mut w, &(&self.config, &self.layer_rows, &self.data)).map_err(enc)?;
+        for (accs, pos) in self.layers.iter().zip(&self.positions) {
+            bincode::serialize_into(&mut w, &(accs, pos)).map_err(enc)?;
+        }
         w.flush().map_err(io)
     }
 
     pub fn read_from<R: std::io::Read>(mut r: R) -> Result<Self, StatsError> {
-        let mut magic = [0u8; 8];
-        if r.read_exact(&mut magic).is_err() || &magic != MAGIC {
-            return Err(StatsError::Decode("not a NeuronStats state (bad header); was it written by this version?".into()));
+        let (config, layer_rows, data) = read_header(&mut r)?;
+        let (mut layers, mut positions) = (Vec::with_capacity(config.n_layers), Vec::with_capacity(config.n_layers));
+        for _ in 0..config.n_layers {
+            let (accs, pos) = read_layer(&mut r, &config)?;
+            layers.push(accs);
+            positions.push(pos);
         }
-        bincode::deserialize_from(r).map_err(|e| StatsError::Decode(format!("corrupt NeuronStats state: {e}")))
+        Ok(NeuronStats { config, layers, positions, layer_rows, data })
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, StatsError> {

@@ -20,8 +20,11 @@ fn contiguous<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
         .map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array (use np.ascontiguousarray)")))
 }
 
+/// A multi-layer update's (layer, words) pairs, and the words per row.
+type LayerBits<'a> = (Vec<(usize, &'a [u64])>, usize);
+
 /// (layer, words) pairs of a multi-layer update, and the words per row (every layer's the same).
-fn layer_bits<'a>(layers: &[usize], bits: &'a [PyReadonlyArray2<'_, u64>]) -> PyResult<(Vec<(usize, &'a [u64])>, usize)> {
+fn layer_bits<'a>(layers: &[usize], bits: &'a [PyReadonlyArray2<'_, u64>]) -> PyResult<LayerBits<'a>> {
     if layers.len() != bits.len() {
         return Err(PyValueError::new_err(format!("{} layers but {} bitmasks: give one bitmask per layer", layers.len(), bits.len())));
     }
@@ -100,6 +103,12 @@ impl PyNeuronStats {
         let (pairs, n_words) = layer_bits(&layers, &bits)?;
         let inner = &mut self.inner;
         py.allow_threads(|| inner.update_activity_layers(&pairs, n_words)).map_err(err)
+    }
+
+    /// `merge` of a state saved with `save`, read one layer at a time.
+    fn merge_file(&mut self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
+        let inner = &mut self.inner;
+        py.allow_threads(|| inner.merge_file(&path)).map_err(err)
     }
 
     fn merge(&mut self, py: Python<'_>, other: PyRef<'_, PyNeuronStats>) -> PyResult<()> {
