@@ -14,7 +14,8 @@ For each shape, on the same tokens and batches:
   `metadata["forward_seconds"]`, and the whole call (with finalisation) too; `metadata["counting_seconds"]`
   is the host worker's busy time: near the forward phase's time, the host's counting sets the speed;
 - analyze, activity past the first sequence: the same with `detail_tokens=T` (every statistic on the first
-  sequence, frequency / dead neurons only on the rest: the paper's extra tokens for dead neurons).
+  sequence, frequency / dead neurons only on the rest, summed per neuron on the device: the paper's extra
+  tokens for dead neurons).
 Target (issue 5): forward-phase throughput with analysis >= 90% of the bare forward.
 
     python benches/bench_gpu.py                       # all three shapes (6.7b: ~27 GB of GPU memory, ~12 GB of host)
@@ -79,7 +80,7 @@ class NullStats:
     def update_layers(self, *args: object) -> None:
         pass
 
-    update_activity_layers = update_layers
+    add_activity_counts = update_layers
 
 
 def capture_only(model, tokens: np.ndarray, batch_size: int, device: torch.device) -> float:

@@ -48,9 +48,11 @@ def test_cuda_packing_equals_numpy(f: int, dtype: torch.dtype) -> None:
 
 
 @cuda
-def test_analyze_on_cuda_equals_cpu(tmp_path) -> None:
-    """The device path (packing on the GPU, copies on a side stream into pinned memory) counts what
-    the CPU path counts: same planted model in float32, same tokens, same tables."""
+@pytest.mark.parametrize("detail_sequences", [None, 3])
+def test_analyze_on_cuda_equals_cpu(tmp_path, detail_sequences) -> None:
+    """The device path (packing on the GPU, activation-only rows summed there, copies on a side
+    stream into pinned memory) counts what the CPU path counts: same planted model in float32, same
+    tokens, same tables."""
     import polars as pl
     from planted import build_planted_opt
     from transformers import OPTForCausalLM
@@ -59,8 +61,10 @@ def test_analyze_on_cuda_equals_cpu(tmp_path) -> None:
 
     p = build_planted_opt(tmp_path)
     model = OPTForCausalLM.from_pretrained(p.model_dir, dtype=torch.float32).eval()
-    on_cpu = opt_neurons.analyze(model, p.tokens, batch_size=8, progress=False)
-    on_gpu = opt_neurons.analyze(model.to("cuda"), p.tokens, batch_size=8, progress=False)
+    detail = None if detail_sequences is None else detail_sequences * p.tokens.shape[1]
+    on_cpu = opt_neurons.analyze(model, p.tokens, batch_size=8, progress=False, detail_tokens=detail)
+    on_gpu = opt_neurons.analyze(model.to("cuda"), p.tokens, batch_size=8, progress=False, detail_tokens=detail)
+    assert on_gpu.metadata["detail_tokens"] == on_cpu.metadata["detail_tokens"] == (detail or p.tokens.size)
     for name in ("neurons", "layers", "tokens", "positions"):
         a, b = getattr(on_cpu, name), getattr(on_gpu, name)
         floats = [c for c, t in a.schema.items() if t in (pl.Float32, pl.Float64)]

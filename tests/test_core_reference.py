@@ -669,8 +669,9 @@ def test_positions_without_tokens_are_skipped_by_the_smoothing():
 @given(n_layers=st.integers(1, 4), n_neurons=st.sampled_from([1, 65, 300, 600]), split=st.integers(0, 6),
        seed=st.integers(0, 2**32 - 1))  # fmt: skip
 def test_multi_layer_updates_equal_one_call_per_layer(n_layers, n_neurons, split, seed):
-    """update_layers / update_activity_layers (one parallel pass over all layers) leave exactly the
-    state that one update / update_activity call per layer leaves, layer 0 (the data's counts) or not."""
+    """update_layers (one parallel pass over all layers) and add_activity_counts (activation-only rows
+    summed per neuron, as the GPU does) leave exactly the state that one update / update_activity call
+    per layer leaves, layer 0 (the data's counts) or not."""
     rng = np.random.default_rng(seed)
     s = random_stream(rng, n_layers=n_layers, n_neurons=n_neurons, vocab=50, max_positions=20, n_seqs=6, bos=2)
     cut = s.bounds[min(split, len(s.bounds) - 1)][0]
@@ -686,7 +687,7 @@ def test_multi_layer_updates_equal_one_call_per_layer(n_layers, n_neurons, split
         if full:
             many.update_layers(bits, s.token_ids[lo:hi], s.positions[lo:hi])
         else:
-            many.update_activity_layers(bits)
+            many.add_activity_counts({l: s.acts[l, lo:hi].sum(0) for l in order}, hi - lo)
     assert many.to_bytes() == one.to_bytes()
 
 
@@ -699,8 +700,15 @@ def test_multi_layer_update_errors_change_nothing():
         s._core.update_layers([0, 1], [bits], t, p)
     with pytest.raises(ValueError, match=r"layer 1 has 3 bitmask rows, layer 0 has 4"):
         s.update_layers({0: bits, 1: bits[:3]}, t, p)
-    with pytest.raises(ValueError, match=r"layer 1 has 3 bitmask rows, layer 0 has 4"):
-        s.update_activity_layers({0: bits, 1: bits[:3]})
+    counts = np.ones(65, np.uint64)
+    with pytest.raises(ValueError, match=r"an activation count of 5 exceeds the 4 rows counted"):
+        s.add_activity_counts({0: counts, 1: counts * 5}, 4)
+    with pytest.raises(ValueError, match=r"64 activation counts for layer 1, which has 65 neurons"):
+        s.add_activity_counts({0: counts, 1: counts[:64]}, 4)
+    with pytest.raises(ValueError, match=r"layer 0 is given twice"):
+        s._core.add_activity_counts([0, 0], [counts, counts], 4)
+    with pytest.raises(ValueError, match=r"counts of layer 0 must be 1-D and non-negative"):
+        s.add_activity_counts({0: -np.ones(65)}, 4)
     with pytest.raises(ValueError, match=r"layer 3 out of range"):
         s.update_layers({0: bits, 3: bits}, t, p)
     with pytest.raises(ValueError, match=r"bitmask rows \(4\), token_ids \(3\)"):

@@ -53,7 +53,7 @@ class BitCapture:
 
     def __init__(self, fc1_modules: list[Any], stats: NeuronStats) -> None:
         self.stats = stats
-        self.rows: tuple[np.ndarray, np.ndarray] | None = None
+        self.rows: tuple[np.ndarray, np.ndarray, int] | None = None  # detail tokens, positions, other rows
         self.batch: list = []
         self.pending: queue.Queue = queue.Queue(maxsize=2)  # committed batches not yet counted
         self.error: BaseException | None = None
@@ -73,29 +73,42 @@ class BitCapture:
         """Token ids and positions of the rows of the next forward pass (row-major over the batch); the
         first `detail_rows` (default: all) get every statistic, the rest activation counts only."""
         n = len(token_ids) if detail_rows is None else detail_rows
-        self.rows = (np.ascontiguousarray(token_ids[:n], np.uint32), np.ascontiguousarray(positions[:n], np.uint32))
+        self.rows = (np.ascontiguousarray(token_ids[:n], np.uint32), np.ascontiguousarray(positions[:n], np.uint32),
+                     len(token_ids) - n)  # fmt: skip
         self.batch = []
 
     def _hook(self, layer: int):
         def hook(module: Any, inputs: Any, output: torch.Tensor) -> None:
-            packed = pack_bits(output.reshape(-1, output.shape[-1]))
-            event = None
-            if packed.is_cuda:
-                # The copy runs on its own stream, so the next layer's kernels need not wait for it.
-                compute = torch.cuda.current_stream(packed.device)
-                if self.copy_stream is None:
-                    self.copy_stream = torch.cuda.Stream(packed.device)
-                self.copy_stream.wait_stream(compute)
-                host = torch.empty(packed.shape, dtype=torch.int64, pin_memory=True)
-                with torch.cuda.stream(self.copy_stream):
-                    host.copy_(packed, non_blocking=True)
-                    event = torch.cuda.Event()
-                    event.record(self.copy_stream)
-                packed.record_stream(self.copy_stream)  # not reused by the allocator before the copy ends
-                packed = host
-            self.batch.append((layer, packed, event))
+            x = output.reshape(-1, output.shape[-1])
+            n = len(self.rows[0])
+            # Detail rows leave the device as bits; the others only as a count per neuron, summed here.
+            packed = pack_bits(x[:n]) if n else None
+            active = (x[n:] > 0).sum(0) if n < len(x) else None
+            self.batch.append((layer, *self._to_host(packed, active)))
 
         return hook
+
+    def _to_host(self, *parts: torch.Tensor | None) -> tuple:
+        """Device tensors -> pinned host copies made on a side stream (the next layer's kernels need
+        not wait for them), and the event that marks them done; CPU tensors as they are."""
+        first = next((p for p in parts if p is not None), None)
+        if first is None or not first.is_cuda:
+            return (*parts, None)
+        if self.copy_stream is None:
+            self.copy_stream = torch.cuda.Stream(first.device)
+        self.copy_stream.wait_stream(torch.cuda.current_stream(first.device))
+        out = []
+        with torch.cuda.stream(self.copy_stream):
+            for p in parts:
+                if p is not None:
+                    host = torch.empty(p.shape, dtype=p.dtype, pin_memory=True)
+                    host.copy_(p, non_blocking=True)
+                    p.record_stream(self.copy_stream)  # not reused by the allocator before the copy ends
+                    p = host
+                out.append(p)
+            event = torch.cuda.Event()
+            event.record(self.copy_stream)
+        return (*out, event)
 
     def commit(self, upto: int | None) -> None:
         """Hand the finished forward pass's bitmasks to the counting thread. `upto`: the index after
@@ -115,21 +128,23 @@ class BitCapture:
             try:
                 if item is None:
                     return
-                batch, (tokens, positions), upto = item
+                batch, (tokens, positions, n_other), upto = item
                 if self.error is not None:
                     continue
-                bits = {}
-                for layer, packed, event in batch:
+                bits, active = {}, {}
+                for layer, packed, counts, event in batch:
                     if event is not None:
                         event.synchronize()
-                    bits[layer] = packed.numpy().view(np.uint64)
-                n = len(tokens)
+                    if packed is not None:
+                        bits[layer] = packed.numpy().view(np.uint64)
+                    if counts is not None:
+                        active[layer] = counts.numpy()
                 t0 = time.perf_counter()
                 # All layers of the batch in one call: one parallel pass over every layer's neurons.
-                if n and bits:
-                    self.stats.update_layers({k: b[:n] for k, b in bits.items()}, tokens, positions)
-                if bits and n < len(next(iter(bits.values()))):
-                    self.stats.update_activity_layers({k: b[n:] for k, b in bits.items()})
+                if bits:
+                    self.stats.update_layers(bits, tokens, positions)
+                if active:
+                    self.stats.add_activity_counts(active, n_other)
                 self.count_seconds += time.perf_counter() - t0
                 if upto is not None:
                     self.counted_upto, self.consistent = upto, True

@@ -88,15 +88,23 @@ class NeuronStats:
         bits = [as_bits(bits_by_layer[layer]) for layer in layers]
         self._core.update_layers(layers, bits, as_u32(token_ids, "token_ids"), as_u32(positions, "positions"))
 
-    def update_activity_layers(self, bits_by_layer: dict[int, Any]) -> None:
-        """`update_activity` of several layers with the same rows, in one parallel pass."""
-        layers = list(bits_by_layer)
-        self._core.update_activity_layers(layers, [as_bits(bits_by_layer[layer]) for layer in layers])
-
     @property
     def detail_rows(self) -> int:
         """Rows counted with full statistics (`update`); `rows` counts every row."""
         return self._core.detail_rows
+
+    def add_activity_counts(self, counts_by_layer: dict[int, Any], n_rows: int) -> None:
+        """Activation-only rows already summed per neuron (on the GPU: no bits copied): counts[j] of
+        the `n_rows` rows fired neuron j. Same result as `update_activity` with those rows' bits."""
+        layers = list(counts_by_layer)
+        counts = []
+        for layer in layers:
+            c = counts_by_layer[layer]
+            c = np.asarray(c.detach().cpu().numpy() if hasattr(c, "detach") else c)
+            if c.ndim != 1 or (c.size and c.min() < 0):
+                raise DataError(f"counts of layer {layer} must be 1-D and non-negative, got shape {c.shape}")
+            counts.append(np.ascontiguousarray(c, dtype=np.uint64))
+        self._core.add_activity_counts(layers, counts, int(n_rows))
 
     def merge(self, other: NeuronStats) -> None:
         self._core.merge(other._core)

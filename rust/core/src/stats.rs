@@ -424,7 +424,7 @@ impl NeuronStats {
     }
 
     /// `update_activity` for several layers' bitmasks of the same rows, in one parallel pass.
-    pub fn update_activity_layers(&mut self, layers: &[(usize, &[u64])], n_words: usize) -> Result<(), StatsError> {
+    fn update_activity_layers(&mut self, layers: &[(usize, &[u64])], n_words: usize) -> Result<(), StatsError> {
         let Some(n_rows) = self.check_layers(layers, n_words)? else { return Ok(()) };
         if layers.iter().any(|&(l, _)| l == 0) {
             self.data.rows += n_rows as u64;
@@ -460,6 +460,39 @@ impl NeuronStats {
         Ok(())
     }
 
+
+    /// Activation counts of rows that count towards frequency and dead neurons only, already summed
+    /// (on the GPU, where summing beats copying the bits): `counts[j]` of the `n_rows` rows fired
+    /// neuron j. The same as `update_activity` with those rows' bits, for each layer given.
+    pub fn add_activity_counts(&mut self, layers: &[(usize, &[u64])], n_rows: u64) -> Result<(), StatsError> {
+        let c = &self.config;
+        for (k, &(layer, counts)) in layers.iter().enumerate() {
+            if layer >= c.n_layers {
+                return Err(StatsError::Value(format!("layer {layer} out of range: this NeuronStats has {} layers", c.n_layers)));
+            }
+            if layers[..k].iter().any(|&(l, _)| l == layer) {
+                return Err(StatsError::Value(format!("layer {layer} is given twice in one update")));
+            }
+            if counts.len() != c.n_neurons {
+                return Err(StatsError::Shape(format!("{} activation counts for layer {layer}, which has {} neurons", counts.len(), c.n_neurons)));
+            }
+            if let Some(&m) = counts.iter().find(|&&m| m > n_rows) {
+                return Err(StatsError::Value(format!("an activation count of {m} exceeds the {n_rows} rows counted")));
+            }
+        }
+        if layers.iter().any(|&(l, _)| l == 0) {
+            self.data.rows += n_rows;
+        }
+        for &(layer, counts) in layers {
+            self.layer_rows[layer] += n_rows;
+            for (acc, &m) in self.layers[layer].iter_mut().zip(counts) {
+                if m > 0 {
+                    acc.get_or_insert_with(Default::default).n_active += m;
+                }
+            }
+        }
+        Ok(())
+    }
 
     /// Add another accumulator's counts (a shard of the same model and data layout).
     pub fn merge(&mut self, other: &NeuronStats) -> Result<(), StatsError> {

@@ -98,11 +98,20 @@ impl PyNeuronStats {
         py.allow_threads(|| inner.update_layers(&pairs, n_words, t, p)).map_err(err)
     }
 
-    /// `update_activity` for several layers of the same rows in one parallel pass.
-    fn update_activity_layers(&mut self, py: Python<'_>, layers: Vec<usize>, bits: Vec<PyReadonlyArray2<'_, u64>>) -> PyResult<()> {
-        let (pairs, n_words) = layer_bits(&layers, &bits)?;
+    /// Activation counts summed elsewhere (the GPU): layers[i] gets counts[i] (n_neurons,) over n_rows rows.
+    fn add_activity_counts(
+        &mut self,
+        py: Python<'_>,
+        layers: Vec<usize>,
+        counts: Vec<PyReadonlyArray1<'_, u64>>,
+        n_rows: u64,
+    ) -> PyResult<()> {
+        if layers.len() != counts.len() {
+            return Err(PyValueError::new_err(format!("{} layers but {} count arrays: give one per layer", layers.len(), counts.len())));
+        }
+        let pairs = layers.iter().zip(&counts).map(|(&l, c)| Ok((l, contiguous(c, "counts")?))).collect::<PyResult<Vec<_>>>()?;
         let inner = &mut self.inner;
-        py.allow_threads(|| inner.update_activity_layers(&pairs, n_words)).map_err(err)
+        py.allow_threads(|| inner.add_activity_counts(&pairs, n_rows)).map_err(err)
     }
 
     /// `merge` of a state saved with `save`, read one layer at a time.
