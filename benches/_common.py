@@ -123,6 +123,14 @@ def command() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
 
+def git_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=False)
+    except OSError:
+        return None
+    return r.stdout.strip() or None
+
+
 def markdown(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):
@@ -137,7 +145,7 @@ def markdown(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def record(name: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, notes: str = "",
            extra: dict | None = None, machine_info: dict | None = None) -> None:  # fmt: skip
     """Print the table and store it in benches/results/<name>.json (list of runs; a run with the same
-    command and CPU replaces the older one)."""
+    command, CPU and commit replaces the older one; without git, e.g. on a device machine, runs add up)."""
     table = markdown(headers, rows)
     print(table)
     if notes:
@@ -145,6 +153,7 @@ def record(name: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, 
     entry = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "command": command(),
+        "commit": git_commit(),
         "machine": machine_info or machine(),
         "headers": list(headers),
         "rows": [list(r) for r in rows],
@@ -155,7 +164,9 @@ def record(name: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, 
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     runs = json.loads(path.read_text()) if path.exists() else []
-    runs = [r for r in runs if not (r["command"] == entry["command"] and r["machine"].get("cpu") == entry["machine"]["cpu"])]
+    same = ("command", "commit")
+    runs = [r for r in runs if not (entry["commit"] and all(r.get(k) == entry[k] for k in same)
+                                    and r["machine"].get("cpu") == entry["machine"]["cpu"])]  # fmt: skip
     runs.append(entry)
     path.write_text(json.dumps(runs, indent=1, default=str) + "\n")
     print(f"(recorded in {path.relative_to(HERE.parent)})")
