@@ -80,7 +80,7 @@ class NullStats:
     def update_layers(self, *args: object) -> None:
         pass
 
-    update = add_activity_counts = update_layers
+    add_activity_counts = update_layers
 
 
 def capture_only(model, tokens: np.ndarray, batch_size: int, device: torch.device) -> float:

@@ -15,10 +15,6 @@ bare / analyze; the median counts.
 
     python benches/bench_overhead.py                    # 4 sequences of 2048 tokens, batch 2, 2 rounds
     python benches/bench_overhead.py --density none
-    python benches/bench_overhead.py --seqs 16 --counting per-layer,one-pass   # both, side by side
-
---counting: how the worker hands a batch to the core on the CPU: a call per layer (the default on the CPU)
-or all layers in one parallel pass (the default after a GPU forward); see capture.ONE_PASS_ON_CPU.
 """
 
 from __future__ import annotations
@@ -38,7 +34,6 @@ import torch  # noqa: E402
 from _common import Timer, calibrate_density, machine, random_opt, record, zipf_tokens  # noqa: E402
 
 import opt_neurons  # noqa: E402
-from opt_neurons import capture  # noqa: E402
 
 
 def bare_forward(model, tokens: np.ndarray, batch_size: int) -> None:
@@ -55,9 +50,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--density", default="0.05", help="target fraction of fc1 outputs > 0, or 'none'")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--counting", default="per-layer", help="per-layer, one-pass, or both comma-separated")
     a = ap.parse_args()
-    modes = a.counting.split(",")
     info = machine()
     density = None if a.density == "none" else float(a.density)
     model = random_opt(seed=a.seed)
@@ -66,32 +59,26 @@ def main() -> None:
     measured = calibrate_density(model, torch.from_numpy(tokens[:1]), density)
     print(f"fc1 density per layer: {np.round(measured, 4).tolist()}", flush=True)
     bare_forward(model, tokens[:1, :256], 1)  # warm-up
-    bare = []
-    full, fwd, fin = ({m: [] for m in modes} for _ in range(3))
+    bare, full, fwd, fin = [], [], [], []
     for r in range(a.rounds):
         with Timer() as tb:
             bare_forward(model, tokens, a.batch_size)
+        with Timer() as ta:
+            an = opt_neurons.analyze(model, tokens, batch_size=a.batch_size, progress=False)
         bare.append(tb.wall)
-        for m in modes:
-            capture.ONE_PASS_ON_CPU = m == "one-pass"
-            with Timer() as ta:
-                an = opt_neurons.analyze(model, tokens, batch_size=a.batch_size, progress=False)
-            full[m].append(ta.wall)
-            fwd[m].append(an.metadata["forward_seconds"])
-            fin[m].append(ta.wall - an.metadata["forward_seconds"])
-            print(f"round {r}: bare {tb.wall:.2f} s, analyze ({m}) {ta.wall:.2f} s (forward phase {fwd[m][-1]:.2f} s, "
-                  f"finalize {fin[m][-1]:.2f} s)", flush=True)  # fmt: skip
-    b = statistics.median(bare)
+        full.append(ta.wall)
+        fwd.append(an.metadata["forward_seconds"])
+        fin.append(ta.wall - an.metadata["forward_seconds"])
+        print(f"round {r}: bare {tb.wall:.2f} s, analyze {ta.wall:.2f} s (forward phase {fwd[-1]:.2f} s, "
+              f"finalize {fin[-1]:.2f} s)", flush=True)  # fmt: skip
+    b, f, w, z = (statistics.median(x) for x in (bare, full, fwd, fin))
     n_tok = tokens.size
     events = float(an.neurons["n_active"].sum())
-    rows = []
-    for m in modes:
-        f, w, z = (statistics.median(x[m]) for x in (full, fwd, fin))
-        rows.append([m, f"{np.mean(measured):.3f}", n_tok, a.batch_size, f"{b:.2f}", f"{w:.2f}", f"{z:.2f}", f"{f:.2f}",
-                     f"{100 * (w - b) / b:+.1f}%", f"{100 * (f - b) / b:+.1f}%", f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}",
-                     f"{events / n_tok:,.0f}"])  # fmt: skip
+    rows = [[f"{np.mean(measured):.3f}", n_tok, a.batch_size, f"{b:.2f}", f"{w:.2f}", f"{z:.2f}", f"{f:.2f}",
+             f"{100 * (w - b) / b:+.1f}%", f"{100 * (f - b) / b:+.1f}%", f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}",
+             f"{events / n_tok:,.0f}"]]  # fmt: skip
     record("overhead",
-           ["counting", "fc1 density", "tokens", "batch", "bare forward s", "analyze forward phase s", "analyze finalize s",
+           ["fc1 density", "tokens", "batch", "bare forward s", "analyze forward phase s", "analyze finalize s",
             "analyze total s", "overhead forward phase", "overhead total", "bare tok/s", "analyze tok/s",
             "activation events per token (all layers)"],
            rows, machine_info=info,

@@ -16,12 +16,6 @@ import torch
 
 from .stats import NeuronStats
 
-# Count all layers of a batch in one parallel pass only when the forward ran on a GPU: its host's cores
-# are idle, and one pass keeps them all busy (1.65x on 16 cores). When the forward itself runs on the
-# CPU's cores, one long pass takes them all from it at once; a call per layer leaves it gaps (OPT-125m
-# on 2 cores, benches/RESULTS.md section 3: forward overhead +14% with one pass, +0% per layer).
-ONE_PASS_ON_CPU = False
-
 # Byte k (0 or 1) of a little-endian u64, times this, lands on bit 56 + k with no carries into the top
 # byte (checked on all 256 patterns in tests): 8 neurons' bits -> one byte in a multiply and a shift.
 GATHER_BYTE = 0x0102040810204080
@@ -146,11 +140,9 @@ class BitCapture:
                     if counts is not None:
                         active[layer] = counts.numpy()
                 t0 = time.perf_counter()
-                if bits and (ONE_PASS_ON_CPU or any(item[-1] is not None for item in batch)):
+                # All layers of the batch in one call: one parallel pass over every layer's neurons.
+                if bits:
                     self.stats.update_layers(bits, tokens, positions)
-                else:
-                    for layer, b in bits.items():
-                        self.stats.update(layer, b, tokens, positions)
                 if active:
                     self.stats.add_activity_counts(active, n_other)
                 self.count_seconds += time.perf_counter() - t0
