@@ -68,7 +68,8 @@ def analyze(
         sequences of T = seq_len (default: the model's maximum positions) tokens.
     detail_tokens: count token, n-gram and position statistics over only the first detail_tokens
         tokens (rounded up to whole sequences), and frequency / dead neurons over all n_tokens: the
-        paper's protocol (5 M and 20 M). The extra tokens cost the forward pass and a popcount.
+        paper's protocol (5 M and 20 M). The extra tokens cost the forward pass and a sum per
+        neuron on the device (only the counts leave it).
     out: folder for the tables, metadata and checkpoints (every `checkpoint_every` sequences); a run
         interrupted and restarted with the same arguments resumes from it.
     execution: "memory" (whole model on the device), "offload" (accelerate device_map, with
