@@ -5,9 +5,15 @@
 # extension built here travels, and polars as the single-file polars-lts-cpu wheel (40 MB; tested with
 # the test suite: tests/test_pipeline.py, test_planted.py, test_execution.py pass with it).
 #
-#   bash benches/gpu_wheels.sh        # here: maturin develop --release, then .whl/ with polars-lts-cpu
-#   device run, carry [".whl", "python/opt_neurons/_core.abi3.so"], command:
-#     python3 -m pip install -q --no-index --no-deps .whl/*.whl && PYTHONPATH=python python3 benches/bench_gpu.py
+#   bash benches/gpu_wheels.sh        # here: maturin develop --release, then .whl/ with polars-lts-cpu and
+#                                     # the criterion binary of rust/core/benches/core.rs (.whl/core-bench)
+#   device run, carry [".whl", "python/opt_neurons/_core.abi3.so"], command (as run on 2026-11-26):
+#     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/polars*.whl &&
+#     export PYTHONPATH=/tmp/site:$PWD/python HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1;
+#     python3 -m pytest -q tests/test_capture.py;          # CUDA packing and analyze on CUDA == on the CPU
+#     .whl/core-bench --bench --warm-up-time 1 --measurement-time 2 'core/(update/3072/5%/uniform/16384rows|update_layers)';
+#     python3 benches/bench_gpu.py --shapes 125m,1.3b,6.7b --seqs 64   # ~2 minutes on an H200
+# About 60 MB travels; the whole check above took ~160 s of device time plus ~30 s to start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
@@ -15,4 +21,7 @@ python -m maturin develop --release >/dev/null  # python/opt_neurons/_core.abi3.
 rm -rf .whl && mkdir -p .whl
 python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "polars-lts-cpu>=1.0"
+bench=$(cargo bench -p opt_neurons_core --no-run --message-format=json 2>/dev/null \
+    | python -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable") and m["target"]["name"] == "core"][0])')
+cp "$bench" .whl/core-bench
 du -sh .whl python/opt_neurons/_core.abi3.so
