@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from opt_neurons.capture import pack_bits, pack_bits_tensor
+from opt_neurons.capture import count_active, pack_bits, pack_bits_tensor
 
 
 def unpack(words: torch.Tensor, f: int) -> np.ndarray:
@@ -71,3 +71,14 @@ def test_analyze_on_cuda_equals_cpu(tmp_path, detail_sequences) -> None:
         assert a.drop(floats).equals(b.drop(floats)), name  # every count, flag and list exactly
         for c in floats:  # suppression scores come from GPU matmuls: equal up to rounding
             np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-4, atol=1e-5, err_msg=c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_count_active_counts_rows_above_zero(dtype: torch.dtype) -> None:
+    x = torch.randn(513, 200, generator=torch.Generator().manual_seed(3)).to(dtype)
+    x[:, 7] = 0  # never "on"
+    got = count_active(x)
+    assert got.dtype == torch.int64 and got.shape == (200,)
+    assert torch.equal(got, (x.float() > 0).sum(0)) and got[7] == 0
+    if torch.cuda.is_available():
+        assert torch.equal(count_active(x.cuda()).cpu(), got)

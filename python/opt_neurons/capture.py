@@ -44,6 +44,14 @@ def pack_bits_tensor(x: torch.Tensor) -> torch.Tensor:
     return ((eights * GATHER_BYTE) >> 56).to(torch.uint8).view(torch.int64)
 
 
+def count_active(x: torch.Tensor) -> torch.Tensor:
+    """(rows, F) fc1 output -> (F,) int64: rows where each neuron's output is > 0 (the rows that
+    count towards frequency and dead neurons only)."""
+    if not x.is_cuda:  # numpy's byte sum is ~5x faster than torch's bool sum on the CPU
+        return torch.from_numpy((x > 0).numpy().view(np.uint8).sum(0, dtype=np.int64))
+    return (x > 0).sum(0)
+
+
 class BitCapture:
     """Hooks every layer's fc1. Per forward batch: `set_rows`, run the model, then `commit`.
 
@@ -83,7 +91,7 @@ class BitCapture:
             n = len(self.rows[0])
             # Detail rows leave the device as bits; the others only as a count per neuron, summed here.
             packed = pack_bits(x[:n]) if n else None
-            active = (x[n:] > 0).sum(0) if n < len(x) else None
+            active = count_active(x[n:]) if n < len(x) else None
             self.batch.append((layer, *self._to_host(packed, active)))
 
         return hook
