@@ -1,7 +1,8 @@
 """Forward hooks that turn fc1 outputs into packed activation bitmasks on the device and hand
 them to the Rust core on a worker thread, so counting overlaps the forward pass.
 
-Only bits leave the device (1/16 of fp16 activations); float activations are never copied.
+Only bits leave the device (1/16 of fp16 activations), and for rows past `detail_tokens` only a
+count per neuron; float activations are never copied.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def pack_bits(x: torch.Tensor) -> torch.Tensor:
     """(rows, F) fc1 output -> (rows, ceil(F/64)) int64 words; bit j of word w = neuron 64w + j is
     set when the output is > 0. Bytes are assembled little-endian, as the host reads them."""
     if not x.is_cuda:  # numpy's packbits is ~15x faster than tensor ops on the CPU
-        rows, f = x.shape
+        f = x.shape[1]
         bits = np.packbits((x > 0).numpy(), axis=1, bitorder="little")
         if bits.shape[1] != -(-f // 64) * 8:
             bits = np.pad(bits, ((0, 0), (0, -(-f // 64) * 8 - bits.shape[1])))
@@ -36,7 +37,7 @@ def pack_bits(x: torch.Tensor) -> torch.Tensor:
 def pack_bits_tensor(x: torch.Tensor) -> torch.Tensor:
     """pack_bits in four tensor kernels (compare, multiply, shift, narrow), on any device: per-layer
     kernel launches, not arithmetic, are what packing costs next to a small model's forward pass."""
-    rows, f = x.shape
+    f = x.shape[1]
     b = x > 0
     if f % 64:
         b = torch.nn.functional.pad(b, (0, 64 - f % 64))
