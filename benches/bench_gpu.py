@@ -115,13 +115,14 @@ def run_shape(name: str, kwargs: dict, seqs: int, batch_size: int, density: floa
     an = opt_neurons.analyze(model, tokens, batch_size=batch_size, progress=False)
     total = time.perf_counter() - t0
     fwd, busy = an.metadata["forward_seconds"], an.metadata["counting_seconds"]
+    events = float(an.neurons["n_active"].sum())  # activations counted with every statistic
     del an
     act = opt_neurons.analyze(model, tokens, batch_size=batch_size, progress=False, detail_tokens=T)
     fwd_act = act.metadata["forward_seconds"]
     n = tokens.size
     row = [name, str(dtype).replace("torch.", ""), str(device), f"{np.mean(dens):.3f}", n, batch_size,
            f"{n / b:,.0f}", f"{n / cap:,.0f}", f"{100 * b / cap:.0f}%", f"{n / fwd:,.0f}", f"{100 * b / fwd:.0f}%",
-           f"{busy:.2f} / {fwd:.2f}", f"{n / total:,.0f}",
+           f"{busy:.2f} / {fwd:.2f}", f"{events / busy / 1e6:,.0f} M", f"{n / total:,.0f}",
            f"{n / fwd_act:,.0f}", f"{100 * b / fwd_act:.0f}%", f"{act.metadata['accumulator_bytes'] / 2**20:,.0f}"]  # fmt: skip
     print(row, flush=True)
     del model, act
@@ -150,7 +151,8 @@ def main() -> None:
         rows.append(run_shape(name, kw, a.seqs, min(a.batch_size, a.seqs), density, dtype, device, a.seed))
     record("gpu_smoke" if a.smoke else "gpu",
            ["shape", "dtype", "device", "fc1 density", "tokens", "batch", "bare tok/s", "capture-only tok/s",
-            "capture-only / bare", "analyze forward-phase tok/s", "analyze / bare", "counting busy s / forward s", "analyze total tok/s", "activity-only forward-phase tok/s", "activity-only / bare",
+            "capture-only / bare", "analyze forward-phase tok/s", "analyze / bare", "counting busy s / forward s",
+            "host counting events/s", "analyze total tok/s", "activity-only forward-phase tok/s", "activity-only / bare",
             "accumulators MiB (activity run)"],
            rows, machine_info=info,
            notes="random weights; 'analyze / bare' = forward-phase throughput with analysis relative to the bare "
