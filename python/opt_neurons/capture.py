@@ -73,7 +73,7 @@ class BitCapture:
         # Seconds the worker spent counting (not waiting for copies or batches): when it nears the
         # forward pass's wall time, the host's counting, not the device, sets the speed.
         self.count_seconds = 0.0
-        self.copy_stream: torch.cuda.Stream | None = None
+        self.copy_streams: dict[torch.device, torch.cuda.Stream] = {}  # one per GPU (device maps may span several)
         self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(fc1_modules)]
         self.worker = threading.Thread(target=self._consume, daemon=True, name="opt-neurons-counter")
         self.worker.start()
@@ -103,20 +103,21 @@ class BitCapture:
         first = next((p for p in parts if p is not None), None)
         if first is None or not first.is_cuda:
             return (*parts, None)
-        if self.copy_stream is None:
-            self.copy_stream = torch.cuda.Stream(first.device)
-        self.copy_stream.wait_stream(torch.cuda.current_stream(first.device))
+        stream = self.copy_streams.get(first.device)
+        if stream is None:
+            stream = self.copy_streams[first.device] = torch.cuda.Stream(first.device)
+        stream.wait_stream(torch.cuda.current_stream(first.device))
         out = []
-        with torch.cuda.stream(self.copy_stream):
+        with torch.cuda.stream(stream):
             for p in parts:
                 if p is not None:
                     host = torch.empty(p.shape, dtype=p.dtype, pin_memory=True)
                     host.copy_(p, non_blocking=True)
-                    p.record_stream(self.copy_stream)  # not reused by the allocator before the copy ends
+                    p.record_stream(stream)  # not reused by the allocator before the copy ends
                     p = host
                 out.append(p)
             event = torch.cuda.Event()
-            event.record(self.copy_stream)
+            event.record(stream)
         return (*out, event)
 
     def commit(self, upto: int | None) -> None:
