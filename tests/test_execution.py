@@ -165,9 +165,12 @@ def test_interrupt_saves_a_checkpoint_and_resumes(model_and_tokens, plain, tmp_p
     with pytest.raises(KeyboardInterrupt):
         opt_neurons.analyze(d, tokens, batch_size=2, progress=False, out=out, checkpoint_every=100)
     assert calls == [6]  # the third batch (sequences 4-5) was handed over before the interrupt
+    # As if killed between replacing the state and its progress file: the progress file is older.
+    progress = out / "checkpoint" / "progress.json"
+    progress.write_text(progress.read_text().replace('"sequences_done": 6', '"sequences_done": 4'))
     monkeypatch.setattr(pipeline, "_progress_bar", real_bar)
     resumed = opt_neurons.analyze(d, tokens, batch_size=2, progress=False, out=out)
-    assert resumed.metadata["resumed_from_sequence"] == 6
+    assert resumed.metadata["resumed_from_sequence"] == 6  # what the state holds, nothing counted twice
     assert_same(resumed, plain)
 
 
@@ -201,3 +204,21 @@ def test_two_processes_equal_one(model_and_tokens, tmp_path):
     assert merged.metadata["world_size"] == 2 and single.metadata["world_size"] == 1
     assert not list((tmp_path / "two").glob("opt-neurons-gather-*"))  # spooled states are removed
     assert_same(merged, single)
+
+
+def test_checkpoint_holds_what_its_state_counted(tmp_path):
+    """The sequence count comes from the state's rows when progress.json lags behind it; a state that
+    is no whole number of the run's sequences is refused with a message that says what to do."""
+    from opt_neurons import checkpoint
+    from opt_neurons.errors import DataError
+
+    stats = opt_neurons.NeuronStats(1, 64, 10, 4)
+    bits = np.zeros((8, 1), np.uint64)
+    stats.update(0, bits, np.arange(8) % 10, np.arange(8) % 4)
+    fp = {"run": 1}
+    checkpoint.save(tmp_path, stats, 1, fp)  # progress says 1 sequence, the state holds 2
+    loaded, done = checkpoint.load(tmp_path, fp, np.array([0, 4, 8, 12]))
+    assert done == 2 and loaded.rows == 8
+    assert checkpoint.load(tmp_path, {"run": 2}, np.array([0, 4, 8, 12])) is None  # another run's
+    with pytest.raises(DataError, match=r"holds 8 tokens, which is no whole number .* delete that folder"):
+        checkpoint.load(tmp_path, fp, np.array([0, 5, 10]))

@@ -10,6 +10,9 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
+from .errors import DataError
 from .stats import NeuronStats
 
 DIR = "checkpoint"
@@ -31,15 +34,25 @@ def save(out: Path, stats: NeuronStats, sequences_done: int, fingerprint: dict, 
     os.replace(tmp, progress)
 
 
-def load(out: Path, fingerprint: dict, name: str = DIR) -> tuple[NeuronStats, int] | None:
-    """The saved state and its sequence count, if a checkpoint of this same run exists."""
+def load(out: Path, fingerprint: dict, rows_before: np.ndarray, name: str = DIR) -> tuple[NeuronStats, int] | None:
+    """The saved state and the number of sequences it holds, if a checkpoint of this same run exists.
+    rows_before[k]: the rows (tokens) of the run's first k sequences."""
     state, progress = _paths(out, name)
     if not (state.exists() and progress.exists()):
         return None
     p = json.loads(progress.read_text())
     if p.get("fingerprint") != json.loads(json.dumps(fingerprint, sort_keys=True)):
         return None
-    return NeuronStats.load(state), int(p["sequences_done"])
+    stats, done = NeuronStats.load(state), int(p["sequences_done"])
+    # save() replaces the state, then progress.json: a run killed between the two leaves a state
+    # newer than progress.json says. The state's own row count tells how many sequences it holds.
+    if done >= len(rows_before) or rows_before[done] != stats.rows:
+        hits = np.flatnonzero(rows_before == stats.rows)
+        if not len(hits):
+            raise DataError(f"the checkpoint in {state.parent} holds {stats.rows} tokens, which is no whole number "
+                            f"of this run's sequences: delete that folder to start over")  # fmt: skip
+        done = int(hits[0])
+    return stats, done
 
 
 def clear(out: Path, name: str = DIR) -> None:

@@ -107,7 +107,8 @@ def analyze(
                    "detail_sequences": tokens.detail}  # fmt: skip
     out_dir = Path(out) if out is not None else None
     ckpt = checkpoint.DIR if world == 1 else f"{checkpoint.DIR}-rank{rank}"
-    resumed = checkpoint.load(out_dir, fingerprint, ckpt) if out_dir is not None else None
+    rows_before = np.concatenate([[0], np.cumsum(mine.lengths)])
+    resumed = checkpoint.load(out_dir, fingerprint, rows_before, ckpt) if out_dir is not None else None
     stats, start = resumed or (
         NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=ngram_capacity), 0
     )
