@@ -26,10 +26,10 @@ def pack_bits(x: torch.Tensor) -> torch.Tensor:
     """(rows, F) fc1 output -> (rows, ceil(F/64)) int64 words; bit j of word w = neuron 64w + j is
     set when the output is > 0. Bytes are assembled little-endian, as the host reads them."""
     if not x.is_cuda:  # numpy's packbits is ~15x faster than tensor ops on the CPU
-        f = x.shape[1]
+        words = -(-x.shape[1] // 64)
         bits = np.packbits((x > 0).numpy(), axis=1, bitorder="little")
-        if bits.shape[1] != -(-f // 64) * 8:
-            bits = np.pad(bits, ((0, 0), (0, -(-f // 64) * 8 - bits.shape[1])))
+        if bits.shape[1] != words * 8:
+            bits = np.pad(bits, ((0, 0), (0, words * 8 - bits.shape[1])))
         return torch.from_numpy(np.ascontiguousarray(bits).view(np.int64))
     return pack_bits_tensor(x)
 

@@ -43,16 +43,14 @@ def load(out: Path, fingerprint: dict, rows_before: np.ndarray, name: str = DIR)
     p = json.loads(progress.read_text())
     if p.get("fingerprint") != json.loads(json.dumps(fingerprint, sort_keys=True)):
         return None
-    stats, done = NeuronStats.load(state), int(p["sequences_done"])
-    # save() replaces the state, then progress.json: a run killed between the two leaves a state
-    # newer than progress.json says. The state's own row count tells how many sequences it holds.
-    if done >= len(rows_before) or rows_before[done] != stats.rows:
-        hits = np.flatnonzero(rows_before == stats.rows)
-        if not len(hits):
-            raise DataError(f"the checkpoint in {state.parent} holds {stats.rows} tokens, which is no whole number "
-                            f"of this run's sequences: delete that folder to start over")  # fmt: skip
-        done = int(hits[0])
-    return stats, done
+    stats = NeuronStats.load(state)
+    # The state's own row count says how many sequences it holds: save() replaces the state, then
+    # progress.json, so a run killed between the two leaves a progress count that lags the state.
+    hits = np.flatnonzero(rows_before == stats.rows)
+    if not len(hits):
+        raise DataError(f"the checkpoint in {state.parent} holds {stats.rows} tokens, which is no whole number "
+                        f"of this run's sequences: delete that folder to start over")  # fmt: skip
+    return stats, int(hits[0])
 
 
 def clear(out: Path, name: str = DIR) -> None:

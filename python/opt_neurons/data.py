@@ -31,6 +31,10 @@ class TokenData:
     def n_tokens(self) -> int:
         return int(self.lengths.sum())
 
+    def tokens_before(self) -> np.ndarray:
+        """tokens_before()[k]: the tokens (rows) of the first k sequences, k = 0 .. n_sequences."""
+        return np.concatenate([[0], np.cumsum(self.lengths)])
+
     def detail_rows(self, begin: int, end: int) -> int:
         """Rows of sequences [begin, end) that get every statistic (a prefix of their rows)."""
         stop = end if self.detail is None else min(end, max(begin, self.detail))
@@ -43,7 +47,7 @@ class TokenData:
             return self
         if detail_tokens <= 0:
             raise DataError(f"detail_tokens must be positive, got {detail_tokens}")
-        n = int(np.searchsorted(np.cumsum(self.lengths), detail_tokens) + 1)
+        n = int(np.searchsorted(self.tokens_before(), detail_tokens))
         return TokenData(self.tokens, self.lengths, self.sources, min(n, len(self.lengths)))
 
     def content_hash(self) -> str:

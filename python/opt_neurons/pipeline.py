@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import _core, checkpoint, distributed, executors, host_memory
@@ -107,8 +106,7 @@ def analyze(
                    "detail_sequences": tokens.detail}  # fmt: skip
     out_dir = Path(out) if out is not None else None
     ckpt = checkpoint.DIR if world == 1 else f"{checkpoint.DIR}-rank{rank}"
-    rows_before = np.concatenate([[0], np.cumsum(mine.lengths)])
-    resumed = checkpoint.load(out_dir, fingerprint, rows_before, ckpt) if out_dir is not None else None
+    resumed = checkpoint.load(out_dir, fingerprint, mine.tokens_before(), ckpt) if out_dir is not None else None
     stats, start = resumed or (
         NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=ngram_capacity), 0
     )
@@ -177,7 +175,7 @@ def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str
     """Run the forward pass from sequence `start` with bit capture, checkpointing as it goes; on any
     interruption, save what is counted up to the last resumable point, then re-raise. Returns the
     seconds the host spent counting."""
-    cum_tokens = np.concatenate([[0], np.cumsum(tokens.lengths)])
+    cum_tokens = tokens.tokens_before()
     bar = _progress_bar(progress, int(cum_tokens[-1]), int(cum_tokens[start]), lm.model_id)
     saved, seen = [start], [start]
     capture = BitCapture([layer.fc1 for layer in decoder_layers(lm.model)], stats)

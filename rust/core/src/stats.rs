@@ -258,11 +258,21 @@ impl NeuronStats {
         &self.config
     }
 
-    fn check_layer_and_words(&self, layer: usize, n_words: usize) -> Result<(), StatsError> {
-        let c = &self.config;
-        if layer >= c.n_layers {
-            return Err(StatsError::Value(format!("layer {layer} out of range: this NeuronStats has {} layers", c.n_layers)));
+    /// Every layer of an update is known and named once.
+    fn check_layer_list<T>(&self, layers: &[(usize, T)]) -> Result<(), StatsError> {
+        for (k, &(layer, _)) in layers.iter().enumerate() {
+            if layer >= self.config.n_layers {
+                return Err(StatsError::Value(format!("layer {layer} out of range: this NeuronStats has {} layers", self.config.n_layers)));
+            }
+            if layers[..k].iter().any(|&(l, _)| l == layer) {
+                return Err(StatsError::Value(format!("layer {layer} is given twice in one update")));
+            }
         }
+        Ok(())
+    }
+
+    fn check_words(&self, n_words: usize) -> Result<(), StatsError> {
+        let c = &self.config;
         if n_words != c.n_words() {
             return Err(StatsError::Shape(format!(
                 "bitmask has {n_words} words per row but {} neurons need {} (bit j of word w = neuron 64w+j)",
@@ -276,11 +286,11 @@ impl NeuronStats {
     /// Every (layer, bits) pair names a known layer, once, with whole rows of `n_words` words, and
     /// every layer has the same rows. Returns that number of rows (None: no layers).
     fn check_layers(&self, layers: &[(usize, &[u64])], n_words: usize) -> Result<Option<usize>, StatsError> {
-        for (k, &(layer, bits)) in layers.iter().enumerate() {
-            self.check_layer_and_words(layer, n_words)?;
-            if layers[..k].iter().any(|&(l, _)| l == layer) {
-                return Err(StatsError::Value(format!("layer {layer} is given twice in one update")));
-            }
+        self.check_layer_list(layers)?;
+        if !layers.is_empty() {
+            self.check_words(n_words)?;
+        }
+        for &(layer, bits) in layers {
             if !bits.len().is_multiple_of(n_words) {
                 return Err(StatsError::Shape(format!("bitmask of {} words is not whole rows of {n_words} words", bits.len())));
             }
@@ -337,7 +347,12 @@ impl NeuronStats {
         let trigram_add = trigram.iter().zip(&counted).map(|(&k, &c)| if c { k } else { NO_KEY }).collect();
         let rows = Rows { tokens, positions, counted, bigram, trigram, tok_add, bigram_add, trigram_add };
         let n_rows = tokens.len();
-        let bits_of = self.bits_by_layer(layers, n_rows);
+        // Each layer's bits (None: not in this update).
+        let mut bits_of = vec![None; self.config.n_layers];
+        for &(layer, bits) in layers {
+            bits_of[layer] = Some(bits);
+            self.layer_rows[layer] += n_rows as u64;
+        }
         let Self { config: cfg, layers: accs_by_layer, positions: pos_by_layer, data, .. } = self;
         let last_mask = cfg.last_word_mask();
         let tasks: Vec<_> = accs_by_layer
@@ -406,42 +421,16 @@ impl NeuronStats {
         Ok(())
     }
 
-    /// Row counts of the layers given, and each layer's bits (None: not in this update).
-    fn bits_by_layer<'b>(&mut self, layers: &[(usize, &'b [u64])], n_rows: usize) -> Vec<Option<&'b [u64]>> {
-        let mut bits_of = vec![None; self.config.n_layers];
-        for &(layer, bits) in layers {
-            bits_of[layer] = Some(bits);
-            self.layer_rows[layer] += n_rows as u64;
-        }
-        bits_of
-    }
-
     /// Add one layer's activations for a block of rows to the activation counts only (frequency,
     /// dead neurons): no token, n-gram or position statistics. The paper's protocol counts dead
     /// neurons over more tokens (20 M) than the rest (5 M); these rows cost a popcount each.
     pub fn update_activity(&mut self, layer: usize, bits: &[u64], n_words: usize) -> Result<(), StatsError> {
-        self.update_activity_layers(&[(layer, bits)], n_words)
-    }
-
-    /// `update_activity` for several layers' bitmasks of the same rows, in one parallel pass.
-    fn update_activity_layers(&mut self, layers: &[(usize, &[u64])], n_words: usize) -> Result<(), StatsError> {
-        let Some(n_rows) = self.check_layers(layers, n_words)? else { return Ok(()) };
-        if layers.iter().any(|&(l, _)| l == 0) {
-            self.data.rows += n_rows as u64;
-        }
-        let bits_of = self.bits_by_layer(layers, n_rows);
+        let Some(n_rows) = self.check_layers(&[(layer, bits)], n_words)? else { return Ok(()) };
         let last_mask = self.config.last_word_mask();
-        let tasks: Vec<_> = self
-            .layers
-            .iter_mut()
-            .zip(bits_of)
-            .filter_map(|(accs, bits)| Some((accs, bits?)))
-            .flat_map(|(accs, bits)| accs.chunks_mut(TASK_NEURONS).enumerate().map(move |(task, a)| (task, a, bits)))
-            .collect();
-        tasks.into_par_iter().for_each(|(task, accs, bits)| {
+        let mut counts = vec![0u64; self.config.n_neurons];
+        counts.par_chunks_mut(TASK_NEURONS).enumerate().for_each(|(task, counts)| {
             let w0 = task * TASK_NEURONS / 64;
             let w1 = (w0 + TASK_NEURONS / 64).min(n_words);
-            let mut counts = [0u64; TASK_NEURONS];
             for i in 0..n_rows {
                 for (dw, &word) in bits[i * n_words + w0..i * n_words + w1].iter().enumerate() {
                     let mut word = if w0 + dw == n_words - 1 { word & last_mask } else { word };
@@ -451,28 +440,17 @@ impl NeuronStats {
                     }
                 }
             }
-            for (acc, &n) in accs.iter_mut().zip(&counts) {
-                if n > 0 {
-                    acc.get_or_insert_with(Default::default).n_active += n;
-                }
-            }
         });
-        Ok(())
+        self.add_activity_counts(&[(layer, &counts)], n_rows as u64)
     }
-
 
     /// Activation counts of rows that count towards frequency and dead neurons only, already summed
     /// (on the GPU, where summing beats copying the bits): `counts[j]` of the `n_rows` rows fired
     /// neuron j. The same as `update_activity` with those rows' bits, for each layer given.
     pub fn add_activity_counts(&mut self, layers: &[(usize, &[u64])], n_rows: u64) -> Result<(), StatsError> {
+        self.check_layer_list(layers)?;
         let c = &self.config;
-        for (k, &(layer, counts)) in layers.iter().enumerate() {
-            if layer >= c.n_layers {
-                return Err(StatsError::Value(format!("layer {layer} out of range: this NeuronStats has {} layers", c.n_layers)));
-            }
-            if layers[..k].iter().any(|&(l, _)| l == layer) {
-                return Err(StatsError::Value(format!("layer {layer} is given twice in one update")));
-            }
+        for &(layer, counts) in layers {
             if counts.len() != c.n_neurons {
                 return Err(StatsError::Shape(format!("{} activation counts for layer {layer}, which has {} neurons", counts.len(), c.n_neurons)));
             }
