@@ -20,20 +20,16 @@ fn contiguous<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
         .map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array (use np.ascontiguousarray)")))
 }
 
-/// A multi-layer update's (layer, words) pairs, and the words per row.
-type LayerBits<'a> = (Vec<(usize, &'a [u64])>, usize);
-
-/// (layer, words) pairs of a multi-layer update, and the words per row (every layer's the same).
-fn layer_bits<'a>(layers: &[usize], bits: &'a [PyReadonlyArray2<'_, u64>]) -> PyResult<LayerBits<'a>> {
-    if layers.len() != bits.len() {
-        return Err(PyValueError::new_err(format!("{} layers but {} bitmasks: give one bitmask per layer", layers.len(), bits.len())));
+/// (layer, array) pairs of a multi-layer call: one array per layer, each C-contiguous.
+fn per_layer<'a, D: numpy::ndarray::Dimension>(
+    layers: &[usize],
+    arrays: &'a [numpy::PyReadonlyArray<'_, u64, D>],
+    what: &str,
+) -> PyResult<Vec<(usize, &'a [u64])>> {
+    if layers.len() != arrays.len() {
+        return Err(PyValueError::new_err(format!("{} layers but {} {what}: give one per layer", layers.len(), arrays.len())));
     }
-    let n_words = bits.first().map_or(0, |b| b.shape()[1]);
-    if let Some(b) = bits.iter().find(|b| b.shape()[1] != n_words) {
-        return Err(PyValueError::new_err(format!("bitmasks of {} and {n_words} words per row in one update", b.shape()[1])));
-    }
-    let pairs = layers.iter().zip(bits).map(|(&l, b)| Ok((l, contiguous(b, "bits")?))).collect::<PyResult<Vec<_>>>()?;
-    Ok((pairs, n_words))
+    layers.iter().zip(arrays).map(|(&l, a)| Ok((l, contiguous(a, what)?))).collect()
 }
 
 #[pyclass(name = "NeuronStats", module = "opt_neurons._core")]
@@ -91,7 +87,11 @@ impl PyNeuronStats {
         token_ids: PyReadonlyArray1<'_, u32>,
         positions: PyReadonlyArray1<'_, u32>,
     ) -> PyResult<()> {
-        let (pairs, n_words) = layer_bits(&layers, &bits)?;
+        let n_words = bits.first().map_or(0, |b| b.shape()[1]);
+        if let Some(b) = bits.iter().find(|b| b.shape()[1] != n_words) {
+            return Err(PyValueError::new_err(format!("bitmasks of {} and {n_words} words per row in one update", b.shape()[1])));
+        }
+        let pairs = per_layer(&layers, &bits, "bitmasks")?;
         let t = contiguous(&token_ids, "token_ids")?;
         let p = contiguous(&positions, "positions")?;
         let inner = &mut self.inner;
@@ -106,10 +106,7 @@ impl PyNeuronStats {
         counts: Vec<PyReadonlyArray1<'_, u64>>,
         n_rows: u64,
     ) -> PyResult<()> {
-        if layers.len() != counts.len() {
-            return Err(PyValueError::new_err(format!("{} layers but {} count arrays: give one per layer", layers.len(), counts.len())));
-        }
-        let pairs = layers.iter().zip(&counts).map(|(&l, c)| Ok((l, contiguous(c, "counts")?))).collect::<PyResult<Vec<_>>>()?;
+        let pairs = per_layer(&layers, &counts, "count arrays")?;
         let inner = &mut self.inner;
         py.allow_threads(|| inner.add_activity_counts(&pairs, n_rows)).map_err(err)
     }
