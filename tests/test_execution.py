@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -127,26 +128,20 @@ def test_resume_after_kill_is_identical(model_and_tokens, tmp_path, mode):
     assert 0 < done < len(tokens)
     subprocess.run(args, check=True)
     resumed = opt_neurons.load(out)
-    assert resumed.metadata["resumed_from_sequence"] == done
+    assert resumed.metadata["resumed_sequences"] == done
     uninterrupted = opt_neurons.analyze(d, tokens, batch_size=4, progress=False, execution="memory")
     assert_same(resumed, uninterrupted)
     assert not (out / "checkpoint").exists()
 
 
-def test_interrupt_saves_a_checkpoint_and_resumes(model_and_tokens, plain, tmp_path, monkeypatch):
+def interrupt_at_update(monkeypatch, k: int) -> list:
+    """Ctrl-C at the k-th progress update of the next analyze() (batch k is handed over by then);
+    returns the list of progress cursors that checkpoint.save will be called with."""
     import opt_neurons.pipeline as pipeline
 
-    d, tokens = model_and_tokens
-    out = tmp_path / "run"
-    calls = []
-    original = pipeline.checkpoint.save
-
-    def save(*a, **k):
-        calls.append(a[2])
-        original(*a, **k)
-
-    monkeypatch.setattr(pipeline.checkpoint, "save", save)
-    real_bar = pipeline._progress_bar
+    saved: list = []
+    original_save, real_bar = pipeline.checkpoint.save, pipeline._progress_bar
+    monkeypatch.setattr(pipeline.checkpoint, "save", lambda *a, **kw: (saved.append(a[2]), original_save(*a, **kw)))
 
     class Interrupting:
         def __init__(self, *a):
@@ -154,7 +149,8 @@ def test_interrupt_saves_a_checkpoint_and_resumes(model_and_tokens, plain, tmp_p
 
         def update(self, n):
             self.n += 1
-            if self.n == 3:
+            if self.n == k:
+                monkeypatch.setattr(pipeline, "_progress_bar", real_bar)  # once
                 raise KeyboardInterrupt
             self.bar.update(n)
 
@@ -162,15 +158,21 @@ def test_interrupt_saves_a_checkpoint_and_resumes(model_and_tokens, plain, tmp_p
             self.bar.close()
 
     monkeypatch.setattr(pipeline, "_progress_bar", Interrupting)
+    return saved
+
+
+def test_interrupt_saves_a_checkpoint_and_resumes(model_and_tokens, plain, tmp_path, monkeypatch):
+    d, tokens = model_and_tokens
+    out = tmp_path / "run"
+    saved = interrupt_at_update(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         opt_neurons.analyze(d, tokens, batch_size=2, progress=False, out=out, checkpoint_every=100)
-    assert calls == [6]  # the third batch (sequences 4-5) was handed over before the interrupt
+    assert [c.total for c in saved] == [6]  # the third batch (sequences 4-5) was handed over before the interrupt
     # As if killed between replacing the state and its progress file: the progress file is older.
     progress = out / "checkpoint" / "progress.json"
     progress.write_text(progress.read_text().replace('"sequences_done": 6', '"sequences_done": 4'))
-    monkeypatch.setattr(pipeline, "_progress_bar", real_bar)
     resumed = opt_neurons.analyze(d, tokens, batch_size=2, progress=False, out=out)
-    assert resumed.metadata["resumed_from_sequence"] == 6  # what the state holds, nothing counted twice
+    assert resumed.metadata["resumed_sequences"] == 6  # what the state holds, nothing counted twice
     assert_same(resumed, plain)
 
 
@@ -207,18 +209,61 @@ def test_two_processes_equal_one(model_and_tokens, tmp_path):
 
 
 def test_checkpoint_holds_what_its_state_counted(tmp_path):
-    """The sequence count comes from the state's rows when progress.json lags behind it; a state that
-    is no whole number of the run's sequences is refused with a message that says what to do."""
+    """The progress comes from the state's rows when progress.json lags behind it (both parts: detail
+    sequences and activation-only ones); a state that is no whole number of the run's sequences is
+    refused with a message that says what to do."""
     from opt_neurons import checkpoint
+    from opt_neurons.data import TokenData
     from opt_neurons.errors import DataError
+    from opt_neurons.schedule import Cursor
 
+    data = TokenData(np.zeros((4, 4), np.int64), np.full(4, 4), detail=2)
     stats = opt_neurons.NeuronStats(1, 64, 10, 4)
-    bits = np.zeros((8, 1), np.uint64)
-    stats.update(0, bits, np.arange(8) % 10, np.arange(8) % 4)
+    stats.update(0, np.zeros((8, 1), np.uint64), np.arange(8) % 10, np.arange(8) % 4)  # detail sequences 0-1
+    stats.add_activity_counts({0: np.zeros(64, np.int64)}, 4)  # sequence 2
     fp = {"run": 1}
-    checkpoint.save(tmp_path, stats, 1, fp)  # progress says 1 sequence, the state holds 2
-    loaded, done = checkpoint.load(tmp_path, fp, np.array([0, 4, 8, 12]))
-    assert done == 2 and loaded.rows == 8
-    assert checkpoint.load(tmp_path, {"run": 2}, np.array([0, 4, 8, 12])) is None  # another run's
-    with pytest.raises(DataError, match=r"holds 8 tokens, which is no whole number .* delete that folder"):
-        checkpoint.load(tmp_path, fp, np.array([0, 5, 10]))
+    checkpoint.save(tmp_path, stats, Cursor(1, 0), fp)  # progress says 1 sequence: the state holds 3
+    loaded, done = checkpoint.load(tmp_path, fp, data)
+    assert done == Cursor(2, 1) and loaded.rows == 12
+    assert checkpoint.load(tmp_path, {"run": 2}, data) is None  # another run's
+    with pytest.raises(DataError, match=r"holds 12 tokens \(8 with every statistic\), which is no whole number .* "
+                                        r"delete that folder"):  # fmt: skip
+        checkpoint.load(tmp_path, fp, TokenData(np.zeros((3, 5), np.int64), np.full(3, 5), detail=2))
+
+
+def busy_every(pattern):
+    """A stand-in for BitCapture.busy that answers from a repeating pattern (as a slow host would)."""
+    answers = itertools.cycle(pattern)
+    return lambda self: next(answers)
+
+
+def test_interleaved_detail_and_activity_batches_give_the_same_tables(model_and_tokens, monkeypatch):
+    """Activation-only batches run while the host counts the detail ones: same tables as data order."""
+    from opt_neurons.capture import BitCapture
+
+    d, tokens = model_and_tokens
+    in_order = opt_neurons.analyze(d, tokens, batch_size=1, detail_tokens=5 * 32, progress=False)
+    ran = []
+    original = BitCapture.set_rows
+    monkeypatch.setattr(BitCapture, "set_rows", lambda self, t, p, n=None: (ran.append(n), original(self, t, p, n)))
+    monkeypatch.setattr(BitCapture, "busy", busy_every([False, True, True]))
+    mixed = opt_neurons.analyze(d, tokens, batch_size=1, detail_tokens=5 * 32, progress=False)
+    assert [n > 0 for n in ran] == [True, False, False] * 3 + [True, False, True]  # 5 detail batches, 7 others
+    assert_same(mixed, in_order)
+
+
+def test_interrupted_interleaved_run_resumes_to_the_same_tables(model_and_tokens, tmp_path, monkeypatch):
+    from opt_neurons.capture import BitCapture
+    from opt_neurons.schedule import Cursor
+
+    d, tokens = model_and_tokens
+    out = tmp_path / "run"
+    monkeypatch.setattr(BitCapture, "busy", busy_every([False, True]))
+    saved = interrupt_at_update(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        opt_neurons.analyze(d, tokens, batch_size=1, detail_tokens=6 * 32, progress=False, out=out,
+                            checkpoint_every=100)  # fmt: skip
+    assert saved == [Cursor(3, 2)]  # detail, other, detail, other, detail: handed over before the interrupt
+    resumed = opt_neurons.analyze(d, tokens, batch_size=1, detail_tokens=6 * 32, progress=False, out=out)
+    assert resumed.metadata["resumed_sequences"] == 5
+    assert_same(resumed, opt_neurons.analyze(d, tokens, batch_size=1, detail_tokens=6 * 32, progress=False))

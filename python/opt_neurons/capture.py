@@ -2,7 +2,7 @@
 them to the Rust core on a worker thread, so counting overlaps the forward pass.
 
 Only bits leave the device (1/16 of fp16 activations), and for rows past `detail_tokens` only a
-count per neuron; float activations are never copied.
+count per neuron, summed there until the next checkpoint; float activations are never copied.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .schedule import Cursor
 from .stats import NeuronStats
 
 # Byte k (0 or 1) of a little-endian u64, times this, lands on bit 56 + k with no carries into the top
@@ -56,19 +57,23 @@ def count_active(x: torch.Tensor) -> torch.Tensor:
 class BitCapture:
     """Hooks every layer's fc1. Per forward batch: `set_rows`, run the model, then `commit`.
 
-    A batch's bitmasks are counted only once it is committed, so an interrupted forward pass
-    leaves nothing half-counted; counting of batch b overlaps the forward pass of batch b+1.
+    A batch is counted only once it is committed, so an interrupted forward pass leaves nothing
+    half-counted. Detail rows' bits are counted on a worker thread, overlapping the next forward
+    passes; the other rows' activation counts stay summed on the device until `flush`.
     """
 
     def __init__(self, fc1_modules: list[Any], stats: NeuronStats) -> None:
         self.stats = stats
         self.rows: tuple[np.ndarray, np.ndarray, int] | None = None  # detail tokens, positions, other rows
-        self.batch: list = []
-        self.pending: queue.Queue = queue.Queue(maxsize=2)  # committed batches not yet counted
+        self.batch: list = []  # (layer, host bits, copy event) of the forward pass running
+        self.batch_counts: list = []  # (layer, activation counts on the device) of its other rows
+        self.sums: dict[int, torch.Tensor] = {}  # committed activation counts per layer, not yet in stats
+        self.sum_rows: dict[int, int] = {}
+        self.pending: queue.Queue = queue.Queue(maxsize=2)  # committed bits not yet counted
         self.error: BaseException | None = None
-        # Resumable point: every sequence before `counted_upto` is counted in all layers, and (when
-        # `consistent`) nothing after it. Layer-major runs count partial blocks in between.
-        self.counted_upto = 0
+        # Progress committed; all of it is in `stats` after `flush`. When not `consistent` (a
+        # layer-major block midway), later sequences are partly committed too: not a resumable point.
+        self.done = Cursor()
         self.consistent = True
         # Seconds the worker spent counting (not waiting for copies or batches): when it nears the
         # forward pass's wall time, the host's counting, not the device, sets the speed.
@@ -84,53 +89,56 @@ class BitCapture:
         n = len(token_ids) if detail_rows is None else detail_rows
         self.rows = (np.ascontiguousarray(token_ids[:n], np.uint32), np.ascontiguousarray(positions[:n], np.uint32),
                      len(token_ids) - n)  # fmt: skip
-        self.batch = []
+        self.batch, self.batch_counts = [], []
 
     def _hook(self, layer: int):
         def hook(module: Any, inputs: Any, output: torch.Tensor) -> None:
             x = output.reshape(-1, output.shape[-1])
             n = len(self.rows[0])
-            # Detail rows leave the device as bits; the others only as a count per neuron, summed here.
-            packed = pack_bits(x[:n]) if n else None
-            active = count_active(x[n:]) if n < len(x) else None
-            self.batch.append((layer, *self._to_host(packed, active)))
+            # Detail rows leave the device as bits; the others are summed there, per neuron.
+            if n:
+                self.batch.append((layer, *self._to_host(pack_bits(x[:n]))))
+            if n < len(x):
+                self.batch_counts.append((layer, count_active(x[n:])))
 
         return hook
 
-    def _to_host(self, *parts: torch.Tensor | None) -> tuple:
-        """Device tensors -> pinned host copies made on a side stream (the next layer's kernels need
-        not wait for them), and the event that marks them done; CPU tensors as they are."""
-        first = next((p for p in parts if p is not None), None)
-        if first is None or not first.is_cuda:
-            return (*parts, None)
-        stream = self.copy_streams.get(first.device)
+    def _to_host(self, t: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """A device tensor -> a pinned host copy made on a side stream (the next layer's kernels need
+        not wait for it), and the event that marks it done; a CPU tensor as it is."""
+        if not t.is_cuda:
+            return t, None
+        stream = self.copy_streams.get(t.device)
         if stream is None:
-            stream = self.copy_streams[first.device] = torch.cuda.Stream(first.device)
-        stream.wait_stream(torch.cuda.current_stream(first.device))
-        out = []
+            stream = self.copy_streams[t.device] = torch.cuda.Stream(t.device)
+        stream.wait_stream(torch.cuda.current_stream(t.device))
         with torch.cuda.stream(stream):
-            for p in parts:
-                if p is not None:
-                    host = torch.empty(p.shape, dtype=p.dtype, pin_memory=True)
-                    host.copy_(p, non_blocking=True)
-                    p.record_stream(stream)  # not reused by the allocator before the copy ends
-                    p = host
-                out.append(p)
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            t.record_stream(stream)  # not reused by the allocator before the copy ends
             event = torch.cuda.Event()
             event.record(stream)
-        return (*out, event)
+        return host, event
 
-    def commit(self, upto: int | None) -> None:
-        """Hand the finished forward pass's bitmasks to the counting thread. `upto`: the index after
-        the batch's last sequence when every layer of every sequence before it is now captured."""
+    def busy(self) -> bool:
+        """Committed bits are waiting for the counting thread (which may be busy with others too)."""
+        return self.pending.qsize() > 0
+
+    def commit(self, done: Cursor | None) -> None:
+        """Hand the finished forward pass over: its bits to the counting thread, its activation counts
+        to the device sums. `done`: the progress now committed, when every layer of it is (None:
+        part of a layer-major block, not a resumable point)."""
         if self.error is not None:
             raise self.error
-        self.pending.put((self.batch, self.rows, upto))
-        self.batch = []
-
-    def mark_done(self, upto: int) -> None:
-        """Every layer of every sequence before `upto` has been committed."""
-        self.commit(upto)
+        for layer, counts in self.batch_counts:
+            self.sums[layer] = self.sums[layer].add_(counts) if layer in self.sums else counts
+            self.sum_rows[layer] = self.sum_rows.get(layer, 0) + self.rows[2]
+        if self.batch:
+            self.pending.put((self.batch, self.rows[:2]))
+        self.batch, self.batch_counts = [], []
+        if done is not None:
+            self.done = done
+        self.consistent = done is not None
 
     def _consume(self) -> None:
         while True:
@@ -138,45 +146,47 @@ class BitCapture:
             try:
                 if item is None:
                     return
-                batch, (tokens, positions, n_other), upto = item
+                batch, (tokens, positions) = item
                 if self.error is not None:
                     continue
-                bits, active = {}, {}
-                for layer, packed, counts, event in batch:
+                bits = {}
+                for layer, packed, event in batch:
                     if event is not None:
                         event.synchronize()
-                    if packed is not None:
-                        bits[layer] = packed.numpy().view(np.uint64)
-                    if counts is not None:
-                        active[layer] = counts.numpy()
+                    bits[layer] = packed.numpy().view(np.uint64)
                 t0 = time.perf_counter()
                 # All layers of the batch in one call: one parallel pass over every layer's neurons.
-                if bits:
-                    self.stats.update_layers(bits, tokens, positions)
-                if active:
-                    self.stats.add_activity_counts(active, n_other)
+                self.stats.update_layers(bits, tokens, positions)
                 self.count_seconds += time.perf_counter() - t0
-                if upto is not None:
-                    self.counted_upto, self.consistent = upto, True
-                elif batch:
-                    self.consistent = False
             except BaseException as e:  # surfaced on the main thread
                 self.error = e
             finally:
                 self.pending.task_done()
 
+    def _add_sums(self) -> None:
+        """Move the committed activation counts into `stats` (the counting thread is idle)."""
+        by_rows: dict[int, dict[int, np.ndarray]] = {}
+        for layer, counts in self.sums.items():
+            by_rows.setdefault(self.sum_rows[layer], {})[layer] = counts.cpu().numpy()
+        for n_rows, counts_by_layer in by_rows.items():
+            self.stats.add_activity_counts(counts_by_layer, n_rows)
+        self.sums, self.sum_rows = {}, {}
+
     def flush(self) -> None:
-        """Wait until every committed batch is counted."""
+        """Put everything committed into `stats`."""
         self.pending.join()
         if self.error is not None:
             raise self.error
+        self._add_sums()
 
     def close(self) -> None:
-        """Count every committed batch, drop an uncommitted one, stop the thread. Idempotent."""
+        """Put everything committed into `stats`, drop an uncommitted batch, stop the thread. Idempotent."""
         if not self.worker.is_alive():
             return
         for h in self.handles:
             h.remove()
-        self.batch = []
+        self.batch, self.batch_counts = [], []
         self.pending.put(None)
         self.worker.join()
+        if self.error is None:
+            self._add_sums()

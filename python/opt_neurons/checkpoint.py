@@ -1,7 +1,7 @@
 """Accumulator checkpoints: an interrupted run resumes where it stopped, counting nothing twice.
 
-A checkpoint is the NeuronStats state plus the number of sequences it holds, tied to the run's
-model and data by a fingerprint; files are replaced atomically (write, then rename).
+A checkpoint is the NeuronStats state plus the progress it holds (`schedule.Cursor`), tied to the
+run's model and data by a fingerprint; files are replaced atomically (write, then rename).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
+from .data import TokenData
 from .errors import DataError
+from .schedule import Cursor, cursor_of
 from .stats import NeuronStats
 
 DIR = "checkpoint"
@@ -23,20 +23,21 @@ def _paths(out: Path, name: str) -> tuple[Path, Path]:
     return d / "state.bin", d / "progress.json"
 
 
-def save(out: Path, stats: NeuronStats, sequences_done: int, fingerprint: dict, name: str = DIR) -> None:
+def save(out: Path, stats: NeuronStats, done: Cursor, fingerprint: dict, name: str = DIR) -> None:
     state, progress = _paths(out, name)
     state.parent.mkdir(parents=True, exist_ok=True)
     tmp = state.with_suffix(".tmp")
     stats.save(tmp)
     os.replace(tmp, state)
     tmp = progress.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"sequences_done": sequences_done, "fingerprint": fingerprint}, sort_keys=True))
+    # For people reading the folder: resume goes by the state's own rows (see load).
+    tmp.write_text(json.dumps({"sequences_done": done.total, "detail_sequences_done": done.detail,
+                               "other_sequences_done": done.other, "fingerprint": fingerprint}, sort_keys=True))  # fmt: skip
     os.replace(tmp, progress)
 
 
-def load(out: Path, fingerprint: dict, rows_before: np.ndarray, name: str = DIR) -> tuple[NeuronStats, int] | None:
-    """The saved state and the number of sequences it holds, if a checkpoint of this same run exists.
-    rows_before[k]: the rows (tokens) of the run's first k sequences."""
+def load(out: Path, fingerprint: dict, data: TokenData, name: str = DIR) -> tuple[NeuronStats, Cursor] | None:
+    """The saved state and the progress it holds, if a checkpoint of this same run exists."""
     state, progress = _paths(out, name)
     if not (state.exists() and progress.exists()):
         return None
@@ -44,13 +45,14 @@ def load(out: Path, fingerprint: dict, rows_before: np.ndarray, name: str = DIR)
     if p.get("fingerprint") != json.loads(json.dumps(fingerprint, sort_keys=True)):
         return None
     stats = NeuronStats.load(state)
-    # The state's own row count says how many sequences it holds: save() replaces the state, then
-    # progress.json, so a run killed between the two leaves a progress count that lags the state.
-    hits = np.flatnonzero(rows_before == stats.rows)
-    if not len(hits):
-        raise DataError(f"the checkpoint in {state.parent} holds {stats.rows} tokens, which is no whole number "
-                        f"of this run's sequences: delete that folder to start over")  # fmt: skip
-    return stats, int(hits[0])
+    # The state's own row counts say what it holds: save() replaces the state, then progress.json,
+    # so a run killed between the two leaves a progress file that lags the state.
+    at = cursor_of(data, stats.rows, stats.detail_rows)
+    if at is None:
+        raise DataError(f"the checkpoint in {state.parent} holds {stats.rows} tokens ({stats.detail_rows} with every "
+                        f"statistic), which is no whole number of this run's sequences: delete that folder to start "
+                        f"over")  # fmt: skip
+    return stats, at
 
 
 def clear(out: Path, name: str = DIR) -> None:

@@ -17,36 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import schedule
 from .capture import BitCapture
 from .data import TokenData
 from .errors import ModelError, OutOfMemoryError
 from .model import LoadedModel, decoder_layers
 
 EXECUTIONS = ("auto", "memory", "offload", "layer")
-
-
-def batches(data: TokenData, start: int, batch_size: int) -> list[tuple[int, int]]:
-    """[begin, end) ranges of consecutive sequences of equal length, at most batch_size each."""
-    out = []
-    i, n = start, len(data.lengths)
-    while i < n:
-        j = i + 1
-        while j < n and j - i < batch_size and data.lengths[j] == data.lengths[i]:
-            j += 1
-        out.append((i, j))
-        i = j
-    return out
-
-
-def blocks(data: TokenData, start: int, batch_size: int, block_size: int) -> list[list[tuple[int, int]]]:
-    """Consecutive batches grouped into blocks of at most block_size sequences (at least one batch)."""
-    out: list[list[tuple[int, int]]] = []
-    for b in batches(data, start, batch_size):
-        if out and b[1] - out[-1][0][0] <= block_size:
-            out[-1].append(b)
-        else:
-            out.append([b])
-    return out
 
 
 def rows_of(data: TokenData, begin: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -68,17 +45,18 @@ def out_of_memory_hint(batch_size: int) -> Iterator[None]:
         ) from e
 
 
-def run_memory(lm: LoadedModel, data: TokenData, capture: BitCapture, *, start: int, batch_size: int,
-               on_progress: Callable[[int], None]) -> None:  # fmt: skip
-    """Every batch through the whole decoder (no LM head); with a device_map accelerate moves weights."""
+def run_memory(lm: LoadedModel, data: TokenData, capture: BitCapture, *, start: schedule.Cursor, batch_size: int,
+               on_progress: Callable[[schedule.Cursor], None]) -> None:  # fmt: skip
+    """Every batch through the whole decoder (no LM head); with a device_map accelerate moves weights.
+    Activation-only batches fill the time the host needs to count the detail ones (schedule.py)."""
     decoder = lm.model.model.decoder
     with torch.inference_mode(), out_of_memory_hint(batch_size):
-        for begin, end in batches(data, start, batch_size):
+        for begin, end, done in schedule.interleaved(data, start, batch_size, capture.busy):
             ids, flat, pos = rows_of(data, begin, end)
             capture.set_rows(flat, pos, data.detail_rows(begin, end))
             decoder(input_ids=torch.from_numpy(ids).to(lm.device), use_cache=False)
-            capture.commit(end)
-            on_progress(end)
+            capture.commit(done)
+            on_progress(done)
     capture.flush()
 
 
@@ -157,8 +135,8 @@ def embed(decoder: Any, ids: torch.Tensor) -> torch.Tensor:
     return x + pos.to(x.device)
 
 
-def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, source: Any, *, start: int,
-                    batch_size: int, block_size: int, on_progress: Callable[[int], None]) -> None:  # fmt: skip
+def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, source: Any, *, start: schedule.Cursor,
+                    batch_size: int, block_size: int, on_progress: Callable[[schedule.Cursor], None]) -> None:  # fmt: skip
     """Blocks of sequences through one layer at a time; hidden states wait in pinned host memory."""
     from transformers.masking_utils import create_causal_mask
 
@@ -166,15 +144,15 @@ def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, sourc
     device = source.device
     pin = device.type == "cuda"
     with torch.inference_mode(), out_of_memory_hint(batch_size):
-        for block in blocks(data, start, batch_size, block_size):
+        for block in schedule.blocks(data, start, batch_size, block_size):
             hidden = []
-            for begin, end in block:
+            for begin, end, _ in block:
                 ids = torch.from_numpy(rows_of(data, begin, end)[0]).to(device)
                 h = embed(decoder, ids).to("cpu")
                 hidden.append(h.pin_memory() if pin else h)
             for index in range(len(source.layers)):
                 with source.on_device(index) as layer:
-                    for k, (begin, end) in enumerate(block):
+                    for k, (begin, end, _) in enumerate(block):
                         _, flat, pos = rows_of(data, begin, end)
                         h = hidden[k].to(device, non_blocking=True)
                         mask = create_causal_mask(config=decoder.config, inputs_embeds=h, attention_mask=None,
@@ -184,8 +162,9 @@ def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, sourc
                         out = layer(h, attention_mask=mask, position_ids=positions)
                         capture.commit(None)  # part of a block: not a resumable point
                         hidden[k] = out.to("cpu").pin_memory() if pin else out.to("cpu")
-            capture.mark_done(block[-1][1])
-            on_progress(block[-1][1])
+            done = block[-1][2]
+            capture.commit(done)  # nothing more to hand over: every layer of the block is committed
+            on_progress(done)
     capture.flush()
 
 

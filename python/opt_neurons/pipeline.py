@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from . import _core, checkpoint, distributed, executors, host_memory
+from . import _core, checkpoint, distributed, executors, host_memory, schedule
 from .analysis import Analysis
 from .capture import BitCapture
 from .data import prepare_data
@@ -68,7 +68,8 @@ def analyze(
     detail_tokens: count token, n-gram and position statistics over only the first detail_tokens
         tokens (rounded up to whole sequences), and frequency / dead neurons over all n_tokens: the
         paper's protocol (5 M and 20 M). The extra tokens cost the forward pass and a sum per
-        neuron on the device (only the counts leave it).
+        neuron on the device (only the counts leave it), and run while the host counts the first
+        ones: the tables are the same as in data order.
     out: folder for the tables, metadata and checkpoints (every `checkpoint_every` sequences); a run
         interrupted and restarted with the same arguments resumes from it.
     execution: "memory" (whole model on the device), "offload" (accelerate device_map, with
@@ -106,9 +107,9 @@ def analyze(
                    "detail_sequences": tokens.detail}  # fmt: skip
     out_dir = Path(out) if out is not None else None
     ckpt = checkpoint.DIR if world == 1 else f"{checkpoint.DIR}-rank{rank}"
-    resumed = checkpoint.load(out_dir, fingerprint, mine.tokens_before(), ckpt) if out_dir is not None else None
+    resumed = checkpoint.load(out_dir, fingerprint, mine, ckpt) if out_dir is not None else None
     stats, start = resumed or (
-        NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=ngram_capacity), 0
+        NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=ngram_capacity), schedule.Cursor()
     )
     if rank == 0:
         host_memory.warn_if_short(stats, tokens.n_tokens, host_memory.available_bytes())
@@ -145,7 +146,7 @@ def analyze(
         "ngram_capacity": ngram_capacity,
         "accumulator_bytes": stats.memory_bytes(),
         "accumulator_bound_bytes": host_memory.statistics_bound(stats, tokens.n_tokens),
-        "resumed_from_sequence": start,
+        "resumed_sequences": start.total,  # already counted when this call started (from a checkpoint)
         "package_version": _version(),
         "torch_version": torch.__version__,
         "python": platform.python_version(),
@@ -169,22 +170,24 @@ def execution_choice(requested: str, config: Any, dtype: Any, device: torch.devi
                             device_map=device_map)  # fmt: skip
 
 
-def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str, source: Any, start: int,
+def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str, source: Any, start: schedule.Cursor,
                   batch_size: int, block_size: int, out_dir: Path | None, ckpt: str, fingerprint: dict,
                   checkpoint_every: int, progress: bool) -> float:  # fmt: skip
-    """Run the forward pass from sequence `start` with bit capture, checkpointing as it goes; on any
+    """Run the forward pass from `start` with bit capture, checkpointing as it goes; on any
     interruption, save what is counted up to the last resumable point, then re-raise. Returns the
     seconds the host spent counting."""
-    cum_tokens = tokens.tokens_before()
-    bar = _progress_bar(progress, int(cum_tokens[-1]), int(cum_tokens[start]), lm.model_id)
-    saved, seen = [start], [start]
+    before = tokens.tokens_before()
+    seen = [schedule.tokens_done(tokens, start, before)]
+    bar = _progress_bar(progress, int(before[-1]), seen[0], lm.model_id)
+    saved = [start]
     capture = BitCapture([layer.fc1 for layer in decoder_layers(lm.model)], stats)
-    capture.counted_upto = start
+    capture.done = start
 
-    def on_progress(done: int) -> None:
-        bar.update(int(cum_tokens[done] - cum_tokens[seen[0]]))
-        seen[0] = done
-        if out_dir is not None and done - saved[0] >= checkpoint_every:
+    def on_progress(done: schedule.Cursor) -> None:
+        now = schedule.tokens_done(tokens, done, before)
+        bar.update(now - seen[0])
+        seen[0] = now
+        if out_dir is not None and done.total - saved[0].total >= checkpoint_every:
             capture.flush()
             checkpoint.save(out_dir, stats, done, fingerprint, ckpt)
             saved[0] = done
@@ -197,8 +200,9 @@ def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str
             executors.run_memory(lm, tokens, capture, start=start, batch_size=batch_size, on_progress=on_progress)
     except BaseException:
         capture.close()  # counts what was handed over; a partial batch never was
-        if out_dir is not None and capture.error is None and capture.consistent and capture.counted_upto > saved[0]:
-            checkpoint.save(out_dir, stats, capture.counted_upto, fingerprint, ckpt)
+        done = capture.done
+        if out_dir is not None and capture.error is None and capture.consistent and done.total > saved[0].total:
+            checkpoint.save(out_dir, stats, done, fingerprint, ckpt)
         raise
     finally:
         capture.close()
