@@ -60,3 +60,22 @@ def test_cursor_round_trips_through_row_counts():
             assert cursor_of(d, rows, detail_rows) == at
     assert cursor_of(d, 5, 5) is None  # 5 tokens are no whole number of detail sequences
     assert cursor_of(d, 8, 7) is None  # 1 token of the others is neither
+
+
+@pytest.mark.parametrize("detail", [None, 1, 3, 10])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_shards_split_each_part_evenly(detail, world):
+    from opt_neurons.distributed import shard
+
+    d = data([4, 4, 3, 4, 4, 2, 4, 4, 4, 4], detail)
+    d.tokens = np.arange(40).reshape(10, 4)  # sequence i is row i: recognisable in a shard
+    n_detail = 10 if detail is None else detail
+    shards = [shard(d, r, world) for r in range(world)]
+    got = sorted(int(s.tokens[i, 0]) // 4 for s in shards for i in range(len(s.lengths)))
+    assert got == list(range(10))  # every sequence in exactly one shard
+    for s in shards:
+        rows = s.tokens[:, 0] // 4
+        own_detail = rows[: (len(rows) if s.detail is None else s.detail)]
+        assert (own_detail < n_detail).all() and (rows[len(own_detail):] >= n_detail).all()
+        assert np.array_equal(s.lengths, d.lengths[rows])
+        assert abs(len(own_detail) - n_detail / world) < 1 and abs(len(rows) - len(own_detail) - (10 - n_detail) / world) < 1

@@ -1,5 +1,5 @@
 """Data-parallel runs over several processes (torchrun / accelerate launch): each rank counts a
-contiguous shard of the sequences; rank 0 gathers the accumulators, merges them in rank order and
+shard of the sequences (`shard`); rank 0 gathers the accumulators, merges them in rank order and
 writes the tables. The merged counts equal one process's exactly."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .data import TokenData
@@ -36,11 +37,14 @@ def device_for_rank() -> torch.device | None:
 
 
 def shard(data: TokenData, rank: int, world: int) -> TokenData:
-    """This rank's contiguous share of the sequences."""
-    n = len(data.lengths)
-    lo, hi = rank * n // world, (rank + 1) * n // world
-    detail = None if data.detail is None else min(max(data.detail - lo, 0), hi - lo)
-    return TokenData(data.tokens[lo:hi], data.lengths[lo:hi], data.sources, detail)
+    """This rank's share: a contiguous slice of the detail sequences (every statistic) and one of the
+    others (activation counts only), so that each rank has as much of the host's counting as the next."""
+    d = len(data.lengths) if data.detail is None else data.detail
+    parts = [(lo + rank * (hi - lo) // world, lo + (rank + 1) * (hi - lo) // world)
+             for lo, hi in ((0, d), (d, len(data.lengths)))]
+    take = np.r_[tuple(slice(a, b) for a, b in parts)]
+    detail = None if data.detail is None else parts[0][1] - parts[0][0]
+    return TokenData(data.tokens[take], data.lengths[take], data.sources, detail)
 
 
 CHUNK_BYTES = 64 << 20  # a saved state travels in pieces of this size
