@@ -200,11 +200,14 @@ def test_two_processes_equal_one(model_and_tokens, tmp_path):
     # Both runs go through torchrun so that they use the same torch thread settings (1 per process).
     d, tokens = model_and_tokens
     np.save(tmp_path / "t.npy", tokens)
+    stale = tmp_path / "two" / "opt-neurons-gather" / "rank1.state"  # as a crashed run would leave it
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x" * 10_000)
     assert torchrun(2, d, tmp_path / "t.npy", tmp_path / "two", 29533) == ["RESULT False", "RESULT True"]
     assert torchrun(1, d, tmp_path / "t.npy", tmp_path / "one", 29534) == ["RESULT True"]
     merged, single = opt_neurons.load(tmp_path / "two"), opt_neurons.load(tmp_path / "one")
     assert merged.metadata["world_size"] == 2 and single.metadata["world_size"] == 1
-    assert not list((tmp_path / "two").glob("opt-neurons-gather-*"))  # spooled states are removed
+    assert not (tmp_path / "two" / "opt-neurons-gather").exists()  # spooled states are removed, stale ones too
     assert_same(merged, single)
 
 

@@ -4,6 +4,7 @@ writes the tables. The merged counts equal one process's exactly."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -48,6 +49,7 @@ def shard(data: TokenData, rank: int, world: int) -> TokenData:
 
 
 CHUNK_BYTES = 64 << 20  # a saved state travels in pieces of this size
+SPOOL = "opt-neurons-gather"  # folder of the output folder that the states travel through
 
 
 def gather_to_rank0(stats: NeuronStats, rank: int, world: int, spool_dir: str | Path | None = None) -> NeuronStats | None:
@@ -61,10 +63,8 @@ def gather_to_rank0(stats: NeuronStats, rank: int, world: int, spool_dir: str | 
     import torch.distributed as dist
 
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    if spool_dir is not None:
-        Path(spool_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=spool_dir, prefix="opt-neurons-gather-") as tmp:
-        path = Path(tmp) / f"rank{rank}.state"
+    path = _spool_file(spool_dir, rank)
+    try:
         if rank != 0:
             stats.save(path)
             _send_file(path, 0, device)
@@ -72,7 +72,25 @@ def gather_to_rank0(stats: NeuronStats, rank: int, world: int, spool_dir: str | 
         for r in range(1, world):
             _recv_file(path, r, device)
             stats.merge_file(path)
-    return stats
+        return stats
+    finally:
+        path.unlink(missing_ok=True)
+        if spool_dir is not None:
+            with contextlib.suppress(OSError):  # other ranks' files may still be there
+                path.parent.rmdir()
+
+
+def _spool_file(spool_dir: str | Path | None, rank: int) -> Path:
+    """Where this rank's state travels through: a fixed name in the run's output folder (a file left by
+    a crashed run is overwritten and removed by the next run there; states can be tens of GB), else a
+    fresh temporary file."""
+    if spool_dir is None:
+        fd, name = tempfile.mkstemp(prefix=f"opt-neurons-gather-rank{rank}-")
+        os.close(fd)
+        return Path(name)
+    d = Path(spool_dir) / SPOOL
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"rank{rank}.state"
 
 
 def _send_file(path: Path, dst: int, device: torch.device) -> None:
