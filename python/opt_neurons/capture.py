@@ -165,9 +165,9 @@ class BitCapture:
 
     def _add_sums(self) -> None:
         """Move the committed activation counts into `stats` (the counting thread is idle)."""
-        by_rows: dict[int, dict[int, np.ndarray]] = {}
+        by_rows: dict[int, dict[int, torch.Tensor]] = {}
         for layer, counts in self.sums.items():
-            by_rows.setdefault(self.sum_rows[layer], {})[layer] = counts.cpu().numpy()
+            by_rows.setdefault(self.sum_rows[layer], {})[layer] = counts
         for n_rows, counts_by_layer in by_rows.items():
             self.stats.add_activity_counts(counts_by_layer, n_rows)
         self.sums, self.sum_rows = {}, {}
