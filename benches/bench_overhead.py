@@ -70,7 +70,7 @@ def main() -> None:
         fwd.append(an.metadata["forward_seconds"])
         fin.append(ta.wall - an.metadata["forward_seconds"])
         print(f"round {r}: bare {tb.wall:.2f} s, analyze {ta.wall:.2f} s (forward phase {fwd[-1]:.2f} s, "
-              f"finalize {fin[-1]:.2f} s)", flush=True)  # fmt: skip
+              f"setup and finalize {fin[-1]:.2f} s)", flush=True)  # fmt: skip
     b, f, w, z = (statistics.median(x) for x in (bare, full, fwd, fin))
     n_tok = tokens.size
     events = float(an.neurons["n_active"].sum())
@@ -78,7 +78,7 @@ def main() -> None:
              f"{100 * (w - b) / b:+.1f}%", f"{100 * (f - b) / b:+.1f}%", f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}",
              f"{events / n_tok:,.0f}"]]  # fmt: skip
     record("overhead",
-           ["fc1 density", "tokens", "batch", "bare forward s", "analyze forward phase s", "analyze finalize s",
+           ["fc1 density", "tokens", "batch", "bare forward s", "analyze forward phase s", "analyze setup and finalize s",
             "analyze total s", "overhead forward phase", "overhead total", "bare tok/s", "analyze tok/s",
             "activation events per token (all layers)"],
            rows, machine_info=info,

@@ -174,3 +174,17 @@ def test_public_stats_accepts_torch_and_int64(tiny_tokens):
     t = s.finalize()
     assert t.neurons["n_active"].to_list()[:3] == [3, 2, 1] and t.neurons["n_active"][63] == 1
     assert isinstance(t.layers, pl.DataFrame)
+
+
+@pytest.mark.parametrize("detail_tokens", [None, 64])
+def test_says_when_the_hosts_counting_set_the_speed(tiny_opt, tiny_tokens, monkeypatch, capsys, detail_tokens):
+    import opt_neurons.pipeline as pipeline
+
+    opt_neurons.analyze(tiny_opt, tiny_tokens, progress=True)
+    assert "set the speed" not in capsys.readouterr().out  # a CPU forward is far slower than the counting
+    real = pipeline.count_forward
+    monkeypatch.setattr(pipeline, "count_forward", lambda *a, **k: real(*a, **k) + 1000.0)  # as on a fast GPU
+    opt_neurons.analyze(tiny_opt, tiny_tokens, progress=True, detail_tokens=detail_tokens)
+    out = capsys.readouterr().out
+    assert "counting, not the device, set the speed" in out
+    assert ("detail_tokens" in out) == (detail_tokens is None)  # the advice, where it applies

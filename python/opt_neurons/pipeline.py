@@ -113,10 +113,16 @@ def analyze(
     )
     if rank == 0:
         host_memory.warn_if_short(stats, tokens.n_tokens, host_memory.available_bytes())
+    forward_started = time.time()
     counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=batch_size,
                   block_size=block_size, out_dir=out_dir, ckpt=ckpt, fingerprint=fingerprint,
                   checkpoint_every=checkpoint_every, progress=progress and rank == 0)  # fmt: skip
-    forward_s = time.time() - started
+    forward_s = time.time() - forward_started
+    if progress and rank == 0 and counting_s > 0.8 * forward_s:
+        print(f"opt-neurons: counting took {counting_s:.0f} s of the {forward_s:.0f} s forward phase: the host's "
+              f"counting, not the device, set the speed"
+              + ("" if tokens.detail is not None else " (detail_tokens, the paper's protocol, counts only "
+                 "activations past the first tokens, on the device)"))  # fmt: skip
     if world > 1:
         stats = distributed.gather_to_rank0(stats, rank, world, spool_dir=out_dir)
         if stats is None:
