@@ -53,6 +53,27 @@ def test_layer_major_streamed_from_safetensors_is_identical(model_and_tokens, pl
 
 
 @pytest.mark.parametrize("execution", ["memory", "layer"])
+@pytest.mark.parametrize("block_rows", [1, 96])
+def test_counting_in_blocks_of_batches_is_identical(model_and_tokens, plain, monkeypatch, execution, block_rows):
+    """Committed batches are counted a block of rows at a time (by default every run here is one block):
+    a core call per batch (1) and blocks of 2 batches of 2 sequences (96 rows) give the same tables."""
+    import opt_neurons.capture as capture
+
+    d, tokens = model_and_tokens
+    calls = []
+    original = opt_neurons.NeuronStats.update_layers
+    monkeypatch.setattr(opt_neurons.NeuronStats, "update_layers", lambda self, b, t, p: (calls.append(len(t)),
+                                                                                      original(self, b, t, p)))  # fmt: skip
+    monkeypatch.setattr(capture, "BLOCK_ROWS", block_rows)
+    a = opt_neurons.analyze(d, tokens, batch_size=2, block_size=6, progress=False, execution=execution)
+    if execution == "memory":  # 6 batches of 64 rows, every layer in each call
+        assert calls == ([64] * 6 if block_rows == 1 else [128] * 3)
+    else:  # a call per layer; 2 blocks of 3 batches, and a block of rows ends with its layer
+        assert calls == ([64] * 18 if block_rows == 1 else [128, 64] * 6)
+    assert_same(a, plain)
+
+
+@pytest.mark.parametrize("execution", ["memory", "layer"])
 def test_detail_tokens_counts_dead_over_all_and_the_rest_over_the_first(model_and_tokens, plain, execution):
     """The paper's protocol: dead neurons and frequency over every token, the other statistics over the
     first detail_tokens (rounded up to whole sequences). The boundary falls inside a batch and a block."""
