@@ -11,7 +11,10 @@ batch (what analyze() runs, without hooks). analyze(): the whole call, i.e. bit 
 counting on the worker thread, finalisation into tables (including suppression scores) — on a few
 sequences the fixed cost of finalisation weighs far more than over the 5 M tokens of a real run, so
 the forward phase (`metadata["forward_seconds"]`) is reported on its own too. Rounds alternate
-bare / analyze; the median counts.
+bare / analyze; the median counts. Beside wall time, the process's CPU time (all threads) of the bare
+forward and of the forward phase (`metadata["forward_cpu_seconds"]`): on a shared machine, other
+tenants stretch wall time but not this process's CPU time, and on a CPU-bound machine the counting's
+CPU time is what the analysis costs.
 
     python benches/bench_overhead.py                    # 4 sequences of 2048 tokens, batch 2, 2 rounds
     python benches/bench_overhead.py --density none
@@ -23,6 +26,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,32 +63,40 @@ def main() -> None:
     measured = calibrate_density(model, torch.from_numpy(tokens[:1]), density)
     print(f"fc1 density per layer: {np.round(measured, 4).tolist()}", flush=True)
     bare_forward(model, tokens[:1, :256], 1)  # warm-up
-    bare, full, fwd, fin = [], [], [], []
+    bare, full, fwd, fin, bare_cpu, fwd_cpu = [], [], [], [], [], []
     for r in range(a.rounds):
+        cpu0 = time.process_time()
         with Timer() as tb:
             bare_forward(model, tokens, a.batch_size)
+        bare_cpu.append(time.process_time() - cpu0)
         with Timer() as ta:
             an = opt_neurons.analyze(model, tokens, batch_size=a.batch_size, progress=False)
         bare.append(tb.wall)
         full.append(ta.wall)
         fwd.append(an.metadata["forward_seconds"])
+        fwd_cpu.append(an.metadata["forward_cpu_seconds"])
         fin.append(ta.wall - an.metadata["forward_seconds"])
         print(f"round {r}: bare {tb.wall:.2f} s, analyze {ta.wall:.2f} s (forward phase {fwd[-1]:.2f} s, "
-              f"setup and finalize {fin[-1]:.2f} s)", flush=True)  # fmt: skip
-    b, f, w, z = (statistics.median(x) for x in (bare, full, fwd, fin))
+              f"setup and finalize {fin[-1]:.2f} s); CPU seconds: bare {bare_cpu[-1]:.1f}, forward phase "
+              f"{fwd_cpu[-1]:.1f}", flush=True)  # fmt: skip
+    b, f, w, z, bc, wc = (statistics.median(x) for x in (bare, full, fwd, fin, bare_cpu, fwd_cpu))
+    cpu_overhead = statistics.median(c / d - 1 for c, d in zip(fwd_cpu, bare_cpu))
     n_tok = tokens.size
     events = float(an.neurons["n_active"].sum())
     rows = [[f"{np.mean(measured):.3f}", n_tok, a.batch_size, f"{b:.2f}", f"{w:.2f}", f"{z:.2f}", f"{f:.2f}",
-             f"{100 * (w - b) / b:+.1f}%", f"{100 * (f - b) / b:+.1f}%", f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}",
+             f"{100 * (w - b) / b:+.1f}%", f"{100 * (f - b) / b:+.1f}%", f"{bc:.1f}", f"{wc:.1f}",
+             f"{100 * cpu_overhead:+.1f}%", f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}",
              f"{events / n_tok:,.0f}"]]  # fmt: skip
     record("overhead",
            ["fc1 density", "tokens", "batch", "bare forward s", "analyze forward phase s", "analyze setup and finalize s",
-            "analyze total s", "overhead forward phase", "overhead total", "bare tok/s", "analyze tok/s",
+            "analyze total s", "overhead forward phase", "overhead total", "bare CPU s", "forward phase CPU s",
+            "CPU-time overhead (median of rounds)", "bare tok/s", "analyze tok/s",
             "activation events per token (all layers)"],
            rows, machine_info=info,
            notes="OPT-125m shape, random weights (fc1 biases shifted to the density shown), float32 on the CPU, "
                  f"torch threads {torch.get_num_threads()}; medians of {a.rounds} alternating rounds.",
-           extra={"bare_s": bare, "analyze_s": full, "forward_phase_s": fwd, "density_per_layer": measured})  # fmt: skip
+           extra={"bare_s": bare, "analyze_s": full, "forward_phase_s": fwd, "bare_cpu_s": bare_cpu,
+                  "forward_phase_cpu_s": fwd_cpu, "density_per_layer": measured})  # fmt: skip
 
 
 if __name__ == "__main__":

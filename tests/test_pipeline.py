@@ -180,8 +180,10 @@ def test_public_stats_accepts_torch_and_int64(tiny_tokens):
 def test_says_when_the_hosts_counting_set_the_speed(tiny_opt, tiny_tokens, monkeypatch, capsys, detail_tokens):
     import opt_neurons.pipeline as pipeline
 
-    opt_neurons.analyze(tiny_opt, tiny_tokens, progress=True)
+    a = opt_neurons.analyze(tiny_opt, tiny_tokens, progress=True)
     assert "set the speed" not in capsys.readouterr().out  # a CPU forward is far slower than the counting
+    m = a.metadata  # the timings behind that judgement
+    assert 0 < m["counting_seconds"] < m["forward_seconds"] < m["wall_seconds"] and m["forward_cpu_seconds"] > 0
     real = pipeline.count_forward
     monkeypatch.setattr(pipeline, "count_forward", lambda *a, **k: real(*a, **k) + 1000.0)  # as on a fast GPU
     opt_neurons.analyze(tiny_opt, tiny_tokens, progress=True, detail_tokens=detail_tokens)

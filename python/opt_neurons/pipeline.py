@@ -113,11 +113,11 @@ def analyze(
     )
     if rank == 0:
         host_memory.warn_if_short(stats, tokens.n_tokens, host_memory.available_bytes())
-    forward_started = time.time()
+    forward_started, forward_cpu_started = time.time(), time.process_time()
     counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=batch_size,
                   block_size=block_size, out_dir=out_dir, ckpt=ckpt, fingerprint=fingerprint,
                   checkpoint_every=checkpoint_every, progress=progress and rank == 0)  # fmt: skip
-    forward_s = time.time() - forward_started
+    forward_s, forward_cpu_s = time.time() - forward_started, time.process_time() - forward_cpu_started
     if progress and rank == 0 and counting_s > 0.8 * forward_s:
         print(f"opt-neurons: counting took {counting_s:.0f} s of the {forward_s:.0f} s forward phase: the host's "
               f"counting, not the device, set the speed"
@@ -158,6 +158,7 @@ def analyze(
         "python": platform.python_version(),
         "forward_seconds": forward_s,
         "counting_seconds": counting_s,
+        "forward_cpu_seconds": forward_cpu_s,  # every thread of this process, forward and counting
         "wall_seconds": time.time() - started,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "position_totals": stats.position_totals().tolist(),
