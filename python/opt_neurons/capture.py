@@ -159,9 +159,11 @@ class BitCapture:
         self.consistent = done is not None
 
     def _send_block(self) -> None:
-        if self.block:
-            self.pending.put(self.block)
-            self.block, self.block_rows = [], 0
+        # Emptied before the put: a Ctrl-C inside it loses the block (its sequences are not in the state,
+        # whose rows decide where a resume starts) rather than letting close() send it twice.
+        block, self.block, self.block_rows = self.block, [], 0
+        if block:
+            self.pending.put(block)
 
     def _consume(self) -> None:
         while True:
