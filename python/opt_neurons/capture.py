@@ -191,13 +191,17 @@ class BitCapture:
                 self.pending.task_done()
 
     def _add_sums(self) -> None:
-        """Move the committed activation counts into `stats` (the counting thread is idle)."""
+        """Move the committed activation counts into `stats` (the counting thread is idle). Each group is
+        taken out before it is added, so a Ctrl-C midway never adds one twice, and leaves the state
+        marked not resumable (some layers would lack those rows)."""
+        consistent, self.consistent = self.consistent, False
         by_rows: dict[int, dict[int, torch.Tensor]] = {}
         for layer, counts in self.sums.items():
             by_rows.setdefault(self.sum_rows[layer], {})[layer] = counts
+        self.sums, self.sum_rows = {}, {}
         for n_rows, counts_by_layer in by_rows.items():
             self.stats.add_activity_counts(counts_by_layer, n_rows)
-        self.sums, self.sum_rows = {}, {}
+        self.consistent = consistent
 
     def flush(self) -> None:
         """Put everything committed into `stats`."""
