@@ -291,3 +291,28 @@ def test_interrupted_interleaved_run_resumes_to_the_same_tables(model_and_tokens
     resumed = opt_neurons.analyze(d, tokens, batch_size=1, detail_tokens=6 * 32, progress=False, out=out)
     assert resumed.metadata["resumed_sequences"] == 5
     assert_same(resumed, opt_neurons.analyze(d, tokens, batch_size=1, detail_tokens=6 * 32, progress=False))
+
+
+def test_interrupt_while_adding_device_sums_never_counts_them_twice(model_and_tokens, tmp_path, monkeypatch):
+    """Ctrl-C right after the activation sums went into the state (at a checkpoint): the run stops without a
+    checkpoint of that state, and the rerun resumes from the one before to the same tables."""
+    d, tokens = model_and_tokens
+    out = tmp_path / "run"
+    original, calls = opt_neurons.NeuronStats.add_activity_counts, []
+
+    def add_then_interrupt(self, counts, n_rows):
+        original(self, counts, n_rows)
+        calls.append(n_rows)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(opt_neurons.NeuronStats, "add_activity_counts", add_then_interrupt)
+    run = dict(batch_size=2, detail_tokens=4 * 32, progress=False, out=out, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        opt_neurons.analyze(d, tokens, **run)
+    assert len(calls) == 2
+    progress = json.loads((out / "checkpoint" / "progress.json").read_text())
+    monkeypatch.setattr(opt_neurons.NeuronStats, "add_activity_counts", original)
+    resumed = opt_neurons.analyze(d, tokens, **run)
+    assert resumed.metadata["resumed_sequences"] == progress["sequences_done"] < len(tokens)
+    assert_same(resumed, opt_neurons.analyze(d, tokens, batch_size=2, detail_tokens=4 * 32, progress=False))
