@@ -85,7 +85,8 @@ class BitCapture:
         self.pending: queue.Queue = queue.Queue(maxsize=2)  # blocks not yet counted
         self.error: BaseException | None = None
         # Progress committed; all of it is in `stats` after `flush`. When not `consistent` (a
-        # layer-major block midway), later sequences are partly committed too: not a resumable point.
+        # layer-major block midway, or a fold of the device sums cut short), `stats` holds part of
+        # later sequences too: not a resumable point.
         self.done = Cursor()
         self.consistent = True
         # Seconds the worker spent counting (not waiting for copies or batches): when it nears the
