@@ -204,7 +204,7 @@ DIST = """
 import sys, numpy as np, opt_neurons, opt_neurons.distributed
 opt_neurons.distributed.CHUNK_BYTES = 4093
 a = opt_neurons.analyze(sys.argv[1], np.load(sys.argv[2]), batch_size=2, progress=False, out=sys.argv[3],
-                        ngram_capacity=4096)
+                        ngram_capacity=4096, detail_tokens=5 * 32)
 print("RESULT", a is not None)
 """
 
@@ -218,7 +218,8 @@ def torchrun(n: int, model: Path, tokens: Path, out: Path, port: int) -> list[st
 
 
 def test_two_processes_equal_one(model_and_tokens, tmp_path):
-    # Both runs go through torchrun so that they use the same torch thread settings (1 per process).
+    # Both runs go through torchrun so that they use the same torch thread settings (1 per process). With
+    # detail_tokens, each rank gets a share of both parts (rank 1's detail sequences sit mid-data).
     d, tokens = model_and_tokens
     np.save(tmp_path / "t.npy", tokens)
     stale = tmp_path / "two" / "opt-neurons-gather" / "rank1.state"  # as a crashed run would leave it
@@ -228,6 +229,7 @@ def test_two_processes_equal_one(model_and_tokens, tmp_path):
     assert torchrun(1, d, tmp_path / "t.npy", tmp_path / "one", 29534) == ["RESULT True"]
     merged, single = opt_neurons.load(tmp_path / "two"), opt_neurons.load(tmp_path / "one")
     assert merged.metadata["world_size"] == 2 and single.metadata["world_size"] == 1
+    assert merged.metadata["detail_tokens"] == 5 * 32 and merged.metadata["n_tokens"] == tokens.size
     assert not (tmp_path / "two" / "opt-neurons-gather").exists()  # spooled states are removed, stale ones too
     assert_same(merged, single)
 
