@@ -342,52 +342,23 @@ impl<K: TableKey> CountTable<K> {
         self.slots.iter().filter(|s| !s.is_free()).map(|s| s.get().1)
     }
 
-    /// Subtract `t` from every count and drop the entries that reach 0 (or less), in place: freed
-    /// slots are then closed up by moving back the entries whose probe path crossed one.
+    /// Subtract `t` from every count and drop the entries that reach 0 (or less): the survivors
+    /// are gathered without branches (which slots survive is unpredictable) and put back into the
+    /// cleared table.
     pub fn subtract(&mut self, t: u32) {
-        let n = self.slots.len();
-        let Some(start) = self.slots.iter().position(|s| s.is_free()) else {
-            return; // no table (tables are at most 3/4 full)
-        };
-        // Branch-free: which slots survive is unpredictable. Survivors have count > 0.
-        let (mut len, mut n_big) = (0, 0);
-        for (s, tag) in self.slots.iter_mut().zip(self.tags.iter_mut()) {
+        if self.slots.is_empty() {
+            return;
+        }
+        // Every slot is written at `n`; only survivors (count > t, hence > 0 after) move it on.
+        let mut kept = vec![(K::EMPTY, 0u32); self.len + 1];
+        let mut n = 0;
+        for s in &self.slots {
             let (k, c) = s.get();
-            let keep = (k != K::EMPTY) & (c > t);
-            let left = c.wrapping_sub(t) & 0u32.wrapping_sub(keep as u32);
-            *s = Slot { key: k.or_empty(keep), count: left };
-            *tag = if keep { *tag } else { EMPTY_TAG };
-            len += keep as usize;
-            n_big += (left >= 2) as usize;
+            kept[n] = (k, c.wrapping_sub(t));
+            n += ((k != K::EMPTY) & (c > t)) as usize;
         }
-        self.tags.copy_within(0..GROUP, n);
-        (self.len, self.n_big, self.n_zero) = (len, n_big, 0);
-        // Linear probing: an entry must be reachable from its home without crossing a free slot.
-        // `start` was free before, so no probe path crosses it: going once round from there, every
-        // entry's path lies in slots already settled, and an entry moves to the first free slot
-        // from its home (at or before where it is).
-        let mask = n - 1;
-        for step in 1..n {
-            let i = (start + step) & mask;
-            let s = self.slots[i];
-            if s.is_free() {
-                continue;
-            }
-            let mut j = self.home(s.key);
-            if j == i {
-                continue;
-            }
-            while !self.slots[j].is_free() && j != i {
-                j = (j + 1) & mask;
-            }
-            if j != i {
-                self.slots[j] = s;
-                self.slots[i] = Slot { key: K::EMPTY, count: 0 };
-                let tag = self.tags[i];
-                self.set_tag(j, tag);
-                self.set_tag(i, EMPTY_TAG);
-            }
-        }
+        let size = self.slots.len();
+        self.rebuild(size, kept[..n].iter().copied());
     }
 
     /// How many entries have count c, for c < B - 1; bucket B - 1 holds the counts >= B - 1.
