@@ -19,8 +19,6 @@ use std::marker::PhantomData;
 pub trait TableKey: Copy + Eq + std::fmt::Debug {
     const EMPTY: Self;
     fn hash64(self) -> u64;
-    /// `self` if `keep`, else EMPTY, without a branch.
-    fn or_empty(self, keep: bool) -> Self;
 }
 
 impl TableKey for u64 {
@@ -30,11 +28,6 @@ impl TableKey for u64 {
     fn hash64(self) -> u64 {
         self
     }
-    #[inline(always)]
-    fn or_empty(self, keep: bool) -> Self {
-        let m = 0u64.wrapping_sub(keep as u64);
-        (self & m) | (Self::EMPTY & !m)
-    }
 }
 
 impl TableKey for u32 {
@@ -42,11 +35,6 @@ impl TableKey for u32 {
     #[inline(always)]
     fn hash64(self) -> u64 {
         self as u64
-    }
-    #[inline(always)]
-    fn or_empty(self, keep: bool) -> Self {
-        let m = 0u32.wrapping_sub(keep as u32);
-        (self & m) | (Self::EMPTY & !m)
     }
 }
 
