@@ -35,10 +35,14 @@ class TokenData:
         """tokens_before()[k]: the tokens (rows) of the first k sequences, k = 0 .. n_sequences."""
         return np.concatenate([[0], np.cumsum(self.lengths)])
 
+    @property
+    def n_detail(self) -> int:
+        """How many sequences (the first ones) get every statistic."""
+        return len(self.lengths) if self.detail is None else self.detail
+
     def detail_rows(self, begin: int, end: int) -> int:
         """Rows of sequences [begin, end) that get every statistic (a prefix of their rows)."""
-        stop = end if self.detail is None else min(end, max(begin, self.detail))
-        return int(self.lengths[begin:stop].sum())
+        return int(self.lengths[begin : min(end, max(begin, self.n_detail))].sum())
 
     def with_detail_tokens(self, detail_tokens: int | None) -> TokenData:
         """Every statistic over the first sequences holding at least `detail_tokens` tokens (None or

@@ -40,7 +40,7 @@ def device_for_rank() -> torch.device | None:
 def shard(data: TokenData, rank: int, world: int) -> TokenData:
     """This rank's share: a contiguous slice of the detail sequences (every statistic) and one of the
     others (activation counts only), so that each rank has as much of the host's counting as the next."""
-    d = len(data.lengths) if data.detail is None else data.detail
+    d = data.n_detail
     parts = [(lo + rank * (hi - lo) // world, lo + (rank + 1) * (hi - lo) // world)
              for lo, hi in ((0, d), (d, len(data.lengths)))]
     take = np.r_[tuple(slice(a, b) for a, b in parts)]

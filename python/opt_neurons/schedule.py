@@ -37,10 +37,6 @@ class Cursor:
 Batch = tuple[int, int, Cursor]  # sequences [begin, end), and the progress once they are counted
 
 
-def n_detail(data: TokenData) -> int:
-    return len(data.lengths) if data.detail is None else data.detail
-
-
 def batches(data: TokenData, begin: int, end: int, batch_size: int) -> list[tuple[int, int]]:
     """[begin, end) ranges of consecutive sequences of equal length in [begin, end), at most
     batch_size each."""
@@ -58,7 +54,7 @@ def batches(data: TokenData, begin: int, end: int, batch_size: int) -> list[tupl
 def interleaved(data: TokenData, start: Cursor, batch_size: int, host_busy: Callable[[], bool]) -> Iterator[Batch]:
     """Detail batches in order, with batches of the other sequences in between whenever
     `host_busy()`: the host has a detail batch waiting already (`lambda: False`: all detail first)."""
-    d = n_detail(data)
+    d = data.n_detail
     detail = deque(batches(data, start.detail, d, batch_size))
     other = deque(batches(data, d + start.other, len(data.lengths), batch_size))
     at = start
@@ -86,7 +82,7 @@ def blocks(data: TokenData, start: Cursor, batch_size: int, block_size: int) -> 
 def tokens_done(data: TokenData, at: Cursor, before: np.ndarray | None = None) -> int:
     """Tokens of the sequences `at` covers (`before`: data.tokens_before(), if at hand)."""
     before = data.tokens_before() if before is None else before
-    d = n_detail(data)
+    d = data.n_detail
     return int(before[at.detail] + before[d + at.other] - before[d])
 
 
@@ -94,7 +90,7 @@ def cursor_of(data: TokenData, rows: int, detail_rows: int) -> Cursor | None:
     """The progress a state of `rows` rows, `detail_rows` of them with every statistic, stands for;
     None when those are no whole numbers of this data's sequences of each part."""
     before = data.tokens_before()
-    d = n_detail(data)
+    d = data.n_detail
     k = np.flatnonzero(before[: d + 1] == detail_rows)
     m = np.flatnonzero(before[d:] - before[d] == rows - detail_rows)
     if not len(k) or not len(m):
