@@ -7,11 +7,13 @@ weights, float32. Random weights make ~50% of fc1 outputs positive; trained OPT 
 give `--density` (5%) on the data; `--density none` keeps the raw random model (the worst case).
 
 Bare: `model.model.decoder(input_ids=batch, use_cache=False)` under torch.inference_mode, batch after
-batch (what analyze() runs, without hooks). analyze(): the whole call, i.e. bit capture on every fc1,
+batch (what a user's hooks run). analyze() ends each pass at the last layer's fc1 (nothing after it
+feeds a statistic), so a second bare forward ending there too gives the counting's own overhead
+(and how much the early end saves). analyze(): the whole call, i.e. bit capture on every fc1,
 counting on the worker thread, finalisation into tables (including suppression scores) — on a few
 sequences the fixed cost of finalisation weighs far more than over the 5 M tokens of a real run, so
 the forward phase (`metadata["forward_seconds"]`) is reported on its own too. Rounds alternate
-bare / analyze; the median counts. Beside wall time, the process's CPU time (all threads) of the bare
+bare / bare to the last fc1 / analyze; the median counts. Beside wall time, the process's CPU time (all threads) of the bare
 forward and of the forward phase (`metadata["forward_cpu_seconds"]`): on a shared machine, other
 tenants stretch wall time but not this process's CPU time, and on a CPU-bound machine the counting's
 CPU time is what the analysis costs.
@@ -38,13 +40,15 @@ import torch  # noqa: E402
 from _common import Timer, calibrate_density, machine, random_opt, record, zipf_tokens  # noqa: E402
 
 import opt_neurons  # noqa: E402
+from opt_neurons.executors import ending_at  # noqa: E402
 
 
-def bare_forward(model, tokens: np.ndarray, batch_size: int) -> None:
+def bare_forward(model, tokens: np.ndarray, batch_size: int, to_last_fc1: bool = False) -> None:
+    """The whole decoder per batch, or (to_last_fc1) ending where analyze()'s passes end."""
     decoder = model.model.decoder
-    with torch.inference_mode():
+    with torch.inference_mode(), ending_at(decoder.layers[-1].fc1, enabled=to_last_fc1) as run:
         for b in range(0, len(tokens), batch_size):
-            decoder(input_ids=torch.from_numpy(tokens[b : b + batch_size]), use_cache=False)
+            run(lambda: decoder(input_ids=torch.from_numpy(tokens[b : b + batch_size]), use_cache=False))
 
 
 def main() -> None:
@@ -63,12 +67,15 @@ def main() -> None:
     measured = calibrate_density(model, torch.from_numpy(tokens[:1]), density)
     print(f"fc1 density per layer: {np.round(measured, 4).tolist()}", flush=True)
     bare_forward(model, tokens[:1, :256], 1)  # warm-up
-    bare, full, fwd, fin, bare_cpu, fwd_cpu = [], [], [], [], [], []
+    bare, full, fwd, fin, bare_cpu, fwd_cpu, short = [], [], [], [], [], [], []
     for r in range(a.rounds):
         cpu0 = time.process_time()
         with Timer() as tb:
             bare_forward(model, tokens, a.batch_size)
         bare_cpu.append(time.process_time() - cpu0)
+        with Timer() as ts:
+            bare_forward(model, tokens, a.batch_size, to_last_fc1=True)
+        short.append(ts.wall)
         with Timer() as ta:
             an = opt_neurons.analyze(model, tokens, batch_size=a.batch_size, progress=False)
         bare.append(tb.wall)
@@ -76,26 +83,31 @@ def main() -> None:
         fwd.append(an.metadata["forward_seconds"])
         fwd_cpu.append(an.metadata["forward_cpu_seconds"])
         fin.append(ta.wall - an.metadata["forward_seconds"])
-        print(f"round {r}: bare {tb.wall:.2f} s, analyze {ta.wall:.2f} s (forward phase {fwd[-1]:.2f} s, "
+        print(f"round {r}: bare {tb.wall:.2f} s, bare to the last fc1 {ts.wall:.2f} s, analyze {ta.wall:.2f} s (forward phase {fwd[-1]:.2f} s, "
               f"setup and finalize {fin[-1]:.2f} s); CPU seconds: bare {bare_cpu[-1]:.1f}, forward phase "
               f"{fwd_cpu[-1]:.1f}", flush=True)  # fmt: skip
     b, f, w, z, bc, wc = (statistics.median(x) for x in (bare, full, fwd, fin, bare_cpu, fwd_cpu))
     cpu_overhead = statistics.median(c / d - 1 for c, d in zip(fwd_cpu, bare_cpu))
+    # The counting's own cost: against a bare forward that also ends at the last fc1.
+    counting_overhead = statistics.median(x / y - 1 for x, y in zip(fwd, short))
+    saved = statistics.median(1 - y / x for x, y in zip(bare, short))
     n_tok = tokens.size
     events = float(an.neurons["n_active"].sum())
     rows = [[f"{np.mean(measured):.3f}", n_tok, a.batch_size, f"{b:.2f}", f"{w:.2f}", f"{z:.2f}", f"{f:.2f}",
              f"{100 * (w - b) / b:+.1f}%", f"{100 * (f - b) / b:+.1f}%", f"{bc:.1f}", f"{wc:.1f}",
-             f"{100 * cpu_overhead:+.1f}%", f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}",
+             f"{100 * cpu_overhead:+.1f}%", f"{100 * saved:.1f}%", f"{100 * counting_overhead:+.1f}%",
+             f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}",
              f"{events / n_tok:,.0f}"]]  # fmt: skip
     record("overhead",
            ["fc1 density", "tokens", "batch", "bare forward s", "analyze forward phase s", "analyze setup and finalize s",
             "analyze total s", "overhead forward phase", "overhead total", "bare CPU s", "forward phase CPU s",
-            "CPU-time overhead (median of rounds)", "bare tok/s", "analyze tok/s",
+            "CPU-time overhead (median of rounds)", "ending at the last fc1 saves (median)",
+            "overhead vs bare ending there (median)", "bare tok/s", "analyze tok/s",
             "activation events per token (all layers)"],
            rows, machine_info=info,
            notes="OPT-125m shape, random weights (fc1 biases shifted to the density shown), float32 on the CPU, "
                  f"torch threads {torch.get_num_threads()}; medians of {a.rounds} alternating rounds.",
-           extra={"bare_s": bare, "analyze_s": full, "forward_phase_s": fwd, "bare_cpu_s": bare_cpu,
+           extra={"bare_s": bare, "bare_to_last_fc1_s": short, "analyze_s": full, "forward_phase_s": fwd, "bare_cpu_s": bare_cpu,
                   "forward_phase_cpu_s": fwd_cpu, "density_per_layer": measured})  # fmt: skip
 
 

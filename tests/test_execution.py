@@ -104,6 +104,29 @@ def test_layer_major_from_host_memory_is_identical(model_and_tokens, plain):
     assert_same(a, plain)
 
 
+@pytest.mark.parametrize("execution", ["memory", "layer", "memory with accelerate hooks"])
+def test_forward_passes_end_at_the_last_fc1(model_and_tokens, plain, execution):
+    """Nothing after the last layer's fc1 feeds a statistic: its fc2 and the final LayerNorm never run,
+    and the tables are those of whole forward passes. Not under accelerate's hooks (offload), whose
+    post-forward steps must run."""
+    from transformers import OPTForCausalLM
+
+    d, tokens = model_and_tokens
+    model = OPTForCausalLM.from_pretrained(d).eval()
+    decoder = model.model.decoder
+    calls = {"fc2 of layer 0": 0, "fc2 of the last layer": 0, "final LayerNorm": 0}
+    for name, module in [("fc2 of layer 0", decoder.layers[0].fc2), ("fc2 of the last layer", decoder.layers[-1].fc2),
+                         ("final LayerNorm", decoder.final_layer_norm)]:  # fmt: skip
+        module.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    hooked = execution.endswith("hooks")
+    if hooked:
+        decoder.layers[1]._hf_hook = object()  # what accelerate's dispatch leaves on a module
+    a = opt_neurons.analyze(model, tokens, batch_size=2, block_size=4, progress=False, execution=execution.split()[0])
+    assert calls["fc2 of layer 0"] == 6  # 6 batches
+    assert calls["fc2 of the last layer"] == calls["final LayerNorm"] == (6 if hooked else 0)
+    assert_same(a, plain)
+
+
 def test_offloaded_to_disk_is_identical(model_and_tokens, plain, tmp_path):
     d, tokens = model_and_tokens
     a = opt_neurons.analyze(d, tokens, batch_size=2, progress=False, device_map="auto",

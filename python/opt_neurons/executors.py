@@ -33,6 +33,38 @@ def rows_of(data: TokenData, begin: int, end: int) -> tuple[np.ndarray, np.ndarr
     return ids, ids.reshape(-1), np.tile(np.arange(length), end - begin)
 
 
+class _ForwardDone(Exception):
+    """Raised by the last layer's fc1 hook: nothing after that output feeds a statistic."""
+
+
+@contextlib.contextmanager
+def ending_at(fc1: torch.nn.Module, enabled: bool = True) -> Iterator[Callable[[Callable[[], Any]], Any]]:
+    """Forward passes end once `fc1` (the last layer's, hooked after the bit capture) has run: its
+    layer's fc2, the final LayerNorm and project_out would cost ~1/(3L) of the weights' work for
+    nothing. Yields `run(forward)`: forward's result, or None when the pass ended there. Not with
+    accelerate's hooks (offload), whose post-forward steps would be skipped."""
+
+    def stop(module: Any, inputs: Any, output: Any) -> None:
+        raise _ForwardDone
+
+    def run(forward: Callable[[], Any]) -> Any:
+        try:
+            return forward()
+        except _ForwardDone:
+            return None
+
+    handle = fc1.register_forward_hook(stop) if enabled else None
+    try:
+        yield run
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def has_accelerate_hooks(model: torch.nn.Module) -> bool:
+    return any(hasattr(m, "_hf_hook") for m in model.modules())
+
+
 @contextlib.contextmanager
 def out_of_memory_hint(batch_size: int) -> Iterator[None]:
     try:
@@ -50,11 +82,13 @@ def run_memory(lm: LoadedModel, data: TokenData, capture: BitCapture, *, start: 
     """Every batch through the whole decoder (no LM head); with a device_map accelerate moves weights.
     Activation-only batches fill the time the host needs to count the detail ones (schedule.py)."""
     decoder = lm.model.model.decoder
-    with torch.inference_mode(), out_of_memory_hint(batch_size):
+    last_fc1 = decoder_layers(lm.model)[-1].fc1
+    with torch.inference_mode(), out_of_memory_hint(batch_size), \
+            ending_at(last_fc1, enabled=not has_accelerate_hooks(lm.model)) as run:  # fmt: skip
         for begin, end, done in schedule.interleaved(data, start, batch_size, capture.busy):
             ids, flat, pos = rows_of(data, begin, end)
             capture.set_rows(flat, pos, data.detail_rows(begin, end))
-            decoder(input_ids=torch.from_numpy(ids).to(lm.device), use_cache=False)
+            run(lambda: decoder(input_ids=torch.from_numpy(ids).to(lm.device), use_cache=False))
             capture.commit(done)
             on_progress(done)
     capture.flush()
@@ -143,7 +177,8 @@ def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, sourc
     decoder = lm.model.model.decoder
     device = source.device
     pin = device.type == "cuda"
-    with torch.inference_mode(), out_of_memory_hint(batch_size):
+    last = len(source.layers) - 1
+    with torch.inference_mode(), out_of_memory_hint(batch_size), ending_at(source.layers[last].fc1) as run:
         for block in schedule.blocks(data, start, batch_size, block_size):
             hidden = []
             for begin, end, _ in block:
@@ -159,9 +194,10 @@ def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, sourc
                                                   cache=None)  # fmt: skip
                         positions = torch.arange(h.shape[1], device=device).expand(h.shape[0], -1)
                         capture.set_rows(flat, pos, data.detail_rows(begin, end))
-                        out = layer(h, attention_mask=mask, position_ids=positions)
+                        out = run(lambda: layer(h, attention_mask=mask, position_ids=positions))
                         capture.commit(None)  # part of a block: not a resumable point
-                        hidden[k] = out.to("cpu").pin_memory() if pin else out.to("cpu")
+                        if out is not None:  # None: the last layer, ended at its fc1
+                            hidden[k] = out.to("cpu").pin_memory() if pin else out.to("cpu")
             done = block[-1][2]
             capture.commit(done)  # nothing more to hand over: every layer of the block is committed
             on_progress(done)
