@@ -67,48 +67,52 @@ def main() -> None:
     measured = calibrate_density(model, torch.from_numpy(tokens[:1]), density)
     print(f"fc1 density per layer: {np.round(measured, 4).tolist()}", flush=True)
     bare_forward(model, tokens[:1, :256], 1)  # warm-up
-    bare, full, fwd, fin, bare_cpu, fwd_cpu, short = [], [], [], [], [], [], []
+    bare, bare_cpu, short = [], [], []
+    x: dict[str, list] = {"total": [], "fwd": [], "fwd_cpu": [], "count": []}
     for r in range(a.rounds):
         cpu0 = time.process_time()
         with Timer() as tb:
             bare_forward(model, tokens, a.batch_size)
         bare_cpu.append(time.process_time() - cpu0)
+        bare.append(tb.wall)
         with Timer() as ts:
             bare_forward(model, tokens, a.batch_size, to_last_fc1=True)
         short.append(ts.wall)
         with Timer() as ta:
             an = opt_neurons.analyze(model, tokens, batch_size=a.batch_size, progress=False)
-        bare.append(tb.wall)
-        full.append(ta.wall)
-        fwd.append(an.metadata["forward_seconds"])
-        fwd_cpu.append(an.metadata["forward_cpu_seconds"])
-        fin.append(ta.wall - an.metadata["forward_seconds"])
-        print(f"round {r}: bare {tb.wall:.2f} s, bare to the last fc1 {ts.wall:.2f} s, analyze {ta.wall:.2f} s (forward phase {fwd[-1]:.2f} s, "
-              f"setup and finalize {fin[-1]:.2f} s); CPU seconds: bare {bare_cpu[-1]:.1f}, forward phase "
-              f"{fwd_cpu[-1]:.1f}", flush=True)  # fmt: skip
-    b, f, w, z, bc, wc = (statistics.median(x) for x in (bare, full, fwd, fin, bare_cpu, fwd_cpu))
-    cpu_overhead = statistics.median(c / d - 1 for c, d in zip(fwd_cpu, bare_cpu))
-    # The counting's own cost: against a bare forward that also ends at the last fc1.
-    counting_overhead = statistics.median(x / y - 1 for x, y in zip(fwd, short))
-    saved = statistics.median(1 - y / x for x, y in zip(bare, short))
+        m = an.metadata
+        for key, value in [("total", ta.wall), ("fwd", m["forward_seconds"]), ("fwd_cpu", m["forward_cpu_seconds"]),
+                           ("count", m["counting_seconds"])]:  # fmt: skip
+            x[key].append(value)
+        print(f"round {r}: bare {tb.wall:.2f} s ({bare_cpu[-1]:.1f} CPU-s), bare to the last fc1 {ts.wall:.2f} s; "
+              f"analyze: forward phase {m['forward_seconds']:.2f} s ({m['forward_cpu_seconds']:.1f} CPU-s, counting "
+              f"{m['counting_seconds']:.2f} s), whole call {ta.wall:.2f} s", flush=True)  # fmt: skip
+    b, bc = statistics.median(bare), statistics.median(bare_cpu)
+    w, f = statistics.median(x["fwd"]), statistics.median(x["total"])
+    # Per-round ratios (each against the bare forward of its own round), then their median.
+    over = [v / y - 1 for v, y in zip(x["fwd"], bare)]
+    over_short = [v / y - 1 for v, y in zip(x["fwd"], short)]
+    over_cpu = [c / y - 1 for c, y in zip(x["fwd_cpu"], bare_cpu)]
+    saved = statistics.median(1 - y / v for v, y in zip(bare, short))
     n_tok = tokens.size
     events = float(an.neurons["n_active"].sum())
-    rows = [[f"{np.mean(measured):.3f}", n_tok, a.batch_size, f"{b:.2f}", f"{w:.2f}", f"{z:.2f}", f"{f:.2f}",
-             f"{100 * (w - b) / b:+.1f}%", f"{100 * (f - b) / b:+.1f}%", f"{bc:.1f}", f"{wc:.1f}",
-             f"{100 * cpu_overhead:+.1f}%", f"{100 * saved:.1f}%", f"{100 * counting_overhead:+.1f}%",
-             f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}",
-             f"{events / n_tok:,.0f}"]]  # fmt: skip
+    rows = [[f"{np.mean(measured):.3f}", n_tok, a.batch_size, f"{b:.2f}", f"{w:.2f}", f"{f - w:.2f}", f"{f:.2f}",
+             f"**{100 * statistics.median(over):+.1f}%** (rounds " + ", ".join(f"{100 * o:+.1f}%" for o in over) + ")",
+             f"{100 * (f - b) / b:+.1f}%", f"{bc:.1f}", f"{statistics.median(x['fwd_cpu']):.1f}",
+             f"{100 * statistics.median(over_cpu):+.1f}%", f"{100 * saved:.1f}%",
+             f"{100 * statistics.median(over_short):+.1f}%", f"{statistics.median(x['count']):.2f}",
+             f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}", f"{events / n_tok:,.0f}"]]  # fmt: skip
     record("overhead",
-           ["fc1 density", "tokens", "batch", "bare forward s", "analyze forward phase s", "analyze setup and finalize s",
-            "analyze total s", "overhead forward phase", "overhead total", "bare CPU s", "forward phase CPU s",
-            "CPU-time overhead (median of rounds)", "ending at the last fc1 saves (median)",
-            "overhead vs bare ending there (median)", "bare tok/s", "analyze tok/s",
-            "activation events per token (all layers)"],
+           ["fc1 density", "tokens", "batch", "bare forward s", "analyze forward phase s",
+            "analyze setup and finalize s", "analyze total s", "overhead forward phase (median of rounds)",
+            "overhead total", "bare CPU s", "forward phase CPU s", "CPU-time overhead (median of rounds)",
+            "ending at the last fc1 saves (median)", "overhead vs bare ending there (median)", "counting s",
+            "bare tok/s", "analyze tok/s", "activation events per token (all layers)"],
            rows, machine_info=info,
            notes="OPT-125m shape, random weights (fc1 biases shifted to the density shown), float32 on the CPU, "
                  f"torch threads {torch.get_num_threads()}; medians of {a.rounds} alternating rounds.",
-           extra={"bare_s": bare, "bare_to_last_fc1_s": short, "analyze_s": full, "forward_phase_s": fwd, "bare_cpu_s": bare_cpu,
-                  "forward_phase_cpu_s": fwd_cpu, "density_per_layer": measured})  # fmt: skip
+           extra={"bare_s": bare, "bare_to_last_fc1_s": short, "bare_cpu_s": bare_cpu, "analyze": x,
+                  "density_per_layer": measured})  # fmt: skip
 
 
 if __name__ == "__main__":
