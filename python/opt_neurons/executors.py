@@ -177,8 +177,9 @@ def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, sourc
     decoder = lm.model.model.decoder
     device = source.device
     pin = device.type == "cuda"
-    last = len(source.layers) - 1
-    with torch.inference_mode(), out_of_memory_hint(batch_size), ending_at(source.layers[last].fc1) as run:
+    last_fc1 = source.layers[-1].fc1
+    with torch.inference_mode(), out_of_memory_hint(batch_size), \
+            ending_at(last_fc1, enabled=not has_accelerate_hooks(lm.model)) as run:  # fmt: skip
         for block in schedule.blocks(data, start, batch_size, block_size):
             hidden = []
             for begin, end, _ in block:
