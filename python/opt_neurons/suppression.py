@@ -21,10 +21,12 @@ CHUNK = 256
 
 
 @torch.inference_mode()
-def value_scores(model: Any, layer: int, neurons: list[int]) -> torch.Tensor:
-    """(vocab, len(neurons)) float32 scores of the neurons' value vectors against the unembedding."""
+def value_scores(model: Any, layer: int, neurons: list[int], tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """(vocab, len(neurons)) float32 scores of the neurons' value vectors against the unembedding, or
+    only the rows of `tokens` (sorted ids): (len(tokens), len(neurons))."""
     fc2 = decoder_layers(model)[layer].fc2
-    w_u = model.get_output_embeddings().weight.float()  # once per call: the vocabulary is large
+    w_u = model.get_output_embeddings().weight
+    w_u = (w_u if tokens is None else w_u[tokens.to(w_u.device)]).float()  # once per call: the vocabulary is large
     project = output_projection(model)
     proj = project.weight.float().to(fc2.weight.device) if project is not None else None
     idx = torch.tensor(neurons, device=fc2.weight.device, dtype=torch.long)
@@ -60,20 +62,23 @@ def suppression_columns(model: Any, neurons: pl.DataFrame, t: Thresholds, materi
         rows = np.flatnonzero(det & (layer_col == layer))
         pool = neuron_col[plain_alive & (layer_col == layer)]
         draws = rng.choice(pool, size=(len(rows), t.baseline_draws)) if len(pool) and t.baseline_draws else None
+        toks_of = [torch.tensor(detected[r]) for r in rows]
         with materialize(layer) if materialize else contextlib.nullcontext():
+            # Ranks need a detector's scores over the whole vocabulary; the baseline only those of the
+            # layer's detected tokens, under the drawn neurons.
             scores = value_scores(model, layer, neuron_col[rows].tolist())
             if draws is not None:
-                uniq = np.unique(draws)
-                base_scores = value_scores(model, layer, uniq.tolist())
+                uniq, needed = np.unique(draws), torch.unique(torch.cat(toks_of))
+                base_scores = value_scores(model, layer, uniq.tolist(), tokens=needed)
         for j, r in enumerate(rows):
-            toks = torch.tensor(detected[r])
+            toks = toks_of[j]
             col = scores[:, j]
             score[r] = float(col[toks].mean())
             flag[r] = score[r] < 0
             ranks[r] = ranks_below(col, toks)
             if draws is not None:
-                cols = base_scores[:, np.searchsorted(uniq, draws[j])]
-                baseline[r] = float((cols[toks].mean(dim=0) < 0).float().mean())
+                cols = base_scores[torch.searchsorted(needed, toks)][:, np.searchsorted(uniq, draws[j])]
+                baseline[r] = float((cols.mean(dim=0) < 0).float().mean())
     return pl.DataFrame(
         {
             "suppression_score": pl.Series(score, dtype=pl.Float64).fill_nan(None),
