@@ -79,8 +79,9 @@ def out_of_memory_hint(batch_size: int) -> Iterator[None]:
 
 def run_memory(lm: LoadedModel, data: TokenData, capture: BitCapture, *, start: schedule.Cursor, batch_size: int,
                on_progress: Callable[[schedule.Cursor], None]) -> None:  # fmt: skip
-    """Every batch through the whole decoder (no LM head); with a device_map accelerate moves weights.
-    Activation-only batches fill the time the host needs to count the detail ones (schedule.py)."""
+    """Every batch through the decoder up to the last fc1 (see ending_at; no LM head); with a device_map
+    accelerate moves weights (and the whole decoder runs). Activation-only batches fill the time the
+    host needs to count the detail ones (schedule.py)."""
     decoder = lm.model.model.decoder
     last_fc1 = decoder_layers(lm.model)[-1].fc1
     with torch.inference_mode(), out_of_memory_hint(batch_size), \
