@@ -13,7 +13,8 @@ feeds a statistic), so a second bare forward ending there too gives the counting
 counting on the worker thread, finalisation into tables (including suppression scores) — on a few
 sequences the fixed cost of finalisation weighs far more than over the 5 M tokens of a real run, so
 the forward phase (`metadata["forward_seconds"]`) is reported on its own too. Rounds alternate
-bare / bare to the last fc1 / analyze; the median counts. Beside wall time, the process's CPU time (all threads) of the bare
+bare / bare to the last fc1 / analyze; each round's ratio is taken against its own bare forward, and
+the median of those ratios counts. Beside wall time, the process's CPU time (all threads) of the bare
 forward and of the forward phase (`metadata["forward_cpu_seconds"]`): on a shared machine, other
 tenants stretch wall time but not this process's CPU time, and on a CPU-bound machine the counting's
 CPU time is what the analysis costs.
