@@ -669,7 +669,7 @@ def test_positions_without_tokens_are_skipped_by_the_smoothing():
 @given(n_layers=st.integers(1, 4), n_neurons=st.sampled_from([1, 65, 300, 600]), split=st.integers(0, 6),
        seed=st.integers(0, 2**32 - 1))  # fmt: skip
 def test_multi_layer_updates_equal_one_call_per_layer(n_layers, n_neurons, split, seed):
-    """update_layers (one parallel pass over all layers) and add_activity_counts (activation-only rows
+    """update_layers (one parallel pass over all layers, bits in chunks of rows) and add_activity_counts (activation-only rows
     summed per neuron, as the GPU does) leave exactly the state that one update / update_activity call
     per layer leaves, layer 0 (the data's counts) or not."""
     rng = np.random.default_rng(seed)
@@ -684,8 +684,9 @@ def test_multi_layer_updates_equal_one_call_per_layer(n_layers, n_neurons, split
                 one.update(l, bits[l], s.token_ids[lo:hi], s.positions[lo:hi])
             else:
                 one.update_activity(l, bits[l])
-        if full:
-            many.update_layers(bits, s.token_ids[lo:hi], s.positions[lo:hi])
+        if full:  # each layer's bits in chunks of rows, as a block of batches arrives (some may be empty)
+            chunks = {l: np.array_split(b, rng.integers(1, 5)) for l, b in bits.items()}
+            many.update_layers(chunks, s.token_ids[lo:hi], s.positions[lo:hi])
         else:
             many.add_activity_counts({l: s.acts[l, lo:hi].sum(0) for l in order}, hi - lo)
     assert many.to_bytes() == one.to_bytes()
@@ -695,11 +696,13 @@ def test_multi_layer_update_errors_change_nothing():
     s = tiny(n_layers=3)
     bits, t, p = rows()
     with pytest.raises(ValueError, match=r"layer 1 is given twice"):
-        s._core.update_layers([0, 1, 1], [bits, bits, bits], t, p)
-    with pytest.raises(ValueError, match=r"2 layers but 1 bitmasks"):
-        s._core.update_layers([0, 1], [bits], t, p)
+        s._core.update_layers([0, 1, 1], [[bits], [bits], [bits]], t, p)
+    with pytest.raises(ValueError, match=r"2 layers but 1 bitmask lists"):
+        s._core.update_layers([0, 1], [[bits]], t, p)
     with pytest.raises(ValueError, match=r"layer 1 has 3 bitmask rows, layer 0 has 4"):
         s.update_layers({0: bits, 1: bits[:3]}, t, p)
+    with pytest.raises(ValueError, match=r"layer 1 has 5 bitmask rows, layer 0 has 4"):
+        s.update_layers({0: [bits[:1], bits[1:]], 1: [bits, bits[:1]]}, t, p)
     counts = np.ones(65, np.uint64)
     with pytest.raises(ValueError, match=r"an activation count of 5 exceeds the 4 rows counted"):
         s.add_activity_counts({0: counts, 1: counts * 5}, 4)
@@ -715,6 +718,8 @@ def test_multi_layer_update_errors_change_nothing():
         s.update_layers({0: bits, 1: bits}, t[:3], p[:3])
     with pytest.raises(ValueError, match=r"bitmasks of 1 and 2 words per row"):
         s.update_layers({0: bits, 1: bits[:, :1]}, t, p)
+    with pytest.raises(ValueError, match=r"bitmasks of 1 and 2 words per row"):
+        s.update_layers({0: bits, 1: [bits[:2], bits[2:, :1]]}, t, p)
     assert s.rows == 0 and s._core.layer_rows().tolist() == [0, 0, 0]
     s.update_layers({2: bits, 0: bits, 1: bits}, t, p)
     assert s.rows == 4 and s._core.layer_rows().tolist() == [4, 4, 4]

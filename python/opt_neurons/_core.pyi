@@ -40,7 +40,7 @@ class NeuronStats:
     def update_layers(
         self,
         layers: Sequence[int],
-        bits: Sequence[npt.NDArray[np.uint64]],
+        bits: Sequence[Sequence[npt.NDArray[np.uint64]]],
         token_ids: npt.NDArray[np.uint32],
         positions: npt.NDArray[np.uint32],
     ) -> None: ...

@@ -181,10 +181,11 @@ class BitCapture:
                             event.synchronize()
                         parts[layer].append(packed.numpy().view(np.uint64))
                 t0 = time.perf_counter()
-                bits = {layer: _joined(p) for layer, p in parts.items()}
                 tokens, positions = _joined([t for _, t, _ in block]), _joined([p for _, _, p in block])
-                # Every layer of the block in one call: one parallel pass over every layer's neurons.
-                self.stats.update_layers(bits, tokens, positions)
+                # Every layer of the block in one call: one parallel pass over every layer's neurons. The
+                # bits stay where they were copied to (joining a block's bits cost a copy of all of them,
+                # which slowed a 1.3b forward on an H200 by ~40%: benches/RESULTS.md section 5).
+                self.stats.update_layers(parts, tokens, positions)
                 self.count_seconds += time.perf_counter() - t0
             except BaseException as e:  # surfaced on the main thread
                 self.error = e

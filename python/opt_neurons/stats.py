@@ -83,9 +83,12 @@ class NeuronStats:
 
     def update_layers(self, bits_by_layer: dict[int, Any], token_ids: Any, positions: Any) -> None:
         """`update` of several layers with the same rows, in one parallel pass (a small model's layer
-        alone gives a many-core host too little to do at once). Same result as one call per layer."""
+        alone gives a many-core host too little to do at once). Same result as one call per layer.
+        A layer's bits may be one array or a list of arrays holding its rows in order (the batches of a
+        block where they were copied to: joining them would cost a copy of every bit)."""
         layers = list(bits_by_layer)
-        bits = [as_bits(bits_by_layer[layer]) for layer in layers]
+        bits = [[as_bits(b) for b in (c if isinstance(c, (list, tuple)) else [c])]
+                for c in map(bits_by_layer.__getitem__, layers)]  # fmt: skip
         self._core.update_layers(layers, bits, as_u32(token_ids, "token_ids"), as_u32(positions, "positions"))
 
     @property

@@ -246,7 +246,8 @@ fn bench_update(c: &mut Criterion) {
                 } else if case.layers == 1 {
                     stats.update(0, bits, n_words, t, p).unwrap();
                 } else {
-                    let layers: Vec<(usize, &[u64])> = (0..case.layers).map(|l| (l, bits.as_slice())).collect();
+                    let chunk = [bits.as_slice()];
+                    let layers: Vec<(usize, &[&[u64]])> = (0..case.layers).map(|l| (l, &chunk[..])).collect();
                     stats.update_layers(&layers, n_words, t, p).unwrap();
                 }
             };

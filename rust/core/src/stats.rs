@@ -283,27 +283,28 @@ impl NeuronStats {
         Ok(())
     }
 
-    /// Every (layer, bits) pair names a known layer, once, with whole rows of `n_words` words, and
-    /// every layer has the same rows. Returns that number of rows (None: no layers).
-    fn check_layers(&self, layers: &[(usize, &[u64])], n_words: usize) -> Result<Option<usize>, StatsError> {
+    /// Every (layer, chunks) pair names a known layer, once, with chunks of whole rows of `n_words`
+    /// words, and every layer has the same rows in all. Returns that number of rows (None: no layers).
+    fn check_layers(&self, layers: &[(usize, &[&[u64]])], n_words: usize) -> Result<Option<usize>, StatsError> {
         self.check_layer_list(layers)?;
         if !layers.is_empty() {
             self.check_words(n_words)?;
         }
-        for &(layer, bits) in layers {
-            if !bits.len().is_multiple_of(n_words) {
-                return Err(StatsError::Shape(format!("bitmask of {} words is not whole rows of {n_words} words", bits.len())));
+        let rows_of = |chunks: &[&[u64]]| chunks.iter().map(|c| c.len() / n_words).sum::<usize>();
+        for &(layer, chunks) in layers {
+            if let Some(c) = chunks.iter().find(|c| !c.len().is_multiple_of(n_words)) {
+                return Err(StatsError::Shape(format!("bitmask of {} words is not whole rows of {n_words} words", c.len())));
             }
-            if bits.len() != layers[0].1.len() {
+            if rows_of(chunks) != rows_of(layers[0].1) {
                 return Err(StatsError::Shape(format!(
                     "layer {layer} has {} bitmask rows, layer {} has {}: one update is one block of rows",
-                    bits.len() / n_words,
+                    rows_of(chunks),
                     layers[0].0,
-                    layers[0].1.len() / n_words
+                    rows_of(layers[0].1)
                 )));
             }
         }
-        Ok(layers.first().map(|(_, b)| b.len() / n_words))
+        Ok(layers.first().map(|(_, c)| rows_of(c)))
     }
 
     fn check_rows(&self, bit_rows: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
@@ -330,13 +331,14 @@ impl NeuronStats {
     /// Add one layer's activations for a block of rows. Rows of one sequence must be
     /// contiguous and in order (n-grams are read off neighbouring rows).
     pub fn update(&mut self, layer: usize, bits: &[u64], n_words: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
-        self.update_layers(&[(layer, bits)], n_words, tokens, positions)
+        self.update_layers(&[(layer, &[bits])], n_words, tokens, positions)
     }
 
     /// `update` for several layers' bitmasks of the same rows, in one parallel pass: a task per
     /// 256 neurons of every layer given (one small layer alone has fewer blocks than a GPU host has
-    /// cores), and the rows' n-gram keys built once.
-    pub fn update_layers(&mut self, layers: &[(usize, &[u64])], n_words: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
+    /// cores), and the rows' n-gram keys built once. Each layer's bits come in chunks of whole rows,
+    /// in row order (the batches of a block, counted where they were copied to: no joined copy).
+    pub fn update_layers(&mut self, layers: &[(usize, &[&[u64]])], n_words: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
         let bit_rows = self.check_layers(layers, n_words)?;
         self.check_rows(bit_rows.unwrap_or(tokens.len()), tokens, positions)?;
         let bos = self.config.bos_token_id;
@@ -388,25 +390,29 @@ impl NeuronStats {
                         }
                         // Transpose this block of bits into per-neuron lists of active rows, counting
                         // positions on the way (a row's counts are one contiguous stretch of the chunk).
-                        for i in 0..n_rows {
-                            // Rows are n_words apart: prefetch this task's words a few rows ahead.
-                            if let Some(w) = bits.get((i + 8) * n_words + w0) {
-                                prefetch(w as *const u64 as *const u8);
-                            }
-                            let row = &bits[i * n_words + w0..i * n_words + w1];
-                            let p = positions[i] as usize;
-                            for (dw, &word) in row.iter().enumerate() {
-                                let mut word = if w0 + dw == n_words - 1 { word & last_mask } else { word };
-                                if word == 0 {
-                                    continue;
+                        let mut i = 0; // row of the block
+                        for part in bits {
+                            for r in 0..part.len() / n_words {
+                                // Rows are n_words apart: prefetch this task's words a few rows ahead.
+                                if let Some(w) = part.get((r + 8) * n_words + w0) {
+                                    prefetch(w as *const u64 as *const u8);
                                 }
-                                let chunk = pos.get_or_insert_with(|| Box::new(PositionChunk::new(cfg.max_positions)));
-                                while word != 0 {
-                                    let j = dw * 64 + word.trailing_zeros() as usize;
-                                    active[j].push(i as u32);
-                                    chunk.add(p, j);
-                                    word &= word - 1;
+                                let row = &part[r * n_words + w0..r * n_words + w1];
+                                let p = positions[i] as usize;
+                                for (dw, &word) in row.iter().enumerate() {
+                                    let mut word = if w0 + dw == n_words - 1 { word & last_mask } else { word };
+                                    if word == 0 {
+                                        continue;
+                                    }
+                                    let chunk = pos.get_or_insert_with(|| Box::new(PositionChunk::new(cfg.max_positions)));
+                                    while word != 0 {
+                                        let j = dw * 64 + word.trailing_zeros() as usize;
+                                        active[j].push(i as u32);
+                                        chunk.add(p, j);
+                                        word &= word - 1;
+                                    }
                                 }
+                                i += 1;
                             }
                         }
                         for (acc, rows_on) in accs.iter_mut().zip(active.iter()) {
@@ -425,7 +431,7 @@ impl NeuronStats {
     /// dead neurons): no token, n-gram or position statistics. The paper's protocol counts dead
     /// neurons over more tokens (20 M) than the rest (5 M); these rows cost a popcount each.
     pub fn update_activity(&mut self, layer: usize, bits: &[u64], n_words: usize) -> Result<(), StatsError> {
-        let Some(n_rows) = self.check_layers(&[(layer, bits)], n_words)? else { return Ok(()) };
+        let Some(n_rows) = self.check_layers(&[(layer, &[bits])], n_words)? else { return Ok(()) };
         let last_mask = self.config.last_word_mask();
         let mut counts = vec![0u64; self.config.n_neurons];
         counts.par_chunks_mut(TASK_NEURONS).enumerate().for_each(|(task, counts)| {
@@ -854,7 +860,7 @@ mod tests {
     }
 
     #[test]
-    fn one_pass_over_all_layers_equals_a_call_per_layer() {
+    fn one_pass_over_all_layers_in_chunks_equals_a_call_per_layer() {
         let mut rng = StdRng::seed_from_u64(1);
         let words = N.div_ceil(64);
         let (mut one, mut many) = (NeuronStats::new(config(3)).unwrap(), NeuronStats::new(config(3)).unwrap());
@@ -863,7 +869,12 @@ mod tests {
             for l in [2, 0, 1] {
                 one.update(l, &bits[l], words, &t, &p).unwrap();
             }
-            let layers: Vec<(usize, &[u64])> = [1, 2, 0].iter().map(|&l| (l, bits[l].as_slice())).collect();
+            // Each layer's bits in two chunks, cut mid-sequence at a different row per layer.
+            let chunks: Vec<[&[u64]; 2]> = bits.iter().enumerate().map(|(l, b)| {
+                let (a, b) = b.split_at((5 + 7 * l) * words);
+                [a, b]
+            }).collect();
+            let layers: Vec<(usize, &[&[u64]])> = [1, 2, 0].iter().map(|&l| (l, &chunks[l][..])).collect();
             many.update_layers(&layers, words, &t, &p).unwrap();
         }
         assert_eq!(bytes(&one), bytes(&many));
@@ -892,7 +903,8 @@ mod tests {
         for part in parts.iter_mut() {
             for _ in 0..3 {
                 let (t, p, bits) = block(&mut rng, 2, 2);
-                let layers: Vec<(usize, &[u64])> = bits.iter().enumerate().map(|(l, b)| (l, b.as_slice())).collect();
+                let chunks: Vec<[&[u64]; 1]> = bits.iter().map(|b| [b.as_slice()]).collect();
+                let layers: Vec<(usize, &[&[u64]])> = chunks.iter().enumerate().map(|(l, c)| (l, &c[..])).collect();
                 part.update_layers(&layers, words, &t, &p).unwrap();
             }
         }

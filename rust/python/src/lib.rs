@@ -78,20 +78,28 @@ impl PyNeuronStats {
         py.allow_threads(|| inner.update_activity(layer, b, n_words)).map_err(err)
     }
 
-    /// `update` for several layers of the same rows in one parallel pass: layers[i] gets bits[i].
+    /// `update` for several layers of the same rows in one parallel pass: layers[i] gets bits[i], a
+    /// list of (rows, words) arrays that together hold the rows in order (no joined copy needed).
     fn update_layers(
         &mut self,
         py: Python<'_>,
         layers: Vec<usize>,
-        bits: Vec<PyReadonlyArray2<'_, u64>>,
+        bits: Vec<Vec<PyReadonlyArray2<'_, u64>>>,
         token_ids: PyReadonlyArray1<'_, u32>,
         positions: PyReadonlyArray1<'_, u32>,
     ) -> PyResult<()> {
-        let n_words = bits.first().map_or(0, |b| b.shape()[1]);
-        if let Some(b) = bits.iter().find(|b| b.shape()[1] != n_words) {
+        let n_words = bits.iter().flatten().next().map_or(0, |b| b.shape()[1]);
+        if let Some(b) = bits.iter().flatten().find(|b| b.shape()[1] != n_words) {
             return Err(PyValueError::new_err(format!("bitmasks of {} and {n_words} words per row in one update", b.shape()[1])));
         }
-        let pairs = per_layer(&layers, &bits, "bitmasks")?;
+        if layers.len() != bits.len() {
+            return Err(PyValueError::new_err(format!("{} layers but {} bitmask lists: give one per layer", layers.len(), bits.len())));
+        }
+        let chunks = bits
+            .iter()
+            .map(|c| c.iter().map(|a| contiguous(a, "bitmasks")).collect::<PyResult<Vec<_>>>())
+            .collect::<PyResult<Vec<_>>>()?;
+        let pairs: Vec<(usize, &[&[u64]])> = layers.iter().zip(&chunks).map(|(&l, c)| (l, c.as_slice())).collect();
         let t = contiguous(&token_ids, "token_ids")?;
         let p = contiguous(&positions, "positions")?;
         let inner = &mut self.inner;
