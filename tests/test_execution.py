@@ -302,6 +302,23 @@ def test_interleaved_detail_and_activity_batches_give_the_same_tables(model_and_
     assert_same(mixed, in_order)
 
 
+def test_last_detail_block_is_counted_while_the_other_batches_run(model_and_tokens, monkeypatch):
+    """Once the detail rows are all committed, their open block goes to the counting thread at once,
+    not after the activation-only batches (blocks are larger than this whole run)."""
+    from opt_neurons.capture import BitCapture
+
+    d, tokens = model_and_tokens
+    commits, sent_after = [0], []
+    commit, send = BitCapture.commit, BitCapture.send_block
+    monkeypatch.setattr(BitCapture, "commit", lambda self, done: (commits.__setitem__(0, commits[0] + 1),
+                                                                  commit(self, done)))  # fmt: skip
+    monkeypatch.setattr(BitCapture, "send_block", lambda self: (self.block and sent_after.append(commits[0]),
+                                                                send(self)))  # fmt: skip
+    monkeypatch.setattr(BitCapture, "busy", lambda self: False)  # data order: 3 detail batches, then 3 others
+    opt_neurons.analyze(d, tokens, batch_size=2, detail_tokens=6 * 32, progress=False)
+    assert sent_after == [3]
+
+
 def test_interrupted_interleaved_run_resumes_to_the_same_tables(model_and_tokens, tmp_path, monkeypatch):
     from opt_neurons.capture import BitCapture
     from opt_neurons.schedule import Cursor

@@ -149,17 +149,19 @@ class BitCapture:
             self.sum_rows[layer] = self.sum_rows.get(layer, 0) + self.rows[2]
         if self.batch:
             if self.block and [b[0] for b in self.batch] != [b[0] for b in self.block[0][0]]:
-                self._send_block()  # layer-major: the next layer's rows start a block of their own
+                self.send_block()  # layer-major: the next layer's rows start a block of their own
             self.block.append((self.batch, *self.rows[:2]))
             self.block_rows += len(self.rows[0])
             if self.block_rows >= BLOCK_ROWS:
-                self._send_block()
+                self.send_block()
         self.batch, self.batch_counts = [], []
         if done is not None:
             self.done = done
         self.consistent = done is not None
 
-    def _send_block(self) -> None:
+    def send_block(self) -> None:
+        """Hand the open block of committed batches to the counting thread now (once no more detail rows
+        will come, it would otherwise wait for the end of the forward passes)."""
         # Emptied before the put: a Ctrl-C inside it loses the block (its sequences are not in the state,
         # whose rows decide where a resume starts) rather than letting close() send it twice.
         block, self.block, self.block_rows = self.block, [], 0
@@ -207,7 +209,7 @@ class BitCapture:
 
     def flush(self) -> None:
         """Put everything committed into `stats`."""
-        self._send_block()
+        self.send_block()
         self.pending.join()
         if self.error is not None:
             raise self.error
@@ -221,7 +223,7 @@ class BitCapture:
             h.remove()
         self.batch, self.batch_counts = [], []
         if self.error is None:
-            self._send_block()
+            self.send_block()
         self.pending.put(None)
         self.worker.join()
         if self.error is None:

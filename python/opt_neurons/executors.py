@@ -91,6 +91,8 @@ def run_memory(lm: LoadedModel, data: TokenData, capture: BitCapture, *, start: 
             capture.set_rows(flat, pos, data.detail_rows(begin, end))
             run(lambda: decoder(input_ids=torch.from_numpy(ids).to(lm.device), use_cache=False))
             capture.commit(done)
+            if done.detail == data.n_detail:  # the last block of detail rows is counted while the rest runs
+                capture.send_block()
             on_progress(done)
     capture.flush()
 
