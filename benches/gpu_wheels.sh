@@ -12,11 +12,12 @@
 #     export PYTHONPATH=/tmp/site:$PWD/python HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1;
 #     python3 -m pytest -q tests/test_capture.py;          # CUDA packing and analyze on CUDA == on the CPU
 #     .whl/core-bench --bench --warm-up-time 1 --measurement-time 2 'core/(update/3072/5%/uniform/16384rows|update_layers)';
-#     python3 benches/bench_gpu.py --shapes 125m,1.3b,6.7b --seqs 64   # ~2 minutes on an H200
-# About 60 MB travels; the whole check above took ~160 s of device time plus ~30 s to start. Since the
-# paper-protocol columns (two more analyze() runs per shape) it will take longer: give it timeout_s 420,
-# or run `--shapes 125m,6.7b` first; the tests/test_capture.py CUDA tests cover the device sums, the
-# blocks of rows and the interleaved schedule.
+#     python3 benches/bench_gpu.py --shapes 125m,6.7b,1.3b --seqs 64   # ~3 minutes on an H200
+#     python3 benches/bench_capture_gpu.py --shapes 6.7b,1.3b             # where the capture's cost goes
+# About 60 MB travels. On 2026-11-26 13:08 the tests, core-bench and bench_gpu.py took 205 s, plus ~30 s
+# to start a machine (timeout_s 420 leaves room). A session has 15 minutes of device time in all, and each
+# call may start a fresh machine: put the runs that belong together in one call. The tests/test_capture.py
+# CUDA tests cover the device sums, the blocks of rows and the interleaved schedule.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
