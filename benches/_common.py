@@ -242,13 +242,22 @@ def random_opt(config_kwargs: dict | None = None, *, dtype: Any = None, device: 
     return model.eval()
 
 
-def calibrate_density(model: Any, ids: Any, density: float | None, passes: int = 2) -> list[float]:
-    """Shift every fc1 bias so that about `density` of the fc1 outputs are > 0 on `ids` (random weights
-    give ~50%; trained OPT layers are far sparser). None: leave the model as it is. Returns the measured
-    fraction per layer after calibration."""
+def paper_densities(n_layers: int) -> list[float]:
+    """Per-layer fc1 densities shaped like trained OPT's (METHOD.md's reference figures: live neurons fire
+    on under 0.5% of tokens in the first half of large models, 5-10% near the top): 0.3% up to half
+    depth, then rising linearly to 7.5% at the last layer (mean ~2% for 32 layers)."""
+    top = max(n_layers - 1, 1)
+    return [0.003 + max(0.0, 2 * l / top - 1) * (0.075 - 0.003) for l in range(n_layers)]
+
+
+def calibrate_density(model: Any, ids: Any, density: float | Sequence[float] | None, passes: int = 2) -> list[float]:
+    """Shift every fc1 bias so that about `density` (one for all layers, or one per layer) of the fc1
+    outputs are > 0 on `ids` (random weights give ~50%; trained OPT layers are far sparser). None: leave
+    the model as it is. Returns the measured fraction per layer after calibration."""
     import torch
 
     layers = model.model.decoder.layers
+    targets = density if density is None or isinstance(density, Sequence) else [density] * len(layers)
     outs: dict[int, torch.Tensor] = {}
     hooks = [layer.fc1.register_forward_hook(lambda m, i, o, k=k: outs.__setitem__(k, o.detach()))
              for k, layer in enumerate(layers)]  # fmt: skip
@@ -259,7 +268,7 @@ def calibrate_density(model: Any, ids: Any, density: float | None, passes: int =
                 for k, layer in enumerate(layers):
                     flat = outs[k].float().reshape(-1)
                     sample = flat[torch.randint(0, flat.numel(), (min(flat.numel(), 1 << 22),), device=flat.device)]
-                    q = torch.quantile(sample, 1.0 - density)
+                    q = torch.quantile(sample, 1.0 - targets[k])
                     layer.fc1.bias.sub_(q.to(layer.fc1.bias.dtype))
             model.model.decoder(input_ids=ids, use_cache=False)
             return [float((outs[k] > 0).float().mean()) for k in range(len(layers))]

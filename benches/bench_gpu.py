@@ -24,6 +24,7 @@ Target (issue 5): forward-phase throughput with analysis >= 90% of the bare forw
 
     python benches/bench_gpu.py                       # all three shapes (6.7b: ~27 GB of GPU memory, ~12 GB of host)
     python benches/bench_gpu.py --shapes 125m,1.3b --seqs 16
+    python benches/bench_gpu.py --density paper       # per-layer densities like trained OPT's (mean ~2%)
     python benches/bench_gpu.py --smoke               # tiny shapes on whatever device there is (CPU ok)
     python benches/bench_gpu.py --smoke --host-threads 1 --torch-threads 1 --seqs 32  # host-bound, on 2 CPUs
 
@@ -45,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import calibrate_density, machine, random_opt, record, zipf_tokens  # noqa: E402
+from _common import calibrate_density, machine, paper_densities, random_opt, record, zipf_tokens  # noqa: E402
 
 import opt_neurons  # noqa: E402
 from opt_neurons.capture import BitCapture  # noqa: E402
@@ -119,12 +120,13 @@ def paper_protocol(model, tokens: np.ndarray, batch_size: int, interleave: bool)
     return a.metadata["forward_seconds"]
 
 
-def run_shape(name: str, kwargs: dict, seqs: int, batch_size: int, density: float | None, dtype: torch.dtype,
+def run_shape(name: str, kwargs: dict, seqs: int, batch_size: int, density: float | str | None, dtype: torch.dtype,
               device: torch.device, seed: int) -> list:  # fmt: skip
     model = random_opt(kwargs, dtype=dtype, device=device, seed=seed)
     T = model.config.max_position_embeddings
     tokens = zipf_tokens(seqs, np.random.default_rng(seed), seq_len=T, vocab=model.config.vocab_size)
-    dens = calibrate_density(model, torch.from_numpy(tokens[:1]).to(device), density)
+    target = paper_densities(kwargs["num_hidden_layers"]) if density == "paper" else density
+    dens = calibrate_density(model, torch.from_numpy(tokens[:1]).to(device), target)
     bare(model, tokens[:batch_size], batch_size, device)  # warm-up (kernels, allocator)
     b = min(bare(model, tokens, batch_size, device) for _ in range(2))
     cap = min(capture_only(model, tokens, batch_size, device) for _ in range(2))
@@ -155,7 +157,8 @@ def main() -> None:
     ap.add_argument("--shapes", default="125m,1.3b,6.7b")
     ap.add_argument("--seqs", type=int, default=8, help="sequences per shape")
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--density", default="0.05", help="target fraction of fc1 outputs > 0, or 'none'")
+    ap.add_argument("--density", default="0.05", help="target fraction of fc1 outputs > 0; 'paper': per layer, "
+                    "shaped like trained OPT's (_common.paper_densities); 'none': as initialised")  # fmt: skip
     ap.add_argument("--dtype", default=None, help="default: float16 on a GPU, float32 on the CPU")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, runs anywhere in seconds")
     ap.add_argument("--seed", type=int, default=0)
@@ -168,7 +171,7 @@ def main() -> None:
         torch.set_num_threads(a.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, a.dtype) if a.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    density = None if a.density == "none" else float(a.density)
+    density = a.density if a.density == "paper" else None if a.density == "none" else float(a.density)
     info = machine()
     shapes = SMOKE if a.smoke else {k: SHAPES[k] for k in a.shapes.split(",")}
     rows = []
