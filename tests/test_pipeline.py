@@ -15,6 +15,7 @@ import torch
 
 import opt_neurons
 from opt_neurons import DataError, ModelError, NeuronStats
+from opt_neurons.report import run_time
 
 from conftest import save_tiny_opt
 
@@ -88,6 +89,7 @@ def test_cli_analyze_and_errors(tiny_opt, tmp_path):
                         "--max-tokens", "3"], capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
     b = opt_neurons.load(out)
+    assert f"run time: {run_time(b.metadata)}\n" in r.stdout
     assert b.metadata["n_tokens"] == 128 and b.metadata["thresholds"]["max_tokens"] == 3
     assert b.metadata["detail_tokens"] == 64  # rounded up to a whole sequence of T = 64
     r = subprocess.run([sys.executable, "-m", "opt_neurons.cli", "analyze", "no-such-org/no-such-model",

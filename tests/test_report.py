@@ -290,6 +290,21 @@ def test_cards_and_headline_say_what_is_certified(runs):
     rows = dict(report._headline_rows(h, meta))
     assert rows["Token and position statistics over"].startswith(f"the first {h['tokens'] // 2:,} tokens")
     assert "Token and position statistics over" not in dict(report._headline_rows(h, dict(a.metadata)))
+    assert "Run time" not in rows  # these synthetic runs recorded no timings
+    timed = dict(a.metadata, forward_seconds=12.0, counting_seconds=3.0, wall_seconds=15.5)
+    assert dict(report._headline_rows(h, timed))["Run time"] == report.run_time(timed)
+    for m in (dict(a.metadata), meta, timed):  # the paper's figure follows the dead neurons, whatever rows precede
+        keys = [k for k, _ in report._headline_rows(dict(h, model="OPT-125m"), m)]
+        assert keys[keys.index("Dead neurons") + 1] == "Paper: peak dead fraction of this model"
+
+
+def test_run_time_says_when_the_counting_set_the_speed():
+    assert report.run_time({"forward_seconds": 10.0, "counting_seconds": 9.5}) == (
+        "forward passes 10.0 s, the host's counting busy 9.5 s of them (the counting set the speed: "
+        "detail_tokens gives every statistic to fewer tokens)")  # fmt: skip
+    assert report.run_time({"forward_seconds": 100.0, "counting_seconds": 8.0, "wall_seconds": 130.0}) == (
+        "130.0 s in all; forward passes 100.0 s, the host's counting busy 8.0 s of them")
+    assert report.run_time({}) is None  # saved before these were recorded
 
 
 def test_report_model_options(runs, tmp_path):

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import _core
 from .errors import OptNeuronsError
@@ -55,6 +56,14 @@ def _run_kwargs(args: argparse.Namespace) -> dict:
     return kw
 
 
+def _show(a: Any) -> None:
+    from .report import run_time
+
+    print(a.summary())
+    print(a.layers)
+    print(f"run time: {run_time(a.metadata)}")
+
+
 def cmd_analyze(args: argparse.Namespace) -> None:
     from .pipeline import analyze
 
@@ -62,8 +71,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     a = analyze(args.model, args.data, out=out, **_run_kwargs(args))
     if a is None:  # a non-zero rank of a data-parallel run: rank 0 writes the tables
         return
-    print(a.summary())
-    print(a.layers)
+    _show(a)
     print(f"saved to {out}")
     if args.report:
         print(f"report: {a.report(out)}")
@@ -76,8 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     kw = _run_kwargs(args)
     kw.setdefault("n_tokens", 200_000)
     a = analyze("demo", args.data, out=out, **kw)
-    print(a.summary())
-    print(a.layers)
+    _show(a)
     print(f"report: {a.report(out)}")
 
 

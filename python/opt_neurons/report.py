@@ -234,6 +234,18 @@ def _cover_range(lo: int, hi: int) -> str:
     return f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
 
 
+def run_time(meta: dict) -> str | None:
+    """How long the run took, and whether the host's counting set its speed (None: not recorded)."""
+    fwd, count, wall = (meta.get(k) for k in ("forward_seconds", "counting_seconds", "wall_seconds"))
+    if fwd is None or count is None:
+        return None
+    text = (f"{wall:,.1f} s in all; " if wall is not None else "") + \
+        f"forward passes {fwd:,.1f} s, the host's counting busy {count:,.1f} s of them"  # fmt: skip
+    if fwd > 0 and count >= 0.9 * fwd:  # the device waited for the host
+        text += " (the counting set the speed: detail_tokens gives every statistic to fewer tokens)"
+    return text
+
+
 def _headline_rows(h: dict, meta: dict) -> list[tuple[str, str]]:
     data = ", ".join(str(s.get("name", s)) if isinstance(s, dict) else str(s) for s in meta.get("data_sources") or [])
     rows = [
@@ -244,6 +256,7 @@ def _headline_rows(h: dict, meta: dict) -> list[tuple[str, str]]:
                  + (f" of up to {_int(meta['T'])} positions" if meta.get("T") else "")
                  + (f" ({data})" if data else "")),
         ("dtype", str(meta.get("dtype") or "n/a")),
+        *([("Run time", t)] if (t := run_time(meta)) else []),
         *([("Token and position statistics over", f"the first {_int(meta['detail_tokens'])} tokens "
             "(dead neurons and frequencies over all)")]
           if meta.get("detail_tokens") and meta["detail_tokens"] < h["tokens"] else []),
@@ -264,7 +277,8 @@ def _headline_rows(h: dict, meta: dict) -> list[tuple[str, str]]:
     ]  # fmt: skip
     paper = PAPER_DEAD.get(h["model"].lower())
     if paper:
-        rows.insert(6, ("Paper: peak dead fraction of this model", paper))
+        after = [k for k, _ in rows].index("Dead neurons") + 1
+        rows.insert(after, ("Paper: peak dead fraction of this model", paper))
     return rows
 
 
