@@ -250,6 +250,11 @@ def paper_densities(n_layers: int) -> list[float]:
     return [0.003 + max(0.0, 2 * l / top - 1) * (0.075 - 0.003) for l in range(n_layers)]
 
 
+def density_targets(arg: str, n_layers: int) -> float | list[float] | None:
+    """A benchmark's --density: a fraction for every layer, 'paper' (paper_densities) or 'none'."""
+    return None if arg == "none" else paper_densities(n_layers) if arg == "paper" else float(arg)
+
+
 def calibrate_density(model: Any, ids: Any, density: float | Sequence[float] | None, passes: int = 2) -> list[float]:
     """Shift every fc1 bias so that about `density` (one for all layers, or one per layer) of the fc1
     outputs are > 0 on `ids` (random weights give ~50%; trained OPT layers are far sparser). None: leave

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import calibrate_density, machine, paper_densities, random_opt, record, zipf_tokens  # noqa: E402
+from _common import calibrate_density, density_targets, machine, random_opt, record, zipf_tokens  # noqa: E402
 
 import opt_neurons  # noqa: E402
 from opt_neurons.capture import BitCapture  # noqa: E402
@@ -120,12 +120,12 @@ def paper_protocol(model, tokens: np.ndarray, batch_size: int, interleave: bool)
     return a.metadata["forward_seconds"]
 
 
-def run_shape(name: str, kwargs: dict, seqs: int, batch_size: int, density: float | str | None, dtype: torch.dtype,
+def run_shape(name: str, kwargs: dict, seqs: int, batch_size: int, density: str, dtype: torch.dtype,
               device: torch.device, seed: int) -> list:  # fmt: skip
     model = random_opt(kwargs, dtype=dtype, device=device, seed=seed)
     T = model.config.max_position_embeddings
     tokens = zipf_tokens(seqs, np.random.default_rng(seed), seq_len=T, vocab=model.config.vocab_size)
-    target = paper_densities(kwargs["num_hidden_layers"]) if density == "paper" else density
+    target = density_targets(density, kwargs["num_hidden_layers"])
     dens = calibrate_density(model, torch.from_numpy(tokens[:1]).to(device), target)
     bare(model, tokens[:batch_size], batch_size, device)  # warm-up (kernels, allocator)
     b = min(bare(model, tokens, batch_size, device) for _ in range(2))
@@ -171,12 +171,11 @@ def main() -> None:
         torch.set_num_threads(a.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, a.dtype) if a.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    density = a.density if a.density == "paper" else None if a.density == "none" else float(a.density)
     info = machine()
     shapes = SMOKE if a.smoke else {k: SHAPES[k] for k in a.shapes.split(",")}
     rows = []
     for name, kw in shapes.items():
-        rows.append(run_shape(name, kw, a.seqs, min(a.batch_size, a.seqs), density, dtype, device, a.seed))
+        rows.append(run_shape(name, kw, a.seqs, min(a.batch_size, a.seqs), a.density, dtype, device, a.seed))
     record("gpu_smoke" if a.smoke else "gpu",
            ["shape", "dtype", "device", "fc1 density", "tokens", "batch", "bare tok/s", "capture-only tok/s",
             "capture-only / bare", "analyze forward-phase tok/s", "analyze / bare", "counting busy s / forward s",

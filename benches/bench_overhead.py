@@ -21,6 +21,7 @@ CPU time is what the analysis costs.
 
     python benches/bench_overhead.py                    # 4 sequences of 2048 tokens, batch 2, 2 rounds
     python benches/bench_overhead.py --density none
+    python benches/bench_overhead.py --density paper    # per-layer densities like trained OPT's (mean ~2%)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import Timer, calibrate_density, machine, random_opt, record, zipf_tokens  # noqa: E402
+from _common import Timer, calibrate_density, density_targets, machine, random_opt, record, zipf_tokens  # noqa: E402
 
 import opt_neurons  # noqa: E402
 from opt_neurons.executors import ending_at  # noqa: E402
@@ -57,12 +58,13 @@ def main() -> None:
     ap.add_argument("--seqs", type=int, default=4, help="sequences of 2048 tokens")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--density", default="0.05", help="target fraction of fc1 outputs > 0, or 'none'")
+    ap.add_argument("--density", default="0.05", help="target fraction of fc1 outputs > 0; 'paper': per layer, "
+                    "shaped like trained OPT's (_common.paper_densities); 'none': as initialised")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     info = machine()
-    density = None if a.density == "none" else float(a.density)
     model = random_opt(seed=a.seed)
+    density = density_targets(a.density, model.config.num_hidden_layers)
     rng = np.random.default_rng(a.seed)
     tokens = zipf_tokens(a.seqs, rng)
     measured = calibrate_density(model, torch.from_numpy(tokens[:1]), density)

@@ -68,11 +68,11 @@ class FloatHookCounts:
 def child(variant: str, seqs: int, batch_size: int, density: str, seed: int) -> dict:
     import torch
 
-    from _common import calibrate_density, random_opt, zipf_tokens
+    from _common import calibrate_density, density_targets, random_opt, zipf_tokens
 
     model = random_opt(seed=seed)
     tokens = zipf_tokens(seqs, np.random.default_rng(seed))
-    calibrate_density(model, torch.from_numpy(tokens[:1]), None if density == "none" else float(density))
+    calibrate_density(model, torch.from_numpy(tokens[:1]), density_targets(density, model.config.num_hidden_layers))
     before = rss_bytes()
     with Timer() as tm:
         if variant == "opt_neurons":
@@ -102,7 +102,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seqs", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--density", default="0.05")
+    ap.add_argument("--density", default="0.05", help="as in bench_overhead.py: a fraction, 'paper' or 'none'")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--child", choices=["opt_neurons", "float_hooks"], help=argparse.SUPPRESS)
     a = ap.parse_args()
