@@ -7,7 +7,8 @@
 #
 #   bash benches/gpu_wheels.sh        # here: maturin develop --release, then .whl/ with polars-lts-cpu and
 #                                     # the criterion binary of rust/core/benches/core.rs (.whl/core-bench)
-#   device run, carry [".whl", "python/opt_neurons/_core.abi3.so"], command (as run on 2026-11-26):
+#   then, on the device: bash benches/gpu_check.sh (its header has the call: carry, time limit); the
+#   single commands, as run on 2026-11-26:
 #     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/polars*.whl &&
 #     export PYTHONPATH=/tmp/site:$PWD/python HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1;
 #     python3 -m pytest -q tests/test_capture.py;          # CUDA packing and analyze on CUDA == on the CPU
@@ -15,9 +16,8 @@
 #     python3 benches/bench_gpu.py --shapes 125m,6.7b,1.3b --seqs 64   # ~3 minutes on an H200
 #     python3 benches/bench_capture_gpu.py --shapes 6.7b,1.3b             # where the capture's cost goes
 # About 60 MB travels. On 2026-11-26 13:08 the tests, core-bench and bench_gpu.py took 205 s, plus ~30 s
-# to start a machine (timeout_s 420 leaves room). A session has 15 minutes of device time in all, and each
-# call may start a fresh machine: put the runs that belong together in one call. The tests/test_capture.py
-# CUDA tests cover the device sums, the blocks of rows and the interleaved schedule.
+# to start a machine. A session has 15 minutes of device time in all, and each call may start a fresh
+# machine: put the runs that belong together in one call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
