@@ -186,7 +186,7 @@ class BitCapture:
                 tokens, positions = _joined([t for _, t, _ in block]), _joined([p for _, _, p in block])
                 # Every layer of the block in one call: one parallel pass over every layer's neurons. The
                 # bits stay where they were copied to (joining a block's bits cost a copy of all of them,
-                # which slowed a 1.3b forward on an H200 by ~40%: benches/RESULTS.md section 5).
+                # which slowed a 1.3b forward on an H200 by ~40%: benches/RESULTS.md section 5a).
                 self.stats.update_layers(parts, tokens, positions)
                 self.count_seconds += time.perf_counter() - t0
             except BaseException as e:  # surfaced on the main thread
