@@ -39,6 +39,7 @@ def copy_rate(n_bytes: int, pinned: bool, reps: int = 5) -> float:
 
 
 count_nothing = NullStats.update_layers
+block_rows = capture.BLOCK_ROWS
 
 
 def join_chunks(self, bits_by_layer: dict, *_: object) -> None:
@@ -77,7 +78,7 @@ def main() -> None:
                 try:
                     c = capture_only(model, tokens, 4, torch.device("cuda"))
                 finally:
-                    capture.BLOCK_ROWS = 16384
+                    capture.BLOCK_ROWS, NullStats.update_layers = block_rows, count_nothing
                 cells.append(f"{label} {100 * b / c:.0f}%")
             print(f"{name} round {r}: bare {tokens.size / b:,.0f} tok/s; capture only / bare: " + ", ".join(cells),
                   flush=True)  # fmt: skip

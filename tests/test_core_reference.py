@@ -669,9 +669,9 @@ def test_positions_without_tokens_are_skipped_by_the_smoothing():
 @given(n_layers=st.integers(1, 4), n_neurons=st.sampled_from([1, 65, 300, 600]), split=st.integers(0, 6),
        seed=st.integers(0, 2**32 - 1))  # fmt: skip
 def test_multi_layer_updates_equal_one_call_per_layer(n_layers, n_neurons, split, seed):
-    """update_layers (one parallel pass over all layers, bits in chunks of rows) and add_activity_counts (activation-only rows
-    summed per neuron, as the GPU does) leave exactly the state that one update / update_activity call
-    per layer leaves, layer 0 (the data's counts) or not."""
+    """update_layers (one parallel pass over all layers, bits in chunks of rows) and add_activity_counts
+    (activation-only rows summed per neuron, as the GPU does) leave exactly the state that one update /
+    update_activity call per layer leaves, layer 0 (the data's counts) or not."""
     rng = np.random.default_rng(seed)
     s = random_stream(rng, n_layers=n_layers, n_neurons=n_neurons, vocab=50, max_positions=20, n_seqs=6, bos=2)
     cut = s.bounds[min(split, len(s.bounds) - 1)][0]

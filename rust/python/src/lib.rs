@@ -20,16 +20,17 @@ fn contiguous<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
         .map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array (use np.ascontiguousarray)")))
 }
 
-/// (layer, array) pairs of a multi-layer call: one array per layer, each C-contiguous.
-fn per_layer<'a, D: numpy::ndarray::Dimension>(
+/// (layer, view) pairs of a multi-layer call: one item per layer, each seen through `view`.
+fn per_layer<'a, A, V>(
     layers: &[usize],
-    arrays: &'a [numpy::PyReadonlyArray<'_, u64, D>],
+    items: &'a [A],
     what: &str,
-) -> PyResult<Vec<(usize, &'a [u64])>> {
-    if layers.len() != arrays.len() {
-        return Err(PyValueError::new_err(format!("{} layers but {} {what}: give one per layer", layers.len(), arrays.len())));
+    view: impl Fn(&'a A) -> PyResult<V>,
+) -> PyResult<Vec<(usize, V)>> {
+    if layers.len() != items.len() {
+        return Err(PyValueError::new_err(format!("{} layers but {} {what}: give one per layer", layers.len(), items.len())));
     }
-    layers.iter().zip(arrays).map(|(&l, a)| Ok((l, contiguous(a, what)?))).collect()
+    layers.iter().zip(items).map(|(&l, a)| Ok((l, view(a)?))).collect()
 }
 
 #[pyclass(name = "NeuronStats", module = "opt_neurons._core")]
@@ -92,14 +93,8 @@ impl PyNeuronStats {
         if let Some(b) = bits.iter().flatten().find(|b| b.shape()[1] != n_words) {
             return Err(PyValueError::new_err(format!("bitmasks of {} and {n_words} words per row in one update", b.shape()[1])));
         }
-        if layers.len() != bits.len() {
-            return Err(PyValueError::new_err(format!("{} layers but {} bitmask lists: give one per layer", layers.len(), bits.len())));
-        }
-        let chunks = bits
-            .iter()
-            .map(|c| c.iter().map(|a| contiguous(a, "bitmasks")).collect::<PyResult<Vec<_>>>())
-            .collect::<PyResult<Vec<_>>>()?;
-        let pairs: Vec<(usize, &[&[u64]])> = layers.iter().zip(&chunks).map(|(&l, c)| (l, c.as_slice())).collect();
+        let chunks = per_layer(&layers, &bits, "bitmask lists", |c| c.iter().map(|a| contiguous(a, "bitmasks")).collect::<PyResult<Vec<_>>>())?;
+        let pairs: Vec<(usize, &[&[u64]])> = chunks.iter().map(|(l, c)| (*l, c.as_slice())).collect();
         let t = contiguous(&token_ids, "token_ids")?;
         let p = contiguous(&positions, "positions")?;
         let inner = &mut self.inner;
@@ -114,7 +109,7 @@ impl PyNeuronStats {
         counts: Vec<PyReadonlyArray1<'_, u64>>,
         n_rows: u64,
     ) -> PyResult<()> {
-        let pairs = per_layer(&layers, &counts, "count arrays")?;
+        let pairs = per_layer(&layers, &counts, "count arrays", |a| contiguous(a, "count arrays"))?;
         let inner = &mut self.inner;
         py.allow_threads(|| inner.add_activity_counts(&pairs, n_rows)).map_err(err)
     }
