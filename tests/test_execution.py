@@ -302,9 +302,11 @@ def test_interleaved_detail_and_activity_batches_give_the_same_tables(model_and_
     assert_same(mixed, in_order)
 
 
-def test_last_detail_block_is_counted_while_the_other_batches_run(model_and_tokens, monkeypatch):
+@pytest.mark.parametrize(("execution", "want"), [("memory", [3]), ("layer", [3, 9, 15])])
+def test_last_detail_block_is_counted_while_the_other_batches_run(model_and_tokens, monkeypatch, execution, want):
     """Once the detail rows are all committed, their open block goes to the counting thread at once,
-    not after the activation-only batches (blocks are larger than this whole run)."""
+    not after the activation-only batches (blocks are larger than this whole run). Layer-major: one block
+    of 6 batches (3 detail, 3 others) through each of the 3 layers, 6 commits per layer."""
     from opt_neurons.capture import BitCapture
 
     d, tokens = model_and_tokens
@@ -315,8 +317,10 @@ def test_last_detail_block_is_counted_while_the_other_batches_run(model_and_toke
     monkeypatch.setattr(BitCapture, "send_block", lambda self: (self.block and sent_after.append(commits[0]),
                                                                 send(self)))  # fmt: skip
     monkeypatch.setattr(BitCapture, "busy", lambda self: False)  # data order: 3 detail batches, then 3 others
-    opt_neurons.analyze(d, tokens, batch_size=2, detail_tokens=6 * 32, progress=False)
-    assert sent_after == [3]
+    a = opt_neurons.analyze(d, tokens, batch_size=2, detail_tokens=6 * 32, progress=False, execution=execution,
+                            block_size=12)  # fmt: skip
+    assert sent_after == want
+    assert a.metadata["execution"] == execution
 
 
 def test_interrupted_interleaved_run_resumes_to_the_same_tables(model_and_tokens, tmp_path, monkeypatch):

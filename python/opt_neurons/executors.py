@@ -200,6 +200,10 @@ def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, sourc
                         capture.set_rows(flat, pos, data.detail_rows(begin, end))
                         out = run(lambda: layer(h, attention_mask=mask, position_ids=positions))
                         capture.commit(None)  # part of a block: not a resumable point
+                        if end == data.n_detail or k == len(block) - 1:
+                            # The layer's detail rows are all in: counted while the device goes on
+                            # (its other batches, the next layer's weights), not after.
+                            capture.send_block()
                         if out is not None:  # None: the last layer, ended at its fc1
                             hidden[k] = out.to("cpu").pin_memory() if pin else out.to("cpu")
             done = block[-1][2]
