@@ -1,4 +1,5 @@
-"""Bit packing of fc1 outputs: the device path (tensor ops) against numpy's packbits, bit for bit."""
+"""Bit packing of fc1 outputs: the device path (tensor ops) against numpy's packbits, bit for bit; and how
+the capture groups committed batches into core calls."""
 
 import numpy as np
 import pytest
@@ -82,3 +83,32 @@ def test_count_active_counts_rows_above_zero(dtype: torch.dtype) -> None:
     assert torch.equal(got, (x.float() > 0).sum(0)) and got[7] == 0
     if torch.cuda.is_available():
         assert torch.equal(count_active(x.cuda()).cpu(), got)
+
+
+def test_capture_counts_batches_of_other_layers_in_blocks_of_their_own() -> None:
+    """Commits of one layer, then of another (a layer-major caller that does not send each layer's block
+    itself): the capture still counts each layer's rows with its own core call, as direct updates would."""
+    from opt_neurons.capture import BitCapture
+    from opt_neurons.schedule import Cursor
+    from opt_neurons.stats import NeuronStats
+
+    torch.manual_seed(0)
+    fc1 = [torch.nn.Linear(8, 70), torch.nn.Linear(8, 70)]
+    new = lambda: NeuronStats(2, 70, vocab_size=50, max_positions=16)  # noqa: E731
+    via_capture, direct = new(), new()
+    capture = BitCapture(fc1, via_capture)
+    tokens = np.random.default_rng(0).integers(3, 50, size=32)
+    positions = np.tile(np.arange(16), 2)
+    x = torch.randn(32, 8)
+    try:
+        for layer in (0, 1):
+            capture.set_rows(tokens, positions)
+            with torch.no_grad():
+                fc1[layer](x)
+            capture.commit(Cursor(2, 0) if layer == 1 else None)
+            direct.update(layer, pack_bits(fc1[layer](x).detach()), tokens, positions)
+        capture.flush()
+    finally:
+        capture.close()
+    assert via_capture.rows == direct.rows == 32
+    assert via_capture.to_bytes() == direct.to_bytes()

@@ -149,7 +149,7 @@ class BitCapture:
             self.sum_rows[layer] = self.sum_rows.get(layer, 0) + self.rows[2]
         if self.batch:
             if self.block and [b[0] for b in self.batch] != [b[0] for b in self.block[0][0]]:
-                self.send_block()  # layer-major: the next layer's rows start a block of their own
+                self.send_block()  # a block's batches cover the same layers (one core call counts them)
             self.block.append((self.batch, *self.rows[:2]))
             self.block_rows += len(self.rows[0])
             if self.block_rows >= BLOCK_ROWS:
