@@ -1,6 +1,8 @@
 """Bit packing of fc1 outputs: the device path (tensor ops) against numpy's packbits, bit for bit; and how
 the capture groups committed batches into core calls."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +114,34 @@ def test_capture_counts_batches_of_other_layers_in_blocks_of_their_own() -> None
         capture.close()
     assert via_capture.rows == direct.rows == 32
     assert via_capture.to_bytes() == direct.to_bytes()
+
+
+def test_release_free_heap_gives_freed_heap_pages_back() -> None:
+    """Freed heap memory below a live allocation stays resident (what a CPU forward's temporaries do
+    while batches wait for the counting thread); release_free_heap returns it to the OS."""
+    import subprocess
+    import sys
+
+    code = """
+import ctypes, sys
+import numpy as np
+from opt_neurons.capture import release_free_heap
+if not release_free_heap():
+    sys.exit(3)  # not glibc
+ctypes.CDLL(None).mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: 1 MB arrays from the heap, as glibc does once it raised it
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+big, small = [], []
+for _ in range(400):  # 400 MB on the heap, touched, each below a small allocation that stays
+    big.append(np.ones(1 << 17))
+    small.append(np.ones(1000))
+del big
+before = rss()
+release_free_heap()
+print(before - rss())
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if run.returncode == 3 or not os.path.exists("/proc/self/statm"):
+        pytest.skip("needs glibc and /proc (Linux)")
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout.split()[-1]) > 300 << 20
