@@ -194,7 +194,9 @@ class BitCapture:
         block, self.block, self.block_rows = self.block, [], 0
         if block:
             self.pending.put(block)
-            if time.perf_counter() - self.trimmed_at > TRIM_EVERY:
+            # CPU forwards only (no copies from a device): on a GPU the temporaries live on the device, and a
+            # trim would lock the counting threads' arenas (GBs of summaries) while it walks them.
+            if not self.copy_streams and time.perf_counter() - self.trimmed_at > TRIM_EVERY:
                 release_free_heap()
                 self.trimmed_at = time.perf_counter()
 
