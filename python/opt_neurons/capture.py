@@ -78,8 +78,9 @@ def release_free_heap() -> bool:
 
     A CPU forward pass allocates its temporaries on the heap, and glibc returns freed heap memory only
     from the top, which small long-lived allocations made in between (the bits and rows of batches
-    waiting for the counting thread, among others) keep occupied: peak RSS grew by 0.7-1.6 GB of free
-    memory on an OPT-125m run (benches/RESULTS.md section 4). A trim per committed block about halved it."""
+    waiting for the counting thread, among others) keep occupied. At the end of an OPT-125m CPU run's
+    forward phase the heap held 1.76 GB, 168 MB of it in use; a trim per block sent about halved the
+    run's peak RSS above its start (benches/RESULTS.md section 4)."""
     if _MALLOC_TRIM is None:
         return False
     _MALLOC_TRIM(0)
