@@ -87,8 +87,7 @@ class NeuronStats:
         A layer's bits may be one array or a list of arrays holding its rows in order (the batches of a
         block where they were copied to: joining them would cost a copy of every bit)."""
         layers = list(bits_by_layer)
-        bits = [[as_bits(b) for b in (c if isinstance(c, (list, tuple)) else [c])]
-                for c in map(bits_by_layer.__getitem__, layers)]  # fmt: skip
+        bits = [[as_bits(b) for b in (c if isinstance(c, (list, tuple)) else [c])] for c in bits_by_layer.values()]
         self._core.update_layers(layers, bits, as_u32(token_ids, "token_ids"), as_u32(positions, "positions"))
 
     @property

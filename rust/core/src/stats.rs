@@ -291,20 +291,19 @@ impl NeuronStats {
             self.check_words(n_words)?;
         }
         let rows_of = |chunks: &[&[u64]]| chunks.iter().map(|c| c.len() / n_words).sum::<usize>();
+        let first = layers.first().map(|&(l, c)| (l, rows_of(c)));
         for &(layer, chunks) in layers {
             if let Some(c) = chunks.iter().find(|c| !c.len().is_multiple_of(n_words)) {
                 return Err(StatsError::Shape(format!("bitmask of {} words is not whole rows of {n_words} words", c.len())));
             }
-            if rows_of(chunks) != rows_of(layers[0].1) {
+            if let Some((l0, want)) = first.filter(|&(_, want)| rows_of(chunks) != want) {
                 return Err(StatsError::Shape(format!(
-                    "layer {layer} has {} bitmask rows, layer {} has {}: one update is one block of rows",
-                    rows_of(chunks),
-                    layers[0].0,
-                    rows_of(layers[0].1)
+                    "layer {layer} has {} bitmask rows, layer {l0} has {want}: one update is one block of rows",
+                    rows_of(chunks)
                 )));
             }
         }
-        Ok(layers.first().map(|(_, c)| rows_of(c)))
+        Ok(first.map(|(_, rows)| rows))
     }
 
     fn check_rows(&self, bit_rows: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
