@@ -15,3 +15,23 @@ class DataError(OptNeuronsError):
 
 class OutOfMemoryError(OptNeuronsError, MemoryError):
     """The device ran out of memory; the message says which knob to turn."""
+
+
+class OptionError(OptNeuronsError):
+    """A threshold or run option is unknown, of the wrong type, or out of its range."""
+
+
+class OutputError(OptNeuronsError):
+    """The output folder cannot be used: not a folder, not writable, or in use by another run."""
+
+
+class CheckpointError(OptNeuronsError):
+    """A checkpoint cannot be resumed: its files are malformed or do not fit this run."""
+
+
+class NonFiniteActivationError(OptNeuronsError):
+    """A layer's activations hold NaN or infinity: counting them would report every neuron dead."""
+
+
+class RunFolderError(OptNeuronsError):
+    """A saved run folder is missing files, or they are damaged or of another version."""

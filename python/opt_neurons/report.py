@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 
 from .analysis import METADATA, Analysis, load
 from .errors import OptNeuronsError
+from .outdir import check_writable
 from .tables import KINDS
 
 KIND_COLORS = {"oscillatory": "#7b3294", "two_sided": "#2c7bb6", "one_sided": "#e66101", "other": "#8c8c8c"}
@@ -1005,6 +1006,7 @@ def write_report(analysis: Analysis, out: str | Path, *, cards: Sequence[tuple[i
         or "auto" (the run's model when its weights are on this machine and take at most 2 GiB).
     """
     out = Path(out)
+    check_writable(out)
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
     _clean(figdir, FIGURE_FILES)
@@ -1144,6 +1146,7 @@ def compare(dirs: Sequence[str | Path], out: str | Path) -> Path:
     runs.sort(key=lambda r: (r[1].neurons.height, r[1].layers.height))  # smallest model first, as the paper
     labels = _label_runs(runs)
     out = Path(out)
+    check_writable(out)
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
     for name in COMPARE_FILES:
