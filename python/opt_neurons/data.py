@@ -81,9 +81,14 @@ def read_text_file(path: Path) -> Iterator[str]:
     elif path.suffix == ".parquet":
         import polars as pl
 
-        df = pl.read_parquet(path)
+        try:
+            df = pl.read_parquet(path)
+        except Exception as e:  # polars raises several kinds for a file that is not Parquet
+            raise DataError(f"{path} cannot be read as Parquet ({type(e).__name__}): pass a valid .parquet file") from None
         if "text" not in df.columns:
             raise DataError(f"{path} has no 'text' column (columns: {df.columns})")
+        if df.schema["text"] != pl.String:
+            raise DataError(f"{path}: the 'text' column must hold strings, it holds {df.schema['text']}")
         yield from df["text"].drop_nulls().to_list()
     else:
         raise DataError(f"{path}: unsupported file type; use .txt, .jsonl (field 'text') or .parquet (column 'text')")
