@@ -6,6 +6,7 @@ from .analysis import Analysis, load
 from .errors import DataError, ModelError, OptNeuronsError, OutOfMemoryError
 from .params import Thresholds
 from .pipeline import analyze
+from .report import compare, write_report
 from .stats import NeuronStats
 
 __all__ = [
@@ -18,5 +19,7 @@ __all__ = [
     "Thresholds",
     "__version__",
     "analyze",
+    "compare",
     "load",
+    "write_report",
 ]

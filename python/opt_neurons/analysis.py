@@ -42,12 +42,6 @@ class Analysis:
         (out / METADATA).write_text(json.dumps(self.metadata, indent=2, sort_keys=True, default=str))
         return out
 
-    def report(self, out: str | Path | None = None) -> Path:
-        """Write PNG figures and an HTML page (see `opt_neurons.report`)."""
-        from .report import write_report
-
-        return write_report(self, out or self.metadata.get("out") or ".")
-
     def summary(self) -> str:
         l = self.layers
         m = self.metadata

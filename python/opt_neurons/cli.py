@@ -55,13 +55,13 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from .pipeline import analyze
 
     out = Path(args.out or f"runs/{Path(str(args.model)).name}")
-    a = analyze(args.model, args.data, out=out, **_run_kwargs(args))
+    a = analyze(args.model, args.data, out=out, report=args.report, **_run_kwargs(args))
     if a is None:  # a non-zero rank of a data-parallel run: rank 0 writes the tables
         return
     _show(a)
     print(f"saved to {out}")
     if args.report:
-        print(f"report: {a.report(out)}")
+        print(f"report: {out / 'report.html'}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -70,15 +70,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     out = Path(args.out or "runs/demo")
     kw = _run_kwargs(args)
     kw.setdefault("n_tokens", 200_000)
-    a = analyze("demo", args.data, out=out, **kw)
+    a = analyze("demo", args.data, out=out, report=True, **kw)
     _show(a)
-    print(f"report: {a.report(out)}")
+    print(f"report: {out / 'report.html'}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from .analysis import load
+    from .report import write_report
 
-    print(load(args.dir).report(args.out or args.dir))
+    print(write_report(load(args.dir), args.out or args.dir))
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

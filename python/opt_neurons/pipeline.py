@@ -11,12 +11,15 @@ from typing import Any
 import torch
 
 from . import checkpoint, distributed, executors, fingerprint, host_memory, outdir, schedule
+from ._core import __version__
 from .analysis import Analysis
 from .capture import BitCapture
 from .data import check_data_kind, prepare_data
 from .model import (LoadedModel, decoder_layers, default_device, load_config, load_model, model_dir, resolve_dtype,
                     resolve_name)  # fmt: skip
+from .errors import OptionError
 from .params import RunOptions, Thresholds
+from .report import write_report
 from .stats import NeuronStats
 
 
@@ -49,6 +52,7 @@ def analyze(
     dtype: Any = RunOptions.dtype,
     device_map: Any = RunOptions.device_map,
     out: str | Path | None = None,
+    report: bool = False,
     progress: bool = RunOptions.progress,
     revision: str | None = RunOptions.revision,
     ngram_capacity: int = RunOptions.ngram_capacity,
@@ -73,6 +77,8 @@ def analyze(
         ones: the tables are the same as in data order.
     out: folder for the tables, metadata and checkpoints (every `checkpoint_every` sequences); a run
         interrupted and restarted with the same arguments resumes from it. One run at a time holds it.
+    report: also write the figures and the HTML page into `out` (with the model already loaded, for
+        the neuron cards' top suppressed / promoted tokens).
     execution: "memory" (whole model on the device), "offload" (accelerate device_map, with
         max_memory / offload_folder), "layer" (layer-major: blocks of `block_size` sequences through
         one layer at a time), or "auto" (chosen from the model size and free GPU memory).
@@ -86,6 +92,8 @@ def analyze(
                          ngram_capacity=ngram_capacity, checkpoint_every=checkpoint_every, execution=execution,
                          block_size=block_size, max_memory=max_memory, offload_folder=offload_folder)  # fmt: skip
     t = Thresholds.from_overrides(thresholds)
+    if report and out is None:
+        raise OptionError("report=True writes the report into `out`: pass out= as well")
     check_data_kind(data)
     rank, world = distributed.rank_world()
     out_dir = Path(out) if out is not None else None
@@ -96,11 +104,11 @@ def analyze(
         if isinstance(model, torch.nn.Module) and model.training:
             model.eval()  # dropout would make the counts random; the caller gets its model back as it was
             stack.callback(model.train)
-        return _analyze(model, data, options, t, out_dir, rank, world)
+        return _analyze(model, data, options, t, out_dir, rank, world, report)
 
 
-def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path | None, rank: int,
-             world: int) -> Analysis | None:  # fmt: skip
+def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path | None, rank: int, world: int,
+             report: bool) -> Analysis | None:  # fmt: skip
     n_tokens, detail_tokens, seq_len, batch_size, dtype = o.n_tokens, o.detail_tokens, o.seq_len, o.batch_size, o.dtype
     device_map, progress, revision, ngram_capacity = o.device_map, o.progress, o.revision, o.ngram_capacity
     checkpoint_every, execution, block_size = o.checkpoint_every, o.execution, o.block_size
@@ -184,7 +192,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "accumulator_bytes": stats.memory_bytes(),
         "accumulator_bound_bytes": host_memory.statistics_bound(stats, tokens.n_tokens),
         "resumed_sequences": start.total,  # already counted when this call started (from a checkpoint)
-        "package_version": _version(),
+        "package_version": __version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "forward_seconds": forward_s,
@@ -200,6 +208,8 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         analysis.save(out_dir)
         for r in range(world):
             checkpoint.clear(out_dir, checkpoint.name_for(r, world))
+        if report:  # the loaded weights serve the neuron cards (streamed layer-major ones are not loaded)
+            write_report(analysis, out_dir, model=lm.model if mode != "layer" else "auto", tokenizer=lm.tokenizer)
     return analysis
 
 
@@ -246,12 +256,6 @@ def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str
         capture.close()
         bar.close()
     return capture.count_seconds
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def _progress_bar(enabled: bool, total: int, initial: int, name: str) -> Any:
