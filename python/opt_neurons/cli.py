@@ -102,6 +102,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="opt-neurons", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_core.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("analyze", help="analyse a model's neurons and save the tables")
     p.add_argument("model", help="hub id (e.g. facebook/opt-125m), local directory, or 'demo'")
