@@ -25,7 +25,10 @@ def _thresholds(args: argparse.Namespace) -> dict:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="file or folder of .txt/.jsonl/.parquet (default: the bundled corpus)")
+    p.add_argument("--data", help="file or folder of .txt/.jsonl/.parquet, or hf:NAME[:CONFIG][:SPLIT] (a Hugging "
+                                  "Face dataset through `datasets`; default: the bundled corpus)")
+    p.add_argument("--text-column", default="text", help="a dataset's text column")
+    p.add_argument("--source-column", default=None, help="a dataset's column naming each document's source")
     p.add_argument("--tokens", type=int, default=None, help="number of tokens to analyse")
     p.add_argument("--detail-tokens", type=int, default=None,
                    help="token, n-gram and position statistics over only this many tokens, dead neurons over "
@@ -50,7 +53,7 @@ def _run_kwargs(args: argparse.Namespace) -> dict:
     kw = dict(detail_tokens=args.detail_tokens, seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype,
               device_map=args.device_map, progress=not args.no_progress, ngram_capacity=args.ngram_capacity, execution=args.execution,
               block_size=args.block_size, offload_folder=args.offload_folder, checkpoint_every=args.checkpoint_every,
-              **_thresholds(args))  # fmt: skip
+              text_column=args.text_column, source_column=args.source_column, **_thresholds(args))  # fmt: skip
     if args.tokens is not None:
         kw["n_tokens"] = args.tokens
     return kw

@@ -12,7 +12,7 @@ import torch
 from . import _core, checkpoint, distributed, executors, host_memory, schedule
 from .analysis import Analysis
 from .capture import BitCapture
-from .data import prepare_data
+from .data import prepare_data, warn_if_exhausted
 from .model import LoadedModel, decoder_layers, default_device, load_config, load_model, resolve_dtype
 from .params import Thresholds
 from .stats import NeuronStats
@@ -57,14 +57,20 @@ def analyze(
     block_size: int = 64,
     max_memory: dict | None = None,
     offload_folder: str | Path | None = None,
+    text_column: str = "text",
+    source_column: str | None = None,
     **thresholds: Any,
 ) -> Analysis | None:
     """Find dead, n-gram-detecting and positional neurons of an OPT model (METHOD.md).
 
     model: hub id (through the Hugging Face cache), local directory, "demo", or a loaded model.
     data: None (bundled corpus), a file or folder of .txt/.jsonl/.parquet, an iterable of strings,
-        or a (n_seq, T) array of token ids used exactly as given. n_tokens is rounded up to whole
-        sequences of T = seq_len (default: the model's maximum positions) tokens.
+        a Hugging Face datasets Dataset or IterableDataset, "hf:NAME[:CONFIG][:SPLIT]" (loaded through
+        `datasets`), or a (n_seq, T) array of token ids used exactly as given. n_tokens is rounded up to
+        whole sequences of T = seq_len (default: the model's maximum positions) tokens; data that runs out
+        first gives fewer, with a warning (metadata: requested_tokens, data_exhausted).
+    text_column, source_column: a dataset's text column and (optional) the column, or dotted path into
+        a struct column, naming each document's source; the documents read per source are recorded.
     detail_tokens: count token, n-gram and position statistics over only the first detail_tokens
         tokens (rounded up to whole sequences), and frequency / dead neurons over all n_tokens: the
         paper's protocol (5 M and 20 M). The extra tokens cost the forward pass and a sum per
@@ -97,7 +103,8 @@ def analyze(
     bos = bos_id_of(lm)
     vocab = max(int(cfg.vocab_size), len(lm.tokenizer) if lm.tokenizer is not None else 0)
     tokens = prepare_data(data, lm.tokenizer, seq_len=seq_len or max_pos, max_positions=max_pos,
-                          n_tokens=n_tokens, bos_id=bos, vocab_size=vocab).with_detail_tokens(detail_tokens)  # fmt: skip
+                          n_tokens=n_tokens, bos_id=bos, vocab_size=vocab, text_column=text_column,
+                          source_column=source_column).with_detail_tokens(detail_tokens)  # fmt: skip
     mine = distributed.shard(tokens, rank, world) if world > 1 else tokens
     n_layers, n_neurons, T = len(decoder_layers(lm.model)), int(cfg.ffn_dim), int(tokens.tokens.shape[1])
     dtype_name = str(next(lm.model.parameters()).dtype).replace("torch.", "")
@@ -112,6 +119,7 @@ def analyze(
         NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=ngram_capacity), schedule.Cursor()
     )
     if rank == 0:
+        warn_if_exhausted(tokens)
         host_memory.warn_if_short(stats, tokens.n_tokens, host_memory.available_bytes())
     forward_started, forward_cpu_started = time.time(), time.process_time()
     counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=batch_size,
@@ -142,7 +150,9 @@ def analyze(
         "n_neurons": n_neurons,
         "vocab_size": vocab,
         "bos_token_id": bos,
-        "n_tokens": tokens.n_tokens,
+        "n_tokens": tokens.n_tokens,  # analysed
+        "requested_tokens": tokens.requested,  # None for a token array, used as given
+        "data_exhausted": tokens.exhausted,
         "detail_tokens": stats.detail_rows,
         "n_sequences": int(len(tokens.lengths)),
         "T": T,

@@ -254,7 +254,9 @@ def _headline_rows(h: dict, meta: dict) -> list[tuple[str, str]]:
         ("Data", f"{_int(h['tokens'])} tokens"
                  + (f" in {_int(meta['n_sequences'])} sequences" if meta.get("n_sequences") else "")
                  + (f" of up to {_int(meta['T'])} positions" if meta.get("T") else "")
-                 + (f" ({data})" if data else "")),
+                 + (f" ({data})" if data else "")
+                 + (f"; the data ran out: {_int(meta['requested_tokens'])} tokens asked for"
+                    if meta.get("data_exhausted") else "")),
         ("dtype", str(meta.get("dtype") or "n/a")),
         *([("Run time", t)] if (t := run_time(meta)) else []),
         *([("Token and position statistics over", f"the first {_int(meta['detail_tokens'])} tokens "
