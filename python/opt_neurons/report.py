@@ -26,6 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .analysis import METADATA, Analysis, load
+from .confidence import frequency_upper
 from .errors import OptNeuronsError
 from .tables import KINDS
 
@@ -265,7 +266,10 @@ def _headline_rows(h: dict, meta: dict) -> list[tuple[str, str]]:
         ("Neurons", f"{h['layers']} layers × {_int(h['neurons_per_layer'])} = {_int(h['neurons'])}"),
         ("Dead neurons", f"{_int(h['dead'])} ({_pct(h['dead_fraction'])}); most in layer "
                          f"{h['dead_max_layer'] if h['dead_max_layer'] is not None else 'n/a'}: "
-                         f"{_pct(h['dead_max_layer_fraction'])}"),
+                         f"{_pct(h['dead_max_layer_fraction'])}"
+                         + (f"; a dead neuron fires on under {frequency_upper(np.zeros(1), h['tokens'])[0]:.2g} of "
+                            f"tokens (one-sided 95% Clopper-Pearson bound over {_int(h['tokens'])} tokens)"
+                            if h["tokens"] else "")),
         ("Mean frequency of live neurons", "n/a" if h["mean_frequency_alive"] is None
          else f"{h['mean_frequency_alive']:.4f}"),
         ("Token detectors", f"{_int(h['token_detectors'])}, covering {_int(h['tokens_covered'])} tokens "
