@@ -93,6 +93,12 @@ def test_bad_columns_and_splits(tiny_opt):
         opt_neurons.analyze(tiny_opt, datasets.DatasetDict(train=ds), progress=False)
     with pytest.raises(DataError, match="must hold strings"):
         opt_neurons.analyze(tiny_opt, datasets.Dataset.from_dict({"text": [1, 2]}), progress=False)
+    stream = datasets.IterableDataset.from_generator(lambda: ({"body": t, "meta": {"set": "a"}} for t in TEXTS))
+    assert stream.column_names is None  # known only once read
+    with pytest.raises(DataError, match=r"no column 'text' \(columns: \['body', 'meta'\]\)"):
+        opt_neurons.analyze(tiny_opt, stream, progress=False)
+    with pytest.raises(DataError, match="source_column 'meta.name'.* has no field 'name'"):
+        opt_neurons.analyze(tiny_opt, stream, text_column="body", source_column="meta.name", progress=False)
     with pytest.raises(DataError, match="files are read from their 'text'"):
         opt_neurons.analyze(tiny_opt, TEXTS, text_column="body", progress=False)
 

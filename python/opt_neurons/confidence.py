@@ -25,12 +25,12 @@ def _betacf(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
     d = 1.0 / np.where(np.abs(d) < _TINY, _TINY, d)
     h = d.copy()
     live = np.arange(len(x))
-    for m in range(1, 100_000):
-        aa_, b_, x_, qab_, qap_, qam_ = a[live], b[live], x[live], qab[live], qap[live], qam[live]
+    for m in range(1, 100_000):  # a cap only: about 100 terms at the quantiles asked for
+        a_, b_, x_, qab_, qap_, qam_ = a[live], b[live], x[live], qab[live], qap[live], qam[live]
         m2 = 2 * m
         de = np.ones(len(live))
-        even = m * (b_ - m) * x_ / ((qam_ + m2) * (aa_ + m2))
-        odd = -(aa_ + m) * (qab_ + m) * x_ / ((aa_ + m2) * (qap_ + m2))
+        even = m * (b_ - m) * x_ / ((qam_ + m2) * (a_ + m2))
+        odd = -(a_ + m) * (qab_ + m) * x_ / ((a_ + m2) * (qap_ + m2))
         for aa in (even, odd):
             dd = 1.0 + aa * d[live]
             dd = 1.0 / np.where(np.abs(dd) < _TINY, _TINY, dd)

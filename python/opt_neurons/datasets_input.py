@@ -47,16 +47,25 @@ def load_spec(spec: str) -> Any:
                         f"datasets cache: load it once online)") from e  # fmt: skip
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if len(ds) != 1:
-            raise DataError(f"{spec!r} has splits {sorted(ds)}: name one, e.g. hf:{name}:{config}:{sorted(ds)[0]}")
+            raise DataError(f"{spec!r} has splits {sorted(ds)}: name one, e.g. hf:{name}:{config}:{min(ds)}")
         ds = next(iter(ds.values()))
     return ds
 
 
-def _field(value: Any, path: list[str]) -> Any:
+def _field(value: Any, path: list[str], source_column: str | None) -> Any:
     """`value` followed down nested dicts, e.g. the Pile's meta.pile_set_name."""
     for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, dict) or key not in value:
+            raise DataError(f"source_column {source_column!r}: a document's value {value!r:.80} has no field {key!r}")
+        value = value[key]
     return value
+
+
+def _check_columns(columns: list[str], present: Any) -> None:
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise DataError(f"the dataset has no column {missing[0]!r} (columns: {list(present)}): name the text with "
+                        f"text_column= (and the source with source_column=)")  # fmt: skip
 
 
 def dataset_documents(data: Any, *, text_column: str = "text", source_column: str | None = None
@@ -69,12 +78,10 @@ def dataset_documents(data: Any, *, text_column: str = "text", source_column: st
     if isinstance(ds, dict):  # DatasetDict, IterableDatasetDict
         raise DataError(f"a {type(ds).__name__} holds several splits: pass one of them, e.g. data=ds['train']")
     source_path = source_column.split(".") if source_column else []
-    columns = [text_column] + source_path[:1]
-    if ds.column_names is not None:  # None: a streaming dataset whose features are not known before reading
-        missing = [c for c in columns if c not in ds.column_names]
-        if missing:
-            raise DataError(f"the dataset has no column {missing[0]!r} (columns: {ds.column_names}): name the text "
-                            f"with text_column= (and the source with source_column=)")  # fmt: skip
+    columns = list(dict.fromkeys([text_column] + source_path[:1]))
+    if ds.column_names is not None:  # None: a stream whose columns are known only once read
+        _check_columns(columns, ds.column_names)
+        ds = ds.select_columns(columns)  # decode only these
     h = hashlib.sha256()
     info = getattr(ds, "info", None)
     source: dict = {"name": name or f"datasets.{type(ds).__name__} {getattr(info, 'dataset_name', None) or ''}".strip(),
@@ -84,9 +91,8 @@ def dataset_documents(data: Any, *, text_column: str = "text", source_column: st
         source.update(source_column=source_column, documents_per_source=per_source)
 
     def docs() -> Iterator[str]:
-        for batch in ds.select_columns(list(dict.fromkeys(columns))).iter(batch_size=BATCH):
-            if text_column not in batch:
-                raise DataError(f"the dataset has no column {text_column!r} (columns: {list(batch)})")
+        for batch in ds.iter(batch_size=BATCH):
+            _check_columns(columns, batch)
             labels = batch[source_path[0]] if source_path else [None] * len(batch[text_column])
             for text, label in zip(batch[text_column], labels):
                 if text is None:
@@ -94,7 +100,7 @@ def dataset_documents(data: Any, *, text_column: str = "text", source_column: st
                 if not isinstance(text, str):
                     raise DataError(f"column {text_column!r} must hold strings, got {type(text).__name__}")
                 if source_path:
-                    key = str(_field(label, source_path[1:]))
+                    key = str(_field(label, source_path[1:], source_column))
                     per_source[key] = per_source.get(key, 0) + 1
                 h.update(text.encode())
                 yield text
