@@ -55,22 +55,23 @@ def test_iterable_dataset_streams(tiny_opt, from_strings):
     assert set(a.metadata["data_sources"][0]["documents_per_source"]) == {"prose", "code"}
 
 
-def cache_dataset(cache, repo_id: str, table: dict, split: str = "train"):
+def cache_dataset(cache, repo_id: str, splits: dict):
     """What load_dataset(repo_id) leaves in the datasets cache when online: <ns>___<name>/<config>/<version>/<hash>."""
     from datasets.packaged_modules.parquet.parquet import Parquet
 
-    build = cache.parent / "build"
-    parquet = cache.parent / f"{split}.parquet"
-    datasets.Dataset.from_dict(table).to_parquet(parquet)
-    name = repo_id.split("/")[-1]
-    b = Parquet(cache_dir=str(build), dataset_name=name, data_files={split: str(parquet)})
+    files = {}
+    for split, table in splits.items():
+        files[split] = str(cache.parent / f"{repo_id.replace('/', '_')}-{split}.parquet")
+        datasets.Dataset.from_dict(table).to_parquet(files[split])
+    b = Parquet(cache_dir=str(cache.parent / "build"), dataset_name=repo_id.split("/")[-1], data_files=files)
     b.download_and_prepare()
     shutil.copytree(b.cache_dir, cache / repo_id.replace("/", "___") / "default" / "0.0.0" / "0123456789abcdef")
 
 
 def test_hf_name_from_the_cache_offline(tiny_opt, from_strings, tmp_path, monkeypatch):
     cache = tmp_path / "datasets-cache"
-    cache_dataset(cache, "someone/tiny-texts", {"text": TEXTS})
+    cache_dataset(cache, "someone/tiny-texts", {"train": {"text": TEXTS}})
+    cache_dataset(cache, "someone/two-splits", {"train": {"text": TEXTS}, "test": {"text": TEXTS[:3]}})
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     for spec in ("hf:someone/tiny-texts", "hf:someone/tiny-texts::train", "hf:someone/tiny-texts:default:train"):
@@ -79,6 +80,8 @@ def test_hf_name_from_the_cache_offline(tiny_opt, from_strings, tmp_path, monkey
         assert a.metadata["data_sources"][0]["name"] == spec
     with pytest.raises(DataError, match="cannot load 'hf:someone/not-cached'.*datasets cache"):
         opt_neurons.analyze(tiny_opt, "hf:someone/not-cached", progress=False)
+    with pytest.raises(DataError, match=r"has splits \['test', 'train'\]: name one, e.g. hf:someone/two-splits::test"):
+        opt_neurons.analyze(tiny_opt, "hf:someone/two-splits", progress=False)
     with pytest.raises(DataError, match="write hf:NAME"):
         opt_neurons.analyze(tiny_opt, "hf:a:b:c:d", progress=False)
 
