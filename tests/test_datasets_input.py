@@ -3,7 +3,9 @@ same tables as the same text passed as strings; data that runs out before n_toke
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -122,3 +124,20 @@ def test_data_that_runs_out_says_so(tiny_opt, tmp_path):
     assert opt_neurons.load(tmp_path / "run").metadata["data_exhausted"]
     data_row = dict(_headline_rows(headline(a), m))["Data"]
     assert data_row.startswith(f"{m['n_tokens']:,} tokens") and "the data ran out: 100,000 tokens asked for" in data_row
+
+
+def test_cli_reads_a_cached_dataset(tiny_opt, tmp_path):
+    cache = tmp_path / "datasets-cache"
+    cache_dataset(cache, "someone/tiny-texts", {"train": {"body": TEXTS, "set": SOURCES}})
+    out = tmp_path / "cli"
+    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "opt_neurons.cli", "analyze", str(tiny_opt), "--data",
+                        "hf:someone/tiny-texts", "--text-column", "body", "--source-column", "set", "--tokens",
+                        str(N_TOKENS), "--out", str(out), "--no-progress"], capture_output=True, text=True, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    src = opt_neurons.load(out).metadata["data_sources"][0]
+    assert src["name"] == "hf:someone/tiny-texts" and set(src["documents_per_source"]) == {"prose", "code"}
+    r = subprocess.run([sys.executable, "-m", "opt_neurons.cli", "analyze", str(tiny_opt), "--data",
+                        "hf:someone/tiny-texts", "--out", str(out), "--no-progress"], capture_output=True, text=True,
+                       env=env)  # fmt: skip
+    assert r.returncode == 2 and "no column 'text'" in r.stderr and "Traceback" not in r.stderr
