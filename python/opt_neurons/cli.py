@@ -42,6 +42,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=64, help="sequences per block in layer-major execution")
     p.add_argument("--offload-folder", default=None, help="folder for weights accelerate offloads to disk")
     p.add_argument("--checkpoint-every", type=int, default=256, help="sequences between checkpoints")
+    p.add_argument("--activation-threshold", type=float, default=0.0,
+                   help="a neuron fires when its activation output is > this (METHOD.md; default 0)")
     p.add_argument("--no-progress", action="store_true")
     _add_thresholds(p)
 
@@ -50,6 +52,7 @@ def _run_kwargs(args: argparse.Namespace) -> dict:
     kw = dict(detail_tokens=args.detail_tokens, seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype,
               device_map=args.device_map, progress=not args.no_progress, ngram_capacity=args.ngram_capacity, execution=args.execution,
               block_size=args.block_size, offload_folder=args.offload_folder, checkpoint_every=args.checkpoint_every,
+              activation_threshold=args.activation_threshold,
               **_thresholds(args))  # fmt: skip
     if args.tokens is not None:
         kw["n_tokens"] = args.tokens

@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from . import _core, checkpoint, distributed, executors, host_memory, schedule
+from . import _core, architectures, checkpoint, distributed, executors, host_memory, schedule
 from .analysis import Analysis
 from .capture import BitCapture
 from .data import prepare_data
-from .model import LoadedModel, decoder_layers, default_device, load_config, load_model, resolve_dtype
+from .architectures import decoder_layers
+from .model import LoadedModel, default_device, load_config, load_model, resolve_dtype
 from .params import Thresholds
 from .stats import NeuronStats
 
@@ -21,9 +22,8 @@ DEFAULT_TOKENS = 5_000_000  # the paper's amount for sections 4-5
 
 
 def bos_id_of(lm: LoadedModel) -> int:
-    tok_bos = getattr(lm.tokenizer, "bos_token_id", None) if lm.tokenizer is not None else None
-    bos = tok_bos if tok_bos is not None else getattr(lm.model.config, "bos_token_id", None)
-    return 2 if bos is None else int(bos)
+    """The token starting each sequence and separating documents, by the family's convention."""
+    return architectures.start_token_id(lm.model.config, lm.tokenizer)
 
 
 def load_for(mode: str, model: Any, *, dtype: Any, device_map: Any, revision: str | None, device: torch.device,
@@ -57,14 +57,16 @@ def analyze(
     block_size: int = 64,
     max_memory: dict | None = None,
     offload_folder: str | Path | None = None,
+    activation_threshold: float = 0.0,
     **thresholds: Any,
 ) -> Analysis | None:
-    """Find dead, n-gram-detecting and positional neurons of an OPT model (METHOD.md).
+    """Find dead, n-gram-detecting and positional neurons of a decoder LM (OPT, GPT-2, Pythia, Llama, ...:
+    architectures.py; METHOD.md).
 
     model: hub id (through the Hugging Face cache), local directory, "demo", or a loaded model.
     data: None (bundled corpus), a file or folder of .txt/.jsonl/.parquet, an iterable of strings,
         or a (n_seq, T) array of token ids used exactly as given. n_tokens is rounded up to whole
-        sequences of T = seq_len (default: the model's maximum positions) tokens.
+        sequences of T = seq_len (default: min(the model's maximum positions, 2048)) tokens.
     detail_tokens: count token, n-gram and position statistics over only the first detail_tokens
         tokens (rounded up to whole sequences), and frequency / dead neurons over all n_tokens: the
         paper's protocol (5 M and 20 M). The extra tokens cost the forward pass and a sum per
@@ -75,16 +77,19 @@ def analyze(
     execution: "memory" (whole model on the device), "offload" (accelerate device_map, with
         max_memory / offload_folder), "layer" (layer-major: blocks of `block_size` sequences through
         one layer at a time), or "auto" (chosen from the model size and free GPU memory).
+    activation_threshold: a neuron fires on a token when its activation output is > this (METHOD.md).
     thresholds: any field of `Thresholds` (coverage, max_tokens, mi_threshold, ...).
     Under torchrun with several processes, each counts a shard; rank 0 returns the merged Analysis,
     the other ranks None.
     """
     started = time.time()
     t = Thresholds.from_overrides(thresholds)
+    threshold = architectures.check_threshold(activation_threshold)
     rank, world = distributed.rank_world()
     device = distributed.device_for_rank() or default_device()
     if isinstance(model, (str, Path)):
         config, _ = load_config(str(model), revision)
+        architectures.check_threshold(threshold, architectures.for_config(config, repr(str(model))))
         mode, why = execution_choice(execution, config, dtype, device, device_map)
     else:
         mode, why = ("memory", "a loaded model runs where it is") if execution == "auto" else (execution, "requested")
@@ -93,18 +98,21 @@ def analyze(
     lm, source = load_for(mode, model, dtype=dtype, device_map=device_map, revision=revision, device=device,
                           max_memory=max_memory, offload_folder=offload_folder)  # fmt: skip
     cfg = lm.model.config
-    max_pos = int(cfg.max_position_embeddings)
+    arch = architectures.for_config(cfg)
+    architectures.check_threshold(threshold, arch)
+    max_pos = architectures.max_positions(cfg)  # None: no limit (ALiBi)
     bos = bos_id_of(lm)
     vocab = max(int(cfg.vocab_size), len(lm.tokenizer) if lm.tokenizer is not None else 0)
-    tokens = prepare_data(data, lm.tokenizer, seq_len=seq_len or max_pos, max_positions=max_pos,
-                          n_tokens=n_tokens, bos_id=bos, vocab_size=vocab).with_detail_tokens(detail_tokens)  # fmt: skip
+    tokens = prepare_data(data, lm.tokenizer, seq_len=seq_len or architectures.default_seq_len(cfg),
+                          max_positions=max_pos or 2**31 - 1, n_tokens=n_tokens, bos_id=bos,
+                          vocab_size=vocab).with_detail_tokens(detail_tokens)  # fmt: skip
     mine = distributed.shard(tokens, rank, world) if world > 1 else tokens
-    n_layers, n_neurons, T = len(decoder_layers(lm.model)), int(cfg.ffn_dim), int(tokens.tokens.shape[1])
+    n_layers, n_neurons, T = len(decoder_layers(lm.model)), architectures.n_neurons(lm.model), int(tokens.tokens.shape[1])
     dtype_name = str(next(lm.model.parameters()).dtype).replace("torch.", "")
     data_sha256 = tokens.content_hash()  # hashes every token: once per run
     fingerprint = {"model": lm.model_id, "revision": lm.revision, "data": data_sha256, "T": T,
                    "ngram_capacity": ngram_capacity, "dtype": dtype_name, "rank": rank, "world": world,
-                   "detail_sequences": tokens.detail}  # fmt: skip
+                   "detail_sequences": tokens.detail, "activation_threshold": threshold}  # fmt: skip
     out_dir = Path(out) if out is not None else None
     ckpt = checkpoint.DIR if world == 1 else f"{checkpoint.DIR}-rank{rank}"
     resumed = checkpoint.load(out_dir, fingerprint, mine, ckpt) if out_dir is not None else None
@@ -116,7 +124,7 @@ def analyze(
     forward_started, forward_cpu_started = time.time(), time.process_time()
     counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=batch_size,
                   block_size=block_size, out_dir=out_dir, ckpt=ckpt, fingerprint=fingerprint,
-                  checkpoint_every=checkpoint_every, progress=progress and rank == 0)  # fmt: skip
+                  checkpoint_every=checkpoint_every, progress=progress and rank == 0, threshold=threshold)  # fmt: skip
     forward_s, forward_cpu_s = time.time() - forward_started, time.process_time() - forward_cpu_started
     if progress and rank == 0 and counting_s > 0.8 * forward_s:
         print(f"opt-neurons: counting took {counting_s:.0f} s of the {forward_s:.0f} s forward phase: the host's "
@@ -141,7 +149,14 @@ def analyze(
         "n_layers": n_layers,
         "n_neurons": n_neurons,
         "vocab_size": vocab,
-        "bos_token_id": bos,
+        "bos_token_id": bos,  # starts each sequence and separates documents (METHOD.md "Data")
+        "family": arch.name,
+        "model_type": getattr(cfg, "model_type", None),
+        "neuron_module": f"{arch.layers}[i].{arch.neurons}",
+        "firing_rule": arch.firing_rule(cfg, threshold),
+        "activation_threshold": threshold,
+        "max_positions": max_pos,
+        "T_source": "seq_len" if seq_len else "min(max positions, 2048)",
         "n_tokens": tokens.n_tokens,
         "detail_tokens": stats.detail_rows,
         "n_sequences": int(len(tokens.lengths)),
@@ -179,7 +194,7 @@ def execution_choice(requested: str, config: Any, dtype: Any, device: torch.devi
 
 def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str, source: Any, start: schedule.Cursor,
                   batch_size: int, block_size: int, out_dir: Path | None, ckpt: str, fingerprint: dict,
-                  checkpoint_every: int, progress: bool) -> float:  # fmt: skip
+                  checkpoint_every: int, progress: bool, threshold: float = 0.0) -> float:  # fmt: skip
     """Run the forward pass from `start` with bit capture, checkpointing as it goes; on any
     interruption, save what is counted up to the last resumable point, then re-raise. Returns the
     seconds the host spent counting."""
@@ -187,7 +202,7 @@ def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str
     seen = [schedule.tokens_done(tokens, start, before)]
     bar = _progress_bar(progress, int(before[-1]), seen[0], lm.model_id)
     saved = [start]
-    capture = BitCapture([layer.fc1 for layer in decoder_layers(lm.model)], stats)
+    capture = BitCapture(architectures.neuron_modules(lm.model), stats, threshold)
     capture.done = start
 
     def on_progress(done: schedule.Cursor) -> None:

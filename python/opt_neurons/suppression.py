@@ -1,8 +1,10 @@
 """Do token detectors suppress their own triggers? (paper section 4.3)
 
-A neuron's value vector v = fc2.weight[:, n] (through project_out where the model has one) is
-scored against the unembedding: s_t = W_U[t] . v. Computed on the device the weights live on,
-for detectors (and the random baseline neurons) only, in chunks of columns.
+A neuron's value vector v = column n of its layer's down projection (OPT's fc2.weight[:, n]; GPT-2's
+Conv1D row n; architectures.py), through any output projection (OPT-350m's project_out), is scored
+against the unembedding: s_t = W_U[t] . v, the final norm's gain not folded in (METHOD.md). Computed
+on the device the weights live on, for detectors (and the random baseline neurons) only, in chunks
+of columns.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from .model import decoder_layers, output_projection
+from .architectures import down_weight, output_projection
 from .params import Thresholds
 
 CHUNK = 256
@@ -24,15 +26,15 @@ CHUNK = 256
 def value_scores(model: Any, layer: int, neurons: list[int], tokens: torch.Tensor | None = None) -> torch.Tensor:
     """(vocab, len(neurons)) float32 scores of the neurons' value vectors against the unembedding, or
     only the rows of `tokens` (sorted ids): (len(tokens), len(neurons))."""
-    fc2 = decoder_layers(model)[layer].fc2
+    down = down_weight(model, layer)  # (d_model, n_neurons)
     w_u = model.get_output_embeddings().weight
     w_u = (w_u if tokens is None else w_u[tokens.to(w_u.device)]).float()  # once per call: the vocabulary is large
     project = output_projection(model)
-    proj = project.weight.float().to(fc2.weight.device) if project is not None else None
-    idx = torch.tensor(neurons, device=fc2.weight.device, dtype=torch.long)
+    proj = project.weight.float().to(down.device) if project is not None else None
+    idx = torch.tensor(neurons, device=down.device, dtype=torch.long)
     out = []
     for i in range(0, len(neurons), CHUNK):
-        v = fc2.weight.index_select(1, idx[i : i + CHUNK]).float()
+        v = down.index_select(1, idx[i : i + CHUNK]).float()
         if proj is not None:
             v = proj @ v
         out.append((w_u @ v.to(w_u.device)).cpu())
