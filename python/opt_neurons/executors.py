@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import schedule
-from .capture import BitCapture
+from .capture import BitCapture, release_free_heap
 from .data import TokenData
 from .errors import ModelError, OutOfMemoryError
 from . import architectures, weights
@@ -139,6 +139,8 @@ class StreamedLayers:
             yield self.layers[index]
         finally:
             weights.move(self.model, "meta", lambda n: n.startswith(prefix))
+            if self.device.type == "cpu":  # glibc would keep the freed layer's heap pages: host memory grew
+                release_free_heap()  # by ~half a layer per layer streamed (measured, test_families)
 
 
 def safetensors_files(model_dir: Path) -> list[Path]:
@@ -265,7 +267,7 @@ def prepare_layer_major(model: Any, *, dtype: Any, revision: str | None, device:
         lm, files = skeleton_model(str(model), dtype=dtype, revision=revision, device=device)
         if files:
             layers = architectures.for_config(lm.model.config).layers + "."
-            tensors = weights.CheckpointTensors(files, lm.model.base_model_prefix)
+            tensors = weights.CheckpointTensors(files, lm.model.base_model_prefix, weights.key_renamer(lm.model))
             weights.load_into(lm.model, tensors, device, lambda n: not n.startswith(layers))
             return lm, StreamedLayers(lm.model, tensors, device)
     lm = load_model(model, dtype=dtype, revision=revision, device=device, on_host=True)

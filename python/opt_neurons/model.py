@@ -14,6 +14,7 @@ from . import architectures
 from .errors import ModelError
 
 DEMO_DIR = Path(__file__).parent / "demo"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
 
 
 @dataclass
@@ -57,6 +58,11 @@ def load_tokenizer(source: str, **kwargs: Any) -> Any:
     """The model's tokenizer, or None (then data must be given as token ids)."""
     from transformers import AutoTokenizer
 
+    # transformers 5 builds a tokenizer of the family's class even for a folder without tokenizer files
+    # (no vocabulary, made-up special ids): that is no tokenizer.
+    folder = model_dir(source, kwargs.get("revision"))
+    if folder is not None and not any((folder / f).exists() for f in TOKENIZER_FILES):
+        return None
     try:
         return AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception:

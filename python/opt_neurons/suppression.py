@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from .architectures import down_weight, output_projection
+from .architectures import decoder_layers, down_weight, output_projection
 from .params import Thresholds
 
 CHUNK = 256
@@ -41,6 +41,21 @@ def value_scores(model: Any, layer: int, neurons: list[int], tokens: torch.Tenso
     return torch.cat(out, dim=1) if out else torch.empty(w_u.shape[0], 0)
 
 
+@contextlib.contextmanager
+def offloaded_onto_device(model: Any, layer: int) -> Any:
+    """The weights value_scores reads, loaded for the time being where accelerate offloaded them (to the
+    host or disk under a device_map); nothing to do for weights that are in place."""
+    from accelerate.utils import align_module_device, has_offloaded_params
+
+    modules = [decoder_layers(model)[layer], model.get_output_embeddings(), output_projection(model)]
+    with contextlib.ExitStack() as stack:
+        for m in modules:
+            for sub in m.modules() if m is not None else ():
+                if has_offloaded_params(sub):
+                    stack.enter_context(align_module_device(sub))
+        yield
+
+
 def ranks_below(scores: torch.Tensor, tokens: torch.Tensor) -> list[int]:
     """For each token, how many vocabulary scores lie strictly below its own (0 = most suppressed)."""
     return (scores[None, :] < scores[tokens][:, None]).sum(dim=1).tolist()
@@ -48,7 +63,9 @@ def ranks_below(scores: torch.Tensor, tokens: torch.Tensor) -> list[int]:
 
 def suppression_columns(model: Any, neurons: pl.DataFrame, t: Thresholds, materialize: Any = None) -> pl.DataFrame:
     """Columns suppression_score, suppresses_triggers, detected_token_ranks, suppression_baseline.
-    materialize(layer): context manager that puts the layer's weights on a device (streamed models)."""
+    materialize(layer): context manager that puts the layer's weights on a device (streamed models;
+    default: load what accelerate offloaded)."""
+    materialize = materialize or (lambda layer: offloaded_onto_device(model, layer))
     n = neurons.height
     score = np.full(n, np.nan)
     flag: list = [None] * n
@@ -65,7 +82,7 @@ def suppression_columns(model: Any, neurons: pl.DataFrame, t: Thresholds, materi
         pool = neuron_col[plain_alive & (layer_col == layer)]
         draws = rng.choice(pool, size=(len(rows), t.baseline_draws)) if len(pool) and t.baseline_draws else None
         toks_of = [torch.tensor(detected[r]) for r in rows]
-        with materialize(layer) if materialize else contextlib.nullcontext():
+        with materialize(layer):
             # Ranks need a detector's scores over the whole vocabulary; the baseline only those of the
             # layer's detected tokens, under the drawn neurons.
             scores = value_scores(model, layer, neuron_col[rows].tolist())

@@ -38,17 +38,35 @@ def _keys(path: Path) -> list[str]:
     return list(torch.load(path, mmap=True, weights_only=True, map_location="cpu").keys())
 
 
-class CheckpointTensors:
-    """Where each of a model's tensors lies in its checkpoint files. Checkpoint keys may lack the model's
-    base prefix (OPT's "decoder.layers.0...", GPT-2's "h.0..."): both spellings are indexed."""
+def key_renamer(model: torch.nn.Module) -> Callable[[str], str]:
+    """transformers' own renames of checkpoint keys for this model, as from_pretrained applies them
+    (GPT-NeoX's embed_out -> lm_head, legacy LayerNorm gamma/beta, ...); the identity where this
+    version of transformers has none. Keys that transformers would fuse or split are not supported."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
 
-    def __init__(self, files: list[Path], base_prefix: str) -> None:
+        renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+        names = dict.fromkeys(model.state_dict(), True)
+        prefix = getattr(model, "base_model_prefix", None)
+        return lambda key: rename_source_key(key, renamings, [], prefix, names)[0]
+    except Exception:  # another transformers version: keys as stored
+        return lambda key: key
+
+
+class CheckpointTensors:
+    """Where each of a model's tensors lies in its checkpoint files, by the model's name for it. Checkpoint
+    keys may lack the model's base prefix (OPT's "decoder.layers.0...", GPT-2's "h.0...") or be renamed
+    by transformers (`key_renamer`): each is indexed as stored, renamed, and with the prefix."""
+
+    def __init__(self, files: list[Path], base_prefix: str, rename: Callable[[str], str] = lambda key: key) -> None:
         self.where: dict[str, tuple[Path, str]] = {}
         for f in files:
             for key in _keys(f):
-                self.where.setdefault(key, (f, key))
-                if base_prefix and not key.startswith(f"{base_prefix}."):
-                    self.where.setdefault(f"{base_prefix}.{key}", (f, key))
+                for name in (rename(key), key):
+                    self.where.setdefault(name, (f, key))
+                    if base_prefix and not name.startswith(f"{base_prefix}."):
+                        self.where.setdefault(f"{base_prefix}.{name}", (f, key))
 
     def __contains__(self, name: str) -> bool:
         return name in self.where
