@@ -229,3 +229,25 @@ def test_bin_shards_stream_in_layer_major_without_the_whole_model_in_memory(tmp_
     before, peak = (int(x) for x in out.stdout.split()[-2:])
     assert size > 400e6
     assert peak - before < 0.4 * size, (peak - before, size)
+
+
+def test_report_and_compare_across_families(hub, runs, tmp_path):
+    """A report of a GPT-2 run (its neuron cards score value vectors through the family's Conv1D), and a
+    comparison of runs of different families and depths on relative depth."""
+    from opt_neurons.report import compare
+
+    dirs = []
+    for name in ("gpt2", "llama", "opt-350m-like"):
+        _, a = runs[name]
+        a.save(tmp_path / name)
+        dirs.append(tmp_path / name)
+    page = runs["gpt2"][1].report(tmp_path / "gpt2")
+    html = page.read_text()
+    assert "Firing rule" in html and "mlp.act output = gelu_new(x) &gt; 0" in html and "family gpt2" in html
+    assert "Most suppressed tokens" in html  # the cards scored the model loaded by hub id
+    out = compare(dirs, tmp_path / "cmp")
+    import polars as pl
+
+    summary = pl.read_parquet(tmp_path / "cmp" / "summary.parquet")
+    assert sorted(summary["model"].to_list()) == ["gpt2", "llama", "opt-350m-like"]
+    assert summary["token_detectors"].to_list() == [3, 3, 3] and out.exists()

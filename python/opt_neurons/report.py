@@ -256,6 +256,8 @@ def _headline_rows(h: dict, meta: dict) -> list[tuple[str, str]]:
                  + (f" of up to {_int(meta['T'])} positions" if meta.get("T") else "")
                  + (f" ({data})" if data else "")),
         ("dtype", str(meta.get("dtype") or "n/a")),
+        # Runs before the families issue read OPT's fc1 with > 0 and recorded no rule.
+        ("Firing rule", f"{meta.get('firing_rule') or 'fc1 output > 0'} (family {meta.get('family') or 'opt'})"),
         *([("Run time", t)] if (t := run_time(meta)) else []),
         *([("Token and position statistics over", f"the first {_int(meta['detail_tokens'])} tokens "
             "(dead neurons and frequencies over all)")]
@@ -954,7 +956,7 @@ class _Section:
 SECTIONS = (
     _Section("Dead neurons and activation frequency (paper Figure 1)", "fig1_dead_frequency.png",
              "Left: share of each layer's neurons that never fire on the data. Right: mean activation frequency "
-             "of the live neurons (fraction of tokens with fc1 output > 0).", fig_dead_frequency),
+             "of the live neurons (fraction of tokens on which a neuron fires: the firing rule above).", fig_dead_frequency),
     _Section("n-gram coverage (Figure 2)", "fig2_coverage.png",
              "How many distinct unigrams / bigrams / trigrams it takes to cover 95% of a live neuron's activations "
              "(BOS positions left out). Neurons with 0 fire only at BOS.", fig_coverage),
