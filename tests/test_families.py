@@ -120,6 +120,14 @@ def test_bad_activation_threshold(hub, bad):
         analyze("llama", P.make_tokens(), activation_threshold=bad)
 
 
+def test_cli_activation_threshold(hub, tmp_path, capsys):
+    from opt_neurons.cli import main
+
+    assert main(["analyze", "planted/llama", "--activation-threshold", "nan", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "activation_threshold must be a finite number" in err[0]
+
+
 def test_negative_threshold_on_relu_input_is_refused(hub):
     with pytest.raises(ModelError, match=">= 0"):
         analyze("opt", P.make_tokens(), activation_threshold=-0.1)

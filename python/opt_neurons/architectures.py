@@ -51,9 +51,9 @@ class Architecture:
 
     def firing_rule(self, config: Any, threshold: float) -> str:
         """The rule in words, for the metadata and the report."""
-        act = self.activation(config)
-        what = f"{act}({'gate' if self.gated else 'x'})" if not self.relu_input else f"{self.neurons} (input of relu)"
-        return f"{self.neurons} output = {what} > {threshold:g}"
+        if self.relu_input:  # the ReLU's input: > t >= 0 exactly where the ReLU's output is
+            return f"{self.neurons} output > {threshold:g} (= relu({self.neurons}) > {threshold:g})"
+        return f"{self.neurons} output = {self.activation(config)}({'gate' if self.gated else 'x'}) > {threshold:g}"
 
 
 REGISTRY: dict[str, Architecture] = {}
