@@ -102,6 +102,20 @@ def test_offload_and_layer_major_are_identical(hub, runs, name, tmp_path):
     assert_same(off, plain)
 
 
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "opt-350m-like"])
+def test_layer_major_from_bin_shards_is_identical(hub, runs, name):
+    """Only pytorch .bin shards (tied weights stored once; GPT-NeoX's unembedding stored as embed_out): layer-major
+    streams them and gives the tables of the same files loaded in memory, and the counts of the safetensors model
+    (its suppression scores may differ in the last bits: BLAS results depend on where the tensors lie)."""
+    tokens, plain = runs[name]
+    P.save_in_hub_cache(hub[1][name], hub[0], f"{name}-bin", bin_shard=40_000)
+    layer, memory = (opt_neurons.analyze(f"planted/{name}-bin", tokens, batch_size=4, block_size=8, progress=False,
+                                         execution=mode) for mode in ("layer", "memory"))  # fmt: skip
+    assert_same(layer, memory)
+    counts = ["n_active", "dead", "token_detector", "detected_tokens", "trigram_detector", "mi_position"]
+    assert layer.neurons.select(counts).equals(plain.neurons.select(counts))
+
+
 def test_smooth_gate_threshold(hub):
     """A SiLU gate fires where silu(gate) > activation_threshold: counted as the float hooks count it, recorded
     in the metadata, and part of the checkpoint's fingerprint."""

@@ -124,13 +124,14 @@ def place(model: torch.nn.Module, tensors: dict[str, Any], new: dict[str, torch.
 
 def load_into(model: torch.nn.Module, source: CheckpointTensors, device: torch.device,
               include: Callable[[str], bool]) -> None:  # fmt: skip
-    """Put the parameters and buffers of `model` whose names `include` accepts on `device`: from the
-    checkpoint, or (buffers it lacks, e.g. rotary frequencies, which the skeleton computed on the host)
-    moved there."""
+    """Put the parameters and buffers of `model` whose names `include` accepts on `device`: parameters and
+    persistent buffers from the checkpoint; non-persistent buffers (rotary frequencies, causal masks), which
+    the skeleton computed on the host and from_pretrained does not read either, moved there."""
     params = dict(model.named_parameters())
     tensors = {**params, **dict(model.named_buffers())}
     chosen = {n: t for n, t in tensors.items() if include(n)}
-    from_file = [n for n in chosen if n in source or n in params]
+    persistent = model.state_dict().keys()
+    from_file = [n for n in chosen if n in params or (n in persistent and n in source)]
     new = source.read(from_file, device, {n: chosen[n].dtype for n in from_file})
     for n, t in chosen.items():
         if n not in new:
