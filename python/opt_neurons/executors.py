@@ -174,6 +174,7 @@ def layer_arguments(body: Any, layers: Any, ids: torch.Tensor) -> tuple[torch.Te
 
         return record
 
+    own = [layer.__dict__.get("forward") for layer in layers]  # e.g. accelerate's wrapper, put back after
     for i, layer in enumerate(layers):
         layer.forward = recorder(i == len(layers) - 1)
     try:
@@ -181,8 +182,11 @@ def layer_arguments(body: Any, layers: Any, ids: torch.Tensor) -> tuple[torch.Te
     except _InputsRecorded:
         pass
     finally:
-        for layer in layers:
-            del layer.forward
+        for layer, forward in zip(layers, own):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
     if len(calls) != len(layers):
         raise ModelError(f"{type(body).__name__}'s forward called {len(calls)} of its {len(layers)} layers: "
                          "layer-major execution cannot replay it; use execution='memory' or 'offload'")  # fmt: skip
