@@ -48,8 +48,9 @@ SHAPES = {
 SMOKE = {
     "gpt2-smoke": ("GPT2Config", dict(n_layer=2, n_embd=64, n_inner=256, n_head=4, n_positions=128, vocab_size=1000,
                                       bos_token_id=1, eos_token_id=2)),
-    "llama-smoke": ("LlamaConfig", dict(num_hidden_layers=2, hidden_size=64, intermediate_size=256, num_attention_heads=4,
-                                        max_position_embeddings=128, vocab_size=1000, bos_token_id=1, eos_token_id=2)),  # fmt: skip
+    "llama-smoke": ("LlamaConfig", dict(num_hidden_layers=2, hidden_size=64, intermediate_size=256,
+                                        num_attention_heads=4, max_position_embeddings=128, vocab_size=1000,
+                                        bos_token_id=1, eos_token_id=2)),  # fmt: skip
 }
 
 

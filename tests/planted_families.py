@@ -68,15 +68,15 @@ FAMILIES = [
                                            attention_types=[[["global", "local"], 1]], window_size=8,
                                            max_position_embeddings=POSITIONS), "mlp.c_fc", "mlp.c_proj", "gelu_new",
            EOS, layers="transformer.h"),  # fmt: skip
-    Family("gptj", "GPTJConfig", dict(n_embd=D, n_inner=F, n_layer=LAYERS, n_head=2, rotary_dim=8, n_positions=POSITIONS),
-           "mlp.fc_in", "mlp.fc_out", "gelu_new", EOS, layers="transformer.h"),
+    Family("gptj", "GPTJConfig",
+           dict(n_embd=D, n_inner=F, n_layer=LAYERS, n_head=2, rotary_dim=8, n_positions=POSITIONS), "mlp.fc_in", "mlp.fc_out", "gelu_new", EOS, layers="transformer.h"),
     Family("gpt_neox", "GPTNeoXConfig", dict(hidden_size=D, intermediate_size=F, num_hidden_layers=LAYERS,
                                              num_attention_heads=2, rotary_pct=0.5, max_position_embeddings=POSITIONS),
            "mlp.dense_h_to_4h", "mlp.dense_4h_to_h", "gelu", EOS, layers="gpt_neox.layers"),  # fmt: skip
     Family("bloom", "BloomConfig", dict(hidden_size=D, n_layer=LAYERS, n_head=2), "mlp.dense_h_to_4h",
            "mlp.dense_4h_to_h", "bloom", BOS, n_neurons=4 * D, layers="transformer.h"),
-    Family("falcon", "FalconConfig", dict(hidden_size=D, ffn_hidden_size=F, num_hidden_layers=LAYERS, num_attention_heads=2,
-                                          max_position_embeddings=POSITIONS), "mlp.dense_h_to_4h", "mlp.dense_4h_to_h",
+    Family("falcon", "FalconConfig", dict(hidden_size=D, ffn_hidden_size=F, num_hidden_layers=LAYERS,
+                                          num_attention_heads=2, max_position_embeddings=POSITIONS), "mlp.dense_h_to_4h", "mlp.dense_4h_to_h",
            "gelu", EOS, layers="transformer.h"),  # fmt: skip
     Family("falcon-alibi", "FalconConfig", dict(hidden_size=D, ffn_hidden_size=F, num_hidden_layers=LAYERS,
                                                 num_attention_heads=2, alibi=True, max_position_embeddings=POSITIONS),
@@ -89,7 +89,8 @@ FAMILIES = [
     Family("mistral", "MistralConfig", {**LLAMA, "sliding_window": 8}, "mlp.gate_proj", "mlp.down_proj", "silu", BOS),
     Family("qwen2", "Qwen2Config", LLAMA, "mlp.gate_proj", "mlp.down_proj", "silu", BOS),
     Family("qwen3", "Qwen3Config", {**LLAMA, "head_dim": 16}, "mlp.gate_proj", "mlp.down_proj", "silu", BOS),
-    Family("gemma", "GemmaConfig", {**LLAMA, "head_dim": 16}, "mlp.gate_proj", "mlp.down_proj", "gelu_pytorch_tanh", BOS),
+    Family("gemma", "GemmaConfig", {**LLAMA, "head_dim": 16}, "mlp.gate_proj", "mlp.down_proj", "gelu_pytorch_tanh",
+           BOS),
     Family("gemma2", "Gemma2Config", {**LLAMA, "head_dim": 16, "sliding_window": 8}, "mlp.gate_proj", "mlp.down_proj",
            "gelu_pytorch_tanh", BOS),  # fmt: skip
     Family("olmo", "OlmoConfig", LLAMA, "mlp.gate_proj", "mlp.down_proj", "silu", BOS),

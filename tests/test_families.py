@@ -5,7 +5,6 @@ independent value-vector computation, and memory, offload and layer-major execut
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -137,7 +136,8 @@ def test_bad_activation_threshold(hub, bad):
 def test_cli_activation_threshold(hub, tmp_path, capsys):
     from opt_neurons.cli import main
 
-    assert main(["analyze", "planted/llama", "--activation-threshold", "nan", "--out", str(tmp_path), "--no-progress"]) == 2
+    args = ["analyze", "planted/llama", "--activation-threshold", "nan", "--out", str(tmp_path), "--no-progress"]
+    assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "activation_threshold must be a finite number" in err[0]
 

@@ -13,7 +13,6 @@ run one at a time on those arguments.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
