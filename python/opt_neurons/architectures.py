@@ -11,6 +11,7 @@ ALiBi position encodings) comes from the model's own forward, so no family needs
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,7 +192,7 @@ def check_activation(model_or_config: Any, what: str) -> None:
 
 def check_threshold(threshold: Any, arch: Architecture | None = None) -> float:
     """activation_threshold must be a finite number (>= 0 where the hooked output is a ReLU's input)."""
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
         raise ModelError(f"activation_threshold must be a finite number, got {threshold!r}: use e.g. 0 (the default)")
     if arch is not None and arch.relu_input and threshold < 0:
         raise ModelError(f"activation_threshold {threshold} < 0 would make every ReLU neuron of {arch.name} fire on "
