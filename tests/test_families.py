@@ -127,6 +127,29 @@ def test_smooth_gate_threshold(hub):
     assert a.metadata["activation_threshold"] == 0.05 and "silu(gate) > 0.05" in a.metadata["firing_rule"]
 
 
+@pytest.mark.parametrize("name", ["gpt_neox", "gemma2"])
+def test_interrupted_run_resumes_only_with_the_same_threshold(hub, runs, name, tmp_path, monkeypatch):
+    """A checkpoint of another family resumes to the uninterrupted tables; one counted with another
+    activation_threshold is not used (the threshold is part of its fingerprint)."""
+    import shutil
+
+    from test_execution import interrupt_at_update
+
+    fam = P.BY_NAME[name]
+    tokens, plain = runs[name]
+    interrupt_at_update(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        analyze(name, tokens, out=tmp_path / "a", checkpoint_every=100)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    other = analyze(name, tokens, out=tmp_path / "a", activation_threshold=0.01)
+    assert other.metadata["resumed_sequences"] == 0
+    fires = P.float_fires(hub[1][name], fam, tokens, threshold=0.01)
+    assert other.neurons["n_active"].to_numpy().reshape(P.LAYERS, -1).tolist() == fires.sum(1).tolist()
+    resumed = analyze(name, tokens, out=tmp_path / "b")
+    assert resumed.metadata["resumed_sequences"] == 4  # the first batch
+    assert_same(resumed, plain)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.1", True])
 def test_bad_activation_threshold(hub, bad):
     with pytest.raises(ModelError, match="activation_threshold must be a finite number"):
