@@ -81,6 +81,10 @@ FAMILIES = [
     Family("falcon-alibi", "FalconConfig", dict(hidden_size=D, ffn_hidden_size=F, num_hidden_layers=LAYERS,
                                                 num_attention_heads=2, alibi=True, max_position_embeddings=POSITIONS),
            "mlp.dense_h_to_4h", "mlp.dense_4h_to_h", "gelu", EOS, layers="transformer.h"),  # fmt: skip
+    Family("falcon-new", "FalconConfig", dict(hidden_size=D, ffn_hidden_size=F, num_hidden_layers=LAYERS,
+                                              num_attention_heads=2, num_kv_heads=1, new_decoder_architecture=True,
+                                              max_position_embeddings=POSITIONS), "mlp.dense_h_to_4h",
+           "mlp.dense_4h_to_h", "gelu", EOS, layers="transformer.h"),  # fmt: skip  (Falcon-40B/180B layout)
     Family("phi", "PhiConfig", dict(hidden_size=D, intermediate_size=F, num_hidden_layers=LAYERS, num_attention_heads=2,
                                     partial_rotary_factor=0.5, max_position_embeddings=POSITIONS), "mlp.fc1", "mlp.fc2",
            "gelu_new", EOS),  # fmt: skip
