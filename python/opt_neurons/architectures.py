@@ -1,4 +1,4 @@
-"""Where each model family keeps its neurons: one declarative entry per family (METHOD.md "Models").
+"""Where each model family keeps its neurons: one declarative entry per family (METHOD.md "Beyond OPT").
 
 An entry names, by attribute path, the decoder layers, the module whose OUTPUT is the neuron tensor
 (the activation that enters the down projection; for gated MLPs act_fn(gate)), the down projection
