@@ -4,7 +4,7 @@
 #
 #   device run, carry [".whl", "python/opt_neurons/_core.abi3.so"], timeout_s 580:  bash benches/gpu_check.sh
 #
-# About 7-8 minutes on an H200 plus ~30 s to start the machine: a session's 15 minutes of device time
+# About 8-9 minutes on an H200 (the families step ~1 minute of it; ONLY=families for that step alone) plus ~30 s to start the machine: a session's 15 minutes of device time
 # leave room for one more call. Every step has its own time limit and writes its output under $OUT,
 # so a step cut short still returns what the others measured. Then copy the new runs of
 # $OUT/gpu.json into benches/results/gpu.json and write them up in benches/RESULTS.md section 5.
@@ -15,6 +15,11 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/polars*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/python HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu_info.txt"
+# Other families (issue 17): GPT-2-small, Pythia-410m and Llama-1B shapes at their firing rule's density
+# (~50% on random weights), analyze() vs the bare forward. About a minute; `ONLY=families` runs just this.
+timeout 150 python3 benches/bench_families.py --seqs 16 2>&1 | tee "$OUT/families.log"
+cp benches/results/families_gpu.json "$OUT/" 2>/dev/null
+[ "${ONLY:-}" = families ] && exit 0
 # CUDA packing equals numpy's; analyze() on CUDA equals the CPU (device sums, blocks, interleaving).
 timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_capture.py 2>&1 | tail -3 | tee "$OUT/tests.log"
 # The core on this host (16 cores).

@@ -109,14 +109,16 @@ def test_model_without_relu(tmp_path, tiny_tokens):
         opt_neurons.analyze(d, tiny_tokens, progress=False)
 
 
-def test_model_that_is_not_opt(tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
+def test_model_of_an_unsupported_family(tmp_path):
+    """Since the families issue GPT-2 is supported; a family without an adapter (a BERT decoder) is refused."""
+    from transformers import BertConfig, BertLMHeadModel
 
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=100)).save_pretrained(tmp_path / "g")
-    with pytest.raises(ModelError, match="not OPT"):
+    cfg = BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, vocab_size=100, is_decoder=True)
+    BertLMHeadModel(cfg).save_pretrained(tmp_path / "g")
+    with pytest.raises(ModelError, match="no architecture adapter"):
         opt_neurons.analyze(tmp_path / "g", progress=False)
-    with pytest.raises(ModelError, match="fc1"):
-        opt_neurons.analyze(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2)), progress=False)
+    with pytest.raises(ModelError, match="register_architecture"):
+        opt_neurons.analyze(BertLMHeadModel(cfg), progress=False)
 
 
 @pytest.mark.parametrize("data", [[], [""], ["   "]])

@@ -1,8 +1,9 @@
-"""opt_neurons: dead, n-gram-detecting and positional neurons in OPT language models
-(Voita et al. 2023), with a Rust core for the counting."""
+"""opt_neurons: dead, n-gram-detecting and positional neurons in the feed-forward layers of OPT, GPT-2,
+Pythia, Llama-family and other decoder language models (Voita et al. 2023), with a Rust core for the counting."""
 
 from ._core import __version__
 from .analysis import Analysis, load
+from .architectures import register_architecture
 from .errors import DataError, ModelError, OptNeuronsError, OutOfMemoryError
 from .params import Thresholds
 from .pipeline import analyze
@@ -22,4 +23,5 @@ __all__ = [
     "compare",
     "load",
     "write_report",
+    "register_architecture",
 ]

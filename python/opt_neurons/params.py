@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ def _check_field(owner: str, f: dataclasses.Field, value: Any) -> None:
         return
     want_int = "int" in str(f.type) and "float" not in str(f.type)
     kind = "an integer" if want_int else "a number"
-    ok_type = isinstance(value, int) if want_int else isinstance(value, (int, float))
+    ok_type = isinstance(value, numbers.Integral if want_int else numbers.Real)  # numpy scalars too
     if isinstance(value, bool) or not ok_type:
         raise OptionError(f"{owner} {f.name} must be {kind}, got {value!r} ({type(value).__name__})")
     if not math.isfinite(value):
@@ -114,6 +115,7 @@ DTYPES = ("float16", "fp16", "bfloat16", "bf16", "float32", "fp32")
 class RunOptions:
     """How a run reads its data and runs the model: `analyze()`'s keywords and the CLI's flags."""
 
+    activation_threshold: float = field(default=0.0, metadata=_rule(help="a neuron fires when its activation output is > this (METHOD.md)"))
     n_tokens: int = field(default=5_000_000, metadata=_rule(1, flag="tokens", help="tokens to analyse (the paper: 5 M for sections 4-5)"))
     detail_tokens: int | None = field(default=None, metadata=_rule(1, help="token, n-gram and position statistics over only this many tokens, dead neurons over all --tokens (the paper: 5000000 of 20000000)"))
     seq_len: int | None = field(default=None, metadata=_rule(2, help="tokens per sequence (default: the model's maximum)"))

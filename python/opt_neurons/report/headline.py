@@ -115,6 +115,8 @@ def _headline_rows(h: dict, meta: dict) -> list[tuple[str, str]]:
                  + (f"; the data ran out: {_int(meta['requested_tokens'])} tokens asked for"
                     if meta.get("data_exhausted") else "")),
         ("dtype", str(meta.get("dtype") or "n/a")),
+        # Runs before the families issue read OPT's fc1 with > 0 and recorded no rule.
+        ("Firing rule", f"{meta.get('firing_rule') or 'fc1 output > 0'} (family {meta.get('family') or 'opt'})"),
         *([("Run time", t)] if (t := run_time(meta)) else []),
         *([("Token and position statistics over", f"the first {_int(meta['detail_tokens'])} tokens "
             "(dead neurons and frequencies over all)")]
