@@ -6,7 +6,7 @@
 //! (a count per position passes 65535 only after that many sequences), so a chunk costs
 //! 2 bytes per (position, neuron).
 
-use crate::summary::CountTable;
+use crate::count_table::CountTable;
 use serde::{Deserialize, Serialize};
 
 /// Neurons per chunk (and per parallel task of an update).
