@@ -113,8 +113,9 @@ class NeuronStats:
 
     def merge_file(self, path: str | os.PathLike[str]) -> None:
         """`merge` of a state written by `save`, read one layer at a time (a big model's second state is
-        never whole in memory). Settings are checked first; a truncated file leaves this state partly
-        merged, so an error here must end the run."""
+        never whole in memory). The file is verified whole (checksum, settings) before anything is added;
+        should reading still fail midway (an IO error), this state is marked unusable: every later call
+        raises UnusableStateError."""
         self._core.merge_file(os.fspath(path))
 
     def memory_bytes(self) -> int:

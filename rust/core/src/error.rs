@@ -8,6 +8,8 @@ pub enum StatsError {
     Incompatible(String),
     Decode(String),
     Io(String),
+    /// A merge failed midway: the state is neither the old one nor the merged one.
+    Unusable(String),
 }
 
 impl fmt::Display for StatsError {
@@ -17,7 +19,8 @@ impl fmt::Display for StatsError {
             | StatsError::Value(m)
             | StatsError::Incompatible(m)
             | StatsError::Decode(m)
-            | StatsError::Io(m) => f.write_str(m),
+            | StatsError::Io(m)
+            | StatsError::Unusable(m) => f.write_str(m),
         }
     }
 }

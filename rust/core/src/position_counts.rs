@@ -70,6 +70,11 @@ impl PositionChunk {
         }
     }
 
+    /// The chunk holds counts of `max_positions` positions (a state read back is checked with it).
+    pub fn fits(&self, max_positions: usize) -> bool {
+        self.low.len() == max_positions * CHUNK && self.high.iter().all(|(i, _)| (i as usize) < self.low.len())
+    }
+
     pub fn heap_bytes(&self) -> usize {
         self.low.capacity() * 2 + self.high.heap_bytes()
     }

@@ -73,6 +73,8 @@ pub struct NeuronStats {
     positions: Vec<Vec<Option<Box<PositionChunk>>>>,
     layer_rows: Vec<u64>,
     data: DataStats,
+    /// Why this state can no longer be used (a merge failed midway), if it cannot.
+    unusable: Option<String>,
 }
 
 
@@ -96,29 +98,47 @@ impl NeuronStats {
             token_occurrences: vec![0; config.vocab_size],
             ..Default::default()
         };
-        Ok(NeuronStats { layer_rows: vec![0; config.n_layers], config, layers, positions, data })
+        Ok(NeuronStats { layer_rows: vec![0; config.n_layers], config, layers, positions, data, unusable: None })
     }
 
     pub fn config(&self) -> &StatsConfig {
         &self.config
     }
 
+    /// Fails once a merge has failed midway (see `merge_from`): the counts are then neither the
+    /// old ones nor the merged ones.
+    pub fn check_usable(&self) -> Result<(), StatsError> {
+        match &self.unusable {
+            None => Ok(()),
+            Some(why) => Err(StatsError::Unusable(format!(
+                "this NeuronStats is unusable: {why}; start again from its last saved state (or a new one)"
+            ))),
+        }
+    }
+
     /// Add another accumulator's counts (a shard of the same model and data layout).
     pub fn merge(&mut self, other: &NeuronStats) -> Result<(), StatsError> {
-        self.merge_totals(&other.config, &other.layer_rows, &other.data)?;
+        self.check_usable()?;
+        other.check_usable()?;
+        self.check_mergeable(&other.config)?;
+        self.merge_totals(&other.layer_rows, &other.data);
         for (l, (accs, pos)) in other.layers.iter().zip(&other.positions).enumerate() {
             self.merge_layer(l, accs, pos);
         }
         Ok(())
     }
 
-    fn merge_totals(&mut self, config: &StatsConfig, layer_rows: &[u64], o: &DataStats) -> Result<(), StatsError> {
+    fn check_mergeable(&self, config: &StatsConfig) -> Result<(), StatsError> {
         if &self.config != config {
             return Err(StatsError::Incompatible(format!(
                 "cannot merge NeuronStats with different settings: {:?} vs {config:?}",
                 self.config
             )));
         }
+        Ok(())
+    }
+
+    fn merge_totals(&mut self, layer_rows: &[u64], o: &DataStats) {
         for (a, b) in self.layer_rows.iter_mut().zip(layer_rows) {
             *a += b;
         }
@@ -137,7 +157,6 @@ impl NeuronStats {
         for (k, c) in &o.trigram_occurrences {
             *d.trigram_occurrences.entry(*k).or_insert(0) += c;
         }
-        Ok(())
     }
 
     fn merge_layer(&mut self, l: usize, accs: &[Option<Box<NeuronAcc>>], pos: &[Option<Box<PositionChunk>>]) {
@@ -167,6 +186,7 @@ impl NeuronStats {
     }
 
     fn acc(&self, layer: usize, neuron: usize) -> Result<Option<&NeuronAcc>, StatsError> {
+        self.check_usable()?;
         self.config.check_neuron(layer, neuron)?;
         Ok(self.layers[layer][neuron].as_deref())
     }

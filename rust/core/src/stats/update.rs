@@ -119,6 +119,7 @@ impl NeuronStats {
     /// cores), and the rows' n-gram keys built once. Each layer's bits come in chunks of whole rows,
     /// in row order (the batches of a block, counted where they were copied to: no joined copy).
     pub fn update_layers(&mut self, layers: &[(usize, &[&[u64]])], n_words: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
+        self.check_usable()?;
         let bit_rows = self.config.check_layers(layers, n_words)?;
         self.config.check_rows(bit_rows.unwrap_or(tokens.len()), tokens, positions)?;
         let rows = Rows::new(tokens, positions, self.config.bos_token_id);
@@ -193,6 +194,7 @@ impl NeuronStats {
     /// dead neurons): no token, n-gram or position statistics. The paper's protocol counts dead
     /// neurons over more tokens (20 M) than the rest (5 M); these rows cost a popcount each.
     pub fn update_activity(&mut self, layer: usize, bits: &[u64], n_words: usize) -> Result<(), StatsError> {
+        self.check_usable()?;
         let Some(n_rows) = self.config.check_layers(&[(layer, &[bits])], n_words)? else { return Ok(()) };
         let cfg = &self.config;
         let mut counts = vec![0u64; cfg.n_neurons];
@@ -209,6 +211,7 @@ impl NeuronStats {
     /// (on the GPU, where summing beats copying the bits): `counts[j]` of the `n_rows` rows fired
     /// neuron j. The same as `update_activity` with those rows' bits, for each layer given.
     pub fn add_activity_counts(&mut self, layers: &[(usize, &[u64])], n_rows: u64) -> Result<(), StatsError> {
+        self.check_usable()?;
         self.config.check_activity_counts(layers, n_rows)?;
         if layers.iter().any(|&(l, _)| l == 0) {
             self.data.rows += n_rows;
