@@ -3,19 +3,38 @@
 
 from ._core import __version__
 from .analysis import Analysis, load
-from .errors import DataError, ModelError, OptNeuronsError, OutOfMemoryError
+from .errors import (
+    ConfigError,
+    DataError,
+    IncompatibleStateError,
+    ModelError,
+    OptNeuronsError,
+    OutOfMemoryError,
+    ShapeError,
+    StateError,
+    StateFileError,
+    StateIOError,
+    UnusableStateError,
+)
 from .params import Thresholds
 from .pipeline import analyze
 from .stats import NeuronStats
 
 __all__ = [
     "Analysis",
+    "ConfigError",
     "DataError",
+    "IncompatibleStateError",
     "ModelError",
     "NeuronStats",
     "OptNeuronsError",
     "OutOfMemoryError",
+    "ShapeError",
+    "StateError",
+    "StateFileError",
+    "StateIOError",
     "Thresholds",
+    "UnusableStateError",
     "__version__",
     "analyze",
     "load",

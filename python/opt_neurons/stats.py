@@ -8,17 +8,31 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from .errors import DataError
+from .errors import DataError, IncompatibleStateError, ShapeError
 from .params import Thresholds
+
+
+def _array(a: Any, name: str) -> np.ndarray:
+    """A numpy array of numpy/torch/array-like input; what numpy cannot take is a named error."""
+    if hasattr(a, "detach"):  # torch tensor
+        a = a.detach().cpu().numpy()
+    try:
+        return np.asarray(a)
+    except (ValueError, TypeError) as e:
+        raise ShapeError(f"{name} must be an array, got {type(a).__name__} ({e})") from None
+
+
+def _integers(a: np.ndarray, name: str) -> None:
+    # Empty lists become float arrays: nothing to truncate there.
+    if a.size and a.dtype.kind not in "iub":
+        raise DataError(f"{name} must hold integers, got dtype {a.dtype}")
 
 
 def as_bits(bits: Any) -> np.ndarray:
     """(rows, words) uint64 view of packed bits given as numpy/torch, uint64 or int64."""
-    if hasattr(bits, "detach"):  # torch tensor
-        bits = bits.detach().cpu().numpy()
-    bits = np.asarray(bits)
+    bits = _array(bits, "bits")
     if bits.ndim != 2:
-        raise DataError(f"bits must be 2-D (rows, ceil(n_neurons/64)), got shape {bits.shape}")
+        raise ShapeError(f"bits must be 2-D (rows, ceil(n_neurons/64)), got shape {bits.shape}")
     if bits.dtype == np.int64:
         bits = bits.view(np.uint64)
     elif bits.dtype != np.uint64:
@@ -27,11 +41,10 @@ def as_bits(bits: Any) -> np.ndarray:
 
 
 def as_u32(a: Any, name: str) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().cpu().numpy()
-    a = np.asarray(a)
+    a = _array(a, name)
     if a.ndim != 1:
-        raise DataError(f"{name} must be 1-D (rows,), got shape {a.shape}")
+        raise ShapeError(f"{name} must be 1-D (rows,), got shape {a.shape}")
+    _integers(a, name)
     if a.size and (a.min() < 0 or a.max() > np.iinfo(np.uint32).max):
         raise DataError(f"{name} must be non-negative 32-bit integers")
     return np.ascontiguousarray(a, dtype=np.uint32)
@@ -101,14 +114,16 @@ class NeuronStats:
         layers = list(counts_by_layer)
         counts = []
         for layer in layers:
-            c = counts_by_layer[layer]
-            c = np.asarray(c.detach().cpu().numpy() if hasattr(c, "detach") else c)
-            if c.ndim != 1 or (c.size and c.min() < 0):
+            c = _array(counts_by_layer[layer], f"counts of layer {layer}")
+            if c.ndim != 1 or (c.size and c.dtype.kind in "iuf" and c.min() < 0):
                 raise DataError(f"counts of layer {layer} must be 1-D and non-negative, got shape {c.shape}")
+            _integers(c, f"counts of layer {layer}")
             counts.append(np.ascontiguousarray(c, dtype=np.uint64))
-        self._core.add_activity_counts(layers, counts, int(n_rows))
+        self._core.add_activity_counts(layers, counts, n_rows)
 
     def merge(self, other: NeuronStats) -> None:
+        if not isinstance(other, NeuronStats):
+            raise IncompatibleStateError(f"merge takes a NeuronStats, got {type(other).__name__}")
         self._core.merge(other._core)
 
     def merge_file(self, path: str | os.PathLike[str]) -> None:

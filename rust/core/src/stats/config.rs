@@ -3,6 +3,7 @@
 
 use super::MAX_VOCAB;
 use crate::error::StatsError;
+use crate::position_counts::CHUNK;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,18 +35,31 @@ impl StatsConfig {
     /// Settings a `NeuronStats` can be built with.
     pub fn check(&self) -> Result<(), StatsError> {
         if self.n_layers == 0 || self.n_neurons == 0 || self.max_positions == 0 || self.vocab_size == 0 {
-            return Err(StatsError::Value(format!(
+            return Err(StatsError::Config(format!(
                 "NeuronStats needs positive n_layers, n_neurons, vocab_size and max_positions, got {self:?}"
             )));
         }
+        if self.ngram_capacity == 0 {
+            return Err(StatsError::Config("ngram_capacity must be at least 1 (the default is 384)".into()));
+        }
+        // Neuron ids are u32 in the tables; a chunk's position counts are indexed by u32.
+        if self.n_neurons > u32::MAX as usize || self.max_positions >= u32::MAX as usize / CHUNK {
+            return Err(StatsError::Config(format!(
+                "n_neurons {} or max_positions {} is beyond what NeuronStats supports ({} and {})",
+                self.n_neurons,
+                self.max_positions,
+                u32::MAX,
+                u32::MAX as usize / CHUNK - 1
+            )));
+        }
         if self.vocab_size > MAX_VOCAB {
-            return Err(StatsError::Value(format!(
+            return Err(StatsError::Config(format!(
                 "vocab_size {} exceeds the supported {MAX_VOCAB} (n-gram keys pack 21 bits per token)",
                 self.vocab_size
             )));
         }
         if self.n_layers > u16::MAX as usize {
-            return Err(StatsError::Value("n_layers must fit in u16".into()));
+            return Err(StatsError::Config(format!("n_layers must be at most {}, got {}", u16::MAX, self.n_layers)));
         }
         Ok(())
     }

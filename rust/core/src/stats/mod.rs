@@ -12,6 +12,7 @@ mod update;
 
 pub use config::StatsConfig;
 pub use finalize::{unpack_key, Finalized};
+pub use state_file::{verify, STATE_FORMAT_VERSION, STATE_MAGIC};
 
 use crate::coverage::sort_by_count;
 use crate::error::StatsError;
