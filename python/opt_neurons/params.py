@@ -1,30 +1,37 @@
-"""Every threshold of METHOD.md, with its default. `analyze()` and the CLI take each as an option."""
+"""Every threshold of METHOD.md, with its default. `analyze()` and the CLI take each as an option.
+
+The defaults of the core's thresholds are the Rust core's (`DetectorParams` / `PositionalParams`
+`Default` impls, exposed as `_core.DEFAULT_THRESHOLDS`): set there only.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
+from . import _core
 from .errors import OptNeuronsError
+
+_CORE = _core.DEFAULT_THRESHOLDS
 
 
 @dataclass(frozen=True)
 class Thresholds:
     # Coverage and detectors (section 4).
-    coverage: float = 0.95  # share of a neuron's activations its covering k-grams hold
-    token_hit_rate: float = 0.95  # share of a k-gram's occurrences the neuron must fire on
-    detector_share: float = 0.95  # share of activations the covered k-grams must hold
-    max_tokens: int = 5  # token detector: cover_1 <= this
-    max_trigrams: int = 50  # trigram detector: cover_3 <= this
+    coverage: float = _CORE["coverage"]  # share of a neuron's activations its covering k-grams hold
+    token_hit_rate: float = _CORE["token_hit_rate"]  # share of a k-gram's occurrences the neuron must fire on
+    detector_share: float = _CORE["detector_share"]  # share of activations the covered k-grams must hold
+    max_tokens: int = _CORE["max_tokens"]  # token detector: cover_1 <= this
+    max_trigrams: int = _CORE["max_trigrams"]  # trigram detector: cover_3 <= this
     # Positional neurons (section 5).
-    mi_threshold: float = 0.05  # nats
-    active_level: float = 0.5
-    low: float = 0.05
-    strong_low: float = 0.01
-    high: float = 0.95
-    strong_high: float = 0.99
-    min_oscillations: int = 3
-    smoothing_half_width: int = 0  # 0: max(1, T // 256)
+    mi_threshold: float = _CORE["mi_threshold"]  # nats
+    active_level: float = _CORE["active_level"]
+    low: float = _CORE["low"]
+    strong_low: float = _CORE["strong_low"]
+    high: float = _CORE["high"]
+    strong_high: float = _CORE["strong_high"]
+    min_oscillations: int = _CORE["min_oscillations"]
+    smoothing_half_width: int = _CORE["smoothing_half_width"]  # 0: max(1, T // 256)
     # Suppression baseline: random live non-detectors drawn per detector.
     baseline_draws: int = 10
     seed: int = 0

@@ -219,38 +219,34 @@ impl PyNeuronStats {
         py.allow_threads(|| inner.merge(o)).map_err(err)
     }
 
-    #[pyo3(signature = (*, coverage=0.95, token_hit_rate=0.95, detector_share=0.95, max_tokens=5, max_trigrams=50,
-        mi_threshold=0.05, active_level=0.5, low=0.05, strong_low=0.01, high=0.95, strong_high=0.99,
-        min_oscillations=3, smoothing_half_width=0))]
+    /// Thresholds not given take the core's defaults (`DEFAULT_THRESHOLDS`).
+    #[pyo3(signature = (*, coverage=None, token_hit_rate=None, detector_share=None, max_tokens=None, max_trigrams=None,
+        mi_threshold=None, active_level=None, low=None, strong_low=None, high=None, strong_high=None,
+        min_oscillations=None, smoothing_half_width=None))]
     #[allow(clippy::too_many_arguments)]
     fn finalize<'py>(
         &self,
         py: Python<'py>,
-        coverage: f64,
-        token_hit_rate: f64,
-        detector_share: f64,
-        max_tokens: u32,
-        max_trigrams: u32,
-        mi_threshold: f64,
-        active_level: f64,
-        low: f64,
-        strong_low: f64,
-        high: f64,
-        strong_high: f64,
-        min_oscillations: usize,
-        smoothing_half_width: usize,
+        coverage: Option<f64>,
+        token_hit_rate: Option<f64>,
+        detector_share: Option<f64>,
+        max_tokens: Option<u32>,
+        max_trigrams: Option<u32>,
+        mi_threshold: Option<f64>,
+        active_level: Option<f64>,
+        low: Option<f64>,
+        strong_low: Option<f64>,
+        high: Option<f64>,
+        strong_high: Option<f64>,
+        min_oscillations: Option<usize>,
+        smoothing_half_width: Option<usize>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let dp = DetectorParams { coverage, token_hit_rate, detector_share, max_tokens, max_trigrams };
-        let pp = PositionalParams {
-            mi_threshold,
-            active_level,
-            low,
-            strong_low,
-            high,
-            strong_high,
-            min_oscillations,
-            smoothing_half_width,
-        };
+        let (mut dp, mut pp) = (DetectorParams::default(), PositionalParams::default());
+        macro_rules! set {
+            ($s:ident: $($f:ident),*) => { $( if let Some(v) = $f { $s.$f = v; } )* };
+        }
+        set!(dp: coverage, token_hit_rate, detector_share, max_tokens, max_trigrams);
+        set!(pp: mi_threshold, active_level, low, strong_low, high, strong_high, min_oscillations, smoothing_half_width);
         let inner = self.stats()?;
         let f = py.allow_threads(|| inner.finalize(&dp, &pp)).map_err(err)?;
         let d = PyDict::new(py);
@@ -356,11 +352,25 @@ impl PyNeuronStats {
     }
 }
 
+/// Every finalize threshold with its default: the core's `Default` impls, the one place they are set
+/// (opt_neurons.params.Thresholds is built from this).
+fn default_thresholds(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let (dp, pp) = (DetectorParams::default(), PositionalParams::default());
+    let d = PyDict::new(py);
+    macro_rules! put {
+        ($s:ident: $($f:ident),*) => { $( d.set_item(stringify!($f), $s.$f)?; )* };
+    }
+    put!(dp: coverage, token_hit_rate, detector_share, max_tokens, max_trigrams);
+    put!(pp: mi_threshold, active_level, low, strong_low, high, strong_high, min_oscillations, smoothing_half_width);
+    Ok(d)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyNeuronStats>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_CAPACITY", DEFAULT_CAPACITY)?;
+    m.add("DEFAULT_THRESHOLDS", default_thresholds(m.py())?)?;
     m.add("STATE_MAGIC", PyBytes::new(m.py(), STATE_MAGIC))?;
     m.add("STATE_FORMAT_VERSION", STATE_FORMAT_VERSION)?;
     Ok(())
