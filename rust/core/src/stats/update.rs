@@ -92,18 +92,30 @@ impl TaskWords {
         TaskWords { w0, w1: (w0 + TASK_NEURONS / 64).min(n_words), n_words, last_mask: cfg.last_word_mask() }
     }
 
+    /// The task's words of row `r` of `bits`, padding bits past the last neuron cleared.
+    #[inline(always)]
+    fn words<'b>(&self, bits: &'b [u64], r: usize) -> impl Iterator<Item = (usize, u64)> + 'b {
+        let (last, mask) = (self.n_words - 1 - self.w0, self.last_mask);
+        bits[r * self.n_words + self.w0..r * self.n_words + self.w1]
+            .iter()
+            .enumerate()
+            .map(move |(dw, &w)| (dw, if dw == last { w & mask } else { w }))
+    }
+
     /// The bit scan shared by every update: `on(j)` for each neuron j (counted from the task's
-    /// first) that fired on row `r` of `bits`; padding bits past the last neuron are ignored.
+    /// first) that fired on row `r` of `bits`.
     #[inline(always)]
     fn for_each_active(&self, bits: &[u64], r: usize, mut on: impl FnMut(usize)) {
-        let row = &bits[r * self.n_words + self.w0..r * self.n_words + self.w1];
-        for (dw, &word) in row.iter().enumerate() {
-            let mut word = if self.w0 + dw == self.n_words - 1 { word & self.last_mask } else { word };
+        for (dw, mut word) in self.words(bits, r) {
             while word != 0 {
                 on(dw * 64 + word.trailing_zeros() as usize);
                 word &= word - 1;
             }
         }
+    }
+
+    fn any_active(&self, bits: &[u64], r: usize) -> bool {
+        self.words(bits, r).any(|(_, w)| w != 0)
     }
 }
 
@@ -161,6 +173,11 @@ impl NeuronStats {
                         for a in active.iter_mut() {
                             a.clear();
                         }
+                        // The chunk's position counts are allocated on its first activation.
+                        if pos.is_none() && bits.iter().any(|part| (0..part.len() / n_words).any(|r| words.any_active(part, r))) {
+                            *pos = Some(Box::new(PositionChunk::new(cfg.max_positions)));
+                        }
+                        let Some(chunk) = pos.as_deref_mut() else { return };
                         // Transpose this block of bits into per-neuron lists of active rows, counting
                         // positions on the way (a row's counts are one contiguous stretch of the chunk).
                         let mut i = 0; // row of the block
@@ -173,7 +190,7 @@ impl NeuronStats {
                                 let p = positions[i] as usize;
                                 words.for_each_active(part, r, |j| {
                                     active[j].push(i as u32);
-                                    pos.get_or_insert_with(|| Box::new(PositionChunk::new(cfg.max_positions))).add(p, j);
+                                    chunk.add(p, j);
                                 });
                                 i += 1;
                             }
