@@ -142,3 +142,26 @@ def test_state_files_are_checked_whole(tmp_path):
     f.write_bytes(good)
     target.merge_file(f)
     assert target.rows == 2 * s.rows
+
+
+def test_damaged_or_old_checkpoints_are_refused_with_the_fix(tmp_path):
+    """A run's checkpoint whose state was damaged, or written by format 03 (before the checksum), is refused
+    by name, saying to delete the checkpoint folder, instead of resuming from wrong counts."""
+    from opt_neurons import checkpoint
+    from opt_neurons.data import TokenData
+    from opt_neurons.schedule import Cursor
+
+    data = TokenData(np.zeros((4, 4), np.int64), np.full(4, 4), detail=4)
+    stats = NeuronStats(1, 64, 10, 4)
+    stats.update(0, np.ones((8, 1), np.uint64), np.arange(8) % 10, np.arange(8) % 4)
+    fp = {"run": 1}
+    checkpoint.save(tmp_path, stats, Cursor(2, 0), fp)
+    state = tmp_path / checkpoint.DIR / "state.bin"
+    good = state.read_bytes()
+    assert checkpoint.load(tmp_path, fp, data)[0].rows == 8
+    for raw, match in [(good[:50] + bytes([good[50] ^ 0x10]) + good[51:], r"checksum does not match"),
+                       (b"OPTNST03" + good[8:-12], r"format version 3"), (b"", r"empty")]:  # fmt: skip
+        state.write_bytes(raw)
+        with pytest.raises(StateFileError, match=match) as e:
+            checkpoint.load(tmp_path, fp, data)
+        assert str(state) in str(e.value) and "delete the checkpoint folder to start over" in str(e.value)
