@@ -26,11 +26,11 @@ Member = tuple[str, "list[Param] | None"]
 
 
 def _kind(p: inspect.Parameter) -> str:
-    return {
-        inspect.Parameter.KEYWORD_ONLY: "keyword-only",
-        inspect.Parameter.VAR_POSITIONAL: "*args",
-        inspect.Parameter.VAR_KEYWORD: "**kwargs",
-    }.get(p.kind, "positional")
+    if p.kind is inspect.Parameter.KEYWORD_ONLY:
+        return "keyword-only"
+    if p.kind is inspect.Parameter.VAR_POSITIONAL:
+        return "*args"
+    return "**kwargs" if p.kind is inspect.Parameter.VAR_KEYWORD else "positional"
 
 
 def _params(obj: object, drop_first: bool) -> list[Param]:

@@ -33,7 +33,7 @@ from opt_neurons import (
 L, N, V, T, BOS = 2, 70, 12, 6, 2  # layers, neurons (2 words, the last partial), vocabulary, positions, BOS
 W = 2
 SCALE = int(os.environ.get("OPT_NEURONS_FUZZ_SCALE", "1"))
-SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = {"deadline": None, "suppress_health_check": list(HealthCheck)}
 TRIED: Counter = Counter()
 
 
@@ -215,7 +215,7 @@ def attempt(s: NeuronStats, what: str, call, accept: bool) -> bool:
         assert not accept, f"{what}: good input refused: {type(e).__name__}: {msg}"
         TRIED[f"{what}: refused"] += 1
         return False
-    except BaseException as e:  # noqa: BLE001 - anything else is the bug this suite looks for
+    except BaseException as e:  # anything else is the bug this suite looks for
         if isinstance(e, KeyboardInterrupt):
             raise
         raise AssertionError(f"{what}: raised {type(e).__name__}: {e}, not an OptNeuronsError") from e

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from . import _core
 from .errors import OptNeuronsError
 
-_CORE = _core.DEFAULT_THRESHOLDS
+_CORE: dict[str, Any] = _core.DEFAULT_THRESHOLDS
 
 
 @dataclass(frozen=True)
