@@ -258,6 +258,8 @@ def op_update_layers(data, s: NeuronStats, ref: Ref) -> None:
     # Some layers' rows in two chunks.
     split = {l: [b[: len(b) // 2], b[len(b) // 2 :]] if isinstance(b, np.ndarray) and b.ndim == 2 and data.draw(st.booleans())
              else b for l, b in per_layer.items()}  # fmt: skip
+    if not per_layer:  # no bits: the rows are as many as the token ids
+        rows = len(t) if np.ndim(t) == 1 else -1
     gt, gp = good_ids(t, rows, V), good_ids(p, rows, T)
     goods = {l: good_layer_bits(b) for l, b in split.items()}
     ok = (gt is not None and gp is not None and all(is_index(l, L) for l in per_layer)
