@@ -165,3 +165,12 @@ def test_damaged_or_old_checkpoints_are_refused_with_the_fix(tmp_path):
         with pytest.raises(StateFileError, match=match) as e:
             checkpoint.load(tmp_path, fp, data)
         assert str(state) in str(e.value) and "delete the checkpoint folder to start over" in str(e.value)
+
+
+def test_per_layer_calls_take_a_dict():
+    s = tiny()
+    bits, t = np.zeros((4, 2), np.uint64), np.zeros(4, np.uint32)
+    with pytest.raises(ShapeError, match=r"update_layers takes a dict \{layer: bits\}, got list"):
+        s.update_layers([bits], t, t)
+    with pytest.raises(ShapeError, match=r"add_activity_counts takes a dict \{layer: counts\}, got tuple"):
+        s.add_activity_counts((np.zeros(65, int),), 4)

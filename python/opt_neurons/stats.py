@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,12 @@ def _integers(a: np.ndarray, name: str) -> None:
     # Empty lists become float arrays: nothing to truncate there.
     if a.size and a.dtype.kind not in "iub":
         raise DataError(f"{name} must hold integers, got dtype {a.dtype}")
+
+
+def _by_layer(d: Any, method: str, what: str) -> Mapping:
+    if not isinstance(d, Mapping):
+        raise ShapeError(f"{method} takes a dict {{layer: {what}}}, got {type(d).__name__}")
+    return d
 
 
 def as_bits(bits: Any) -> np.ndarray:
@@ -99,7 +106,7 @@ class NeuronStats:
         alone gives a many-core host too little to do at once). Same result as one call per layer.
         A layer's bits may be one array or a list of arrays holding its rows in order (the batches of a
         block where they were copied to: joining them would cost a copy of every bit)."""
-        layers = list(bits_by_layer)
+        layers = list(_by_layer(bits_by_layer, "update_layers", "bits"))
         bits = [[as_bits(b) for b in (c if isinstance(c, (list, tuple)) else [c])] for c in bits_by_layer.values()]
         self._core.update_layers(layers, bits, as_u32(token_ids, "token_ids"), as_u32(positions, "positions"))
 
@@ -111,7 +118,7 @@ class NeuronStats:
     def add_activity_counts(self, counts_by_layer: dict[int, Any], n_rows: int) -> None:
         """Activation-only rows already summed per neuron (on the GPU: no bits copied): counts[j] of
         the `n_rows` rows fired neuron j. Same result as `update_activity` with those rows' bits."""
-        layers = list(counts_by_layer)
+        layers = list(_by_layer(counts_by_layer, "add_activity_counts", "counts"))
         counts = []
         for layer in layers:
             c = _array(counts_by_layer[layer], f"counts of layer {layer}")
