@@ -8,7 +8,7 @@ import pytest
 
 import opt_neurons
 from opt_neurons import (
-    ConfigError,
+    OptionError,
     DataError,
     IncompatibleStateError,
     NeuronStats,
@@ -36,7 +36,7 @@ def fed() -> NeuronStats:
 
 
 def test_classes_form_one_tree():
-    for cls in (ConfigError, DataError, IncompatibleStateError, ShapeError, StateError, StateFileError, StateIOError,
+    for cls in (OptionError, DataError, IncompatibleStateError, ShapeError, StateError, StateFileError, StateIOError,
                 UnusableStateError):  # fmt: skip
         assert issubclass(cls, OptNeuronsError) and issubclass(cls, ValueError)
         assert cls.__name__ in opt_neurons.__all__
@@ -63,7 +63,7 @@ def test_classes_form_one_tree():
     ],
 )
 def test_bad_settings_are_config_errors(args, kw, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(OptionError, match=match):
         NeuronStats(*args, **kw)
 
 

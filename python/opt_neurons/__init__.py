@@ -4,12 +4,16 @@
 from ._core import __version__
 from .analysis import Analysis, load
 from .errors import (
-    ConfigError,
+    CheckpointError,
     DataError,
     IncompatibleStateError,
     ModelError,
+    NonFiniteActivationError,
+    OptionError,
     OptNeuronsError,
     OutOfMemoryError,
+    OutputError,
+    RunFolderError,
     ShapeError,
     StateError,
     StateFileError,
@@ -18,17 +22,22 @@ from .errors import (
 )
 from .params import Thresholds
 from .pipeline import analyze
+from .report import compare, write_report
 from .stats import NeuronStats
 
 __all__ = [
     "Analysis",
-    "ConfigError",
+    "CheckpointError",
     "DataError",
     "IncompatibleStateError",
     "ModelError",
     "NeuronStats",
+    "NonFiniteActivationError",
     "OptNeuronsError",
+    "OptionError",
     "OutOfMemoryError",
+    "OutputError",
+    "RunFolderError",
     "ShapeError",
     "StateError",
     "StateFileError",
@@ -37,5 +46,7 @@ __all__ = [
     "UnusableStateError",
     "__version__",
     "analyze",
+    "compare",
     "load",
+    "write_report",
 ]

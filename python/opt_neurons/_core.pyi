@@ -1,7 +1,7 @@
 """Type stubs for the compiled Rust core (opt_neurons_core via PyO3).
 
 Kept in step with the extension by scripts/check_stub.py (run by tests/test_core_binding.py).
-Errors: opt_neurons.errors classes (ShapeError, DataError, ConfigError, IncompatibleStateError,
+Errors: opt_neurons.errors classes (ShapeError, DataError, OptionError, IncompatibleStateError,
 StateFileError, StateIOError, UnusableStateError), all under OptNeuronsError.
 """
 

@@ -9,10 +9,20 @@ from typing import Any
 
 import polars as pl
 
-from .errors import OptNeuronsError
+from .errors import RunFolderError
+from .outdir import check_writable
 
 TABLES = ("neurons", "layers", "tokens", "positions")
 METADATA = "metadata.json"
+# Columns the report and the API rely on: a folder without them is not a run of this package (or of a
+# version whose tables differ), and is refused when loaded rather than failing halfway through a report.
+REQUIRED = {
+    "neurons": ("layer", "neuron", "n_active", "frequency", "dead", "token_detector", "trigram_detector",
+                "positional"),
+    "layers": ("layer", "n_neurons", "n_dead", "n_token_detectors", "n_trigram_detectors", "n_positional"),
+    "tokens": ("token",),
+    "positions": ("layer", "neuron", "fr"),
+}  # fmt: skip
 
 
 @dataclass
@@ -26,17 +36,11 @@ class Analysis:
     def save(self, out: str | Path) -> Path:
         """Write `<table>.parquet` for each table and `metadata.json` into `out`."""
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable(out)
         for name in TABLES:
             getattr(self, name).write_parquet(out / f"{name}.parquet")
         (out / METADATA).write_text(json.dumps(self.metadata, indent=2, sort_keys=True, default=str))
         return out
-
-    def report(self, out: str | Path | None = None) -> Path:
-        """Write PNG figures and an HTML page (see `opt_neurons.report`)."""
-        from .report import write_report
-
-        return write_report(self, out or self.metadata.get("out") or ".")
 
     def summary(self) -> str:
         l = self.layers
@@ -59,6 +63,22 @@ def load(path: str | Path) -> Analysis:
     if not (path / METADATA).exists():
         missing.append(METADATA)
     if missing:
-        raise OptNeuronsError(f"{path} is not a saved analysis: missing {', '.join(missing)}")
-    tables = {n: pl.read_parquet(path / f"{n}.parquet") for n in TABLES}
-    return Analysis(**tables, metadata=json.loads((path / METADATA).read_text()))
+        raise RunFolderError(f"{path} is not a saved analysis: missing {', '.join(missing)}")
+    tables = {}
+    for name in TABLES:
+        try:
+            tables[name] = pl.read_parquet(path / f"{name}.parquet")
+        except Exception as e:  # polars raises several kinds for a damaged file
+            raise RunFolderError(f"{path / f'{name}.parquet'} cannot be read ({type(e).__name__}): the run folder is "
+                                 "damaged; rerun the analysis") from None  # fmt: skip
+        lacking = [c for c in REQUIRED[name] if c not in tables[name].columns]
+        if lacking:
+            raise RunFolderError(f"{path / f'{name}.parquet'} lacks the columns {lacking}: not a table of this "
+                                 f"version of opt_neurons; rerun the analysis")  # fmt: skip
+    try:
+        metadata = json.loads((path / METADATA).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"{path / METADATA} is not valid JSON ({e}): the run folder is damaged") from None
+    if not isinstance(metadata, dict):
+        raise RunFolderError(f"{path / METADATA} holds no JSON object: the run folder is damaged")
+    return Analysis(**tables, metadata=metadata)

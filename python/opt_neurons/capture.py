@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .finite import FiniteCheck
 from .schedule import Cursor
 from .stats import NeuronStats
 
@@ -121,6 +122,7 @@ class BitCapture:
         self.count_seconds = 0.0
         self.trimmed_at = float("-inf")  # when the heap was last trimmed (release_free_heap)
         self.copy_streams: dict[torch.device, torch.cuda.Stream] = {}  # one per GPU (device maps may span several)
+        self.finite = FiniteCheck()
         self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(fc1_modules)]
         self.worker = threading.Thread(target=self._consume, daemon=True, name="opt-neurons-counter")
         self.worker.start()
@@ -136,6 +138,7 @@ class BitCapture:
     def _hook(self, layer: int):
         def hook(module: Any, inputs: Any, output: torch.Tensor) -> None:
             x = output.reshape(-1, output.shape[-1])
+            self.finite.add(layer, x)
             n = len(self.rows[0])
             # Detail rows leave the device as bits; the others are summed there, per neuron.
             if n:
@@ -183,6 +186,7 @@ class BitCapture:
             if self.block_rows >= BLOCK_ROWS:
                 self.send_block()
         self.batch, self.batch_counts = [], []
+        self.finite.commit()
         if done is not None:
             self.done = done
         self.consistent = done is not None
@@ -246,6 +250,7 @@ class BitCapture:
         self.pending.join()
         if self.error is not None:
             raise self.error
+        self.finite.check(wait=True)
         self._add_sums()
 
     def close(self) -> None:
@@ -255,9 +260,11 @@ class BitCapture:
         for h in self.handles:
             h.remove()
         self.batch, self.batch_counts = [], []
+        self.finite.drop()
         if self.error is None:
             self.send_block()
         self.pending.put(None)
         self.worker.join()
         if self.error is None:
+            self.finite.check(wait=True)  # raises rather than let a non-finite batch be saved
             self._add_sums()

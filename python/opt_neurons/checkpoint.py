@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 from .data import TokenData
-from .errors import DataError
+from .errors import CheckpointError, DataError
 from .schedule import Cursor, cursor_of
 from .stats import NeuronStats
 
 DIR = "checkpoint"
+
+
+def name_for(rank: int, world: int) -> str:
+    """The checkpoint folder of one process of a run (each rank of a data-parallel run keeps its own)."""
+    return DIR if world == 1 else f"{DIR}-rank{rank}"
 
 
 def _paths(out: Path, name: str) -> tuple[Path, Path]:
@@ -26,10 +33,10 @@ def _paths(out: Path, name: str) -> tuple[Path, Path]:
 def save(out: Path, stats: NeuronStats, done: Cursor, fingerprint: dict, name: str = DIR) -> None:
     state, progress = _paths(out, name)
     state.parent.mkdir(parents=True, exist_ok=True)
-    tmp = state.with_suffix(".tmp")
+    tmp = state.with_suffix(f".{os.getpid()}.tmp")  # never another process's half-written file
     stats.save(tmp)
     os.replace(tmp, state)
-    tmp = progress.with_suffix(".tmp")
+    tmp = progress.with_suffix(f".{os.getpid()}.tmp")
     # For people reading the folder: resume goes by the state's own rows (see load).
     tmp.write_text(json.dumps({"sequences_done": done.total, "detail_sequences_done": done.detail,
                                "other_sequences_done": done.other, "fingerprint": fingerprint}, sort_keys=True))  # fmt: skip
@@ -41,8 +48,18 @@ def load(out: Path, fingerprint: dict, data: TokenData, name: str = DIR) -> tupl
     state, progress = _paths(out, name)
     if not (state.exists() and progress.exists()):
         return None
-    p = json.loads(progress.read_text())
-    if p.get("fingerprint") != json.loads(json.dumps(fingerprint, sort_keys=True)):
+    try:
+        p = json.loads(progress.read_text())
+        theirs = p["fingerprint"]
+        if not isinstance(theirs, dict):
+            raise TypeError("fingerprint is not an object")
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{progress} is malformed ({e}): delete the folder {state.parent} to start over") from None
+    mine = json.loads(json.dumps(fingerprint, sort_keys=True))
+    if theirs != mine:
+        differs = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        print(f"opt-neurons: the checkpoint in {state.parent} is of another run ({', '.join(differs)} "
+              f"differ{'s' if len(differs) == 1 else ''}): not resumed", file=sys.stderr)  # fmt: skip
         return None
     stats = NeuronStats.load(state)
     # The state's own row counts say what it holds: save() replaces the state, then progress.json,
@@ -53,6 +70,15 @@ def load(out: Path, fingerprint: dict, data: TokenData, name: str = DIR) -> tupl
                         f"statistic), which is no whole number of this run's sequences: delete that folder to start "
                         f"over")  # fmt: skip
     return stats, at
+
+
+def set_aside(out: Path, name: str = DIR) -> None:
+    """A checkpoint folder this run does not resume (another run's) is renamed rather than overwritten."""
+    folder = out / name
+    if folder.is_dir() and any(folder.iterdir()):
+        aside = folder.with_name(f"{folder.name}-unused-{time.strftime('%Y%m%dT%H%M%S')}")
+        folder.rename(aside)
+        print(f"opt-neurons: moved the unused checkpoint to {aside} (delete it if not needed)", file=sys.stderr)
 
 
 def clear(out: Path, name: str = DIR) -> None:

@@ -8,52 +8,39 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import _core
 from .errors import OptNeuronsError
-from .params import Thresholds
+from .params import RunOptions, Thresholds, cli_fields
 
 
-def _add_thresholds(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("thresholds (METHOD.md defaults)")
-    for f in dataclasses.fields(Thresholds):
-        g.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None, dest=f"t_{f.name}",
-                       metavar=type(f.default).__name__.upper(), help=f"default {f.default}")  # fmt: skip
+def _flag_type(f: dataclasses.Field) -> Any:
+    t = str(f.type)
+    return int if t.startswith("int") else float if t.startswith("float") else str
 
 
-def _thresholds(args: argparse.Namespace) -> dict:
-    return {k[2:]: v for k, v in vars(args).items() if k.startswith("t_") and v is not None}
+def _add_fields(p: argparse.ArgumentParser, cls: Any, prefix: str, title: str) -> None:
+    """One flag per field of `cls` (params.py holds the defaults, ranges and help)."""
+    g = p.add_argument_group(title)
+    for f in cli_fields(cls):
+        flag = f.metadata.get("flag") or f.name
+        help_text = f.metadata.get("help", "")
+        g.add_argument(f"--{flag.replace('_', '-')}", type=_flag_type(f), default=None, dest=f"{prefix}{f.name}",
+                       choices=f.metadata.get("choices"), metavar=None if f.metadata.get("choices") else
+                       _flag_type(f).__name__.upper(), help=f"{help_text} (default {f.default})".strip())  # fmt: skip
+
+
+def _given(args: argparse.Namespace, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="file or folder of .txt/.jsonl/.parquet (default: the bundled corpus)")
-    p.add_argument("--tokens", type=int, default=None, help="number of tokens to analyse")
-    p.add_argument("--detail-tokens", type=int, default=None,
-                   help="token, n-gram and position statistics over only this many tokens, dead neurons over "
-                        "all --tokens (the paper: 5000000 of 20000000)")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the model's maximum)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: fp16 on GPU, fp32 on CPU)")
-    p.add_argument("--device-map", default=None, help="accelerate device map, e.g. auto")
-    p.add_argument("--ngram-capacity", type=int, default=_core.DEFAULT_CAPACITY,
-                   help="distinct tokens / bigrams / trigrams counted exactly per neuron (memory grows with it)")
-    p.add_argument("--execution", default="auto", choices=["auto", "memory", "offload", "layer"],
-                   help="memory: whole model on the device; offload: accelerate device_map; layer: layer-major "
-                        "(one layer on the device at a time, for models larger than the GPU); auto: by size")
-    p.add_argument("--block-size", type=int, default=64, help="sequences per block in layer-major execution")
-    p.add_argument("--offload-folder", default=None, help="folder for weights accelerate offloads to disk")
-    p.add_argument("--checkpoint-every", type=int, default=256, help="sequences between checkpoints")
     p.add_argument("--no-progress", action="store_true")
-    _add_thresholds(p)
+    _add_fields(p, RunOptions, "o_", "run options")
+    _add_fields(p, Thresholds, "t_", "thresholds (METHOD.md defaults)")
 
 
 def _run_kwargs(args: argparse.Namespace) -> dict:
-    kw = dict(detail_tokens=args.detail_tokens, seq_len=args.seq_len, batch_size=args.batch_size, dtype=args.dtype,
-              device_map=args.device_map, progress=not args.no_progress, ngram_capacity=args.ngram_capacity, execution=args.execution,
-              block_size=args.block_size, offload_folder=args.offload_folder, checkpoint_every=args.checkpoint_every,
-              **_thresholds(args))  # fmt: skip
-    if args.tokens is not None:
-        kw["n_tokens"] = args.tokens
-    return kw
+    return {**_given(args, "o_"), **_given(args, "t_"), "progress": not args.no_progress}
 
 
 def _show(a: Any) -> None:
@@ -68,13 +55,13 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from .pipeline import analyze
 
     out = Path(args.out or f"runs/{Path(str(args.model)).name}")
-    a = analyze(args.model, args.data, out=out, **_run_kwargs(args))
+    a = analyze(args.model, args.data, out=out, report=args.report, **_run_kwargs(args))
     if a is None:  # a non-zero rank of a data-parallel run: rank 0 writes the tables
         return
     _show(a)
     print(f"saved to {out}")
     if args.report:
-        print(f"report: {a.report(out)}")
+        print(f"report: {out / 'report.html'}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -83,15 +70,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     out = Path(args.out or "runs/demo")
     kw = _run_kwargs(args)
     kw.setdefault("n_tokens", 200_000)
-    a = analyze("demo", args.data, out=out, **kw)
+    a = analyze("demo", args.data, out=out, report=True, **kw)
     _show(a)
-    print(f"report: {a.report(out)}")
+    print(f"report: {out / 'report.html'}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from .analysis import load
+    from .report import write_report
 
-    print(load(args.dir).report(args.out or args.dir))
+    print(write_report(load(args.dir), args.out or args.dir))
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

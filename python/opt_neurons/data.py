@@ -68,16 +68,27 @@ def read_text_file(path: Path) -> Iterator[str]:
         with path.open(encoding="utf-8") as fh:
             for i, line in enumerate(fh):
                 if line.strip():
-                    obj = json.loads(line)
+                    try:
+                        obj = json.loads(line)
+                    except ValueError as e:
+                        raise DataError(f"{path}:{i + 1}: not valid JSON ({e}): fix or remove that line") from None
                     if not isinstance(obj, dict) or "text" not in obj:
                         raise DataError(f"{path}:{i + 1}: each JSONL line must be an object with a 'text' field")
+                    if not isinstance(obj["text"], str):
+                        raise DataError(f"{path}:{i + 1}: the 'text' field must be a string, got "
+                                        f"{type(obj['text']).__name__}")  # fmt: skip
                     yield obj["text"]
     elif path.suffix == ".parquet":
         import polars as pl
 
-        df = pl.read_parquet(path)
+        try:
+            df = pl.read_parquet(path)
+        except Exception as e:  # polars raises several kinds for a file that is not Parquet
+            raise DataError(f"{path} cannot be read as Parquet ({type(e).__name__}): pass a valid .parquet file") from None
         if "text" not in df.columns:
             raise DataError(f"{path} has no 'text' column (columns: {df.columns})")
+        if df.schema["text"] != pl.String:
+            raise DataError(f"{path}: the 'text' column must hold strings, it holds {df.schema['text']}")
         yield from df["text"].drop_nulls().to_list()
     else:
         raise DataError(f"{path}: unsupported file type; use .txt, .jsonl (field 'text') or .parquet (column 'text')")
@@ -124,6 +135,26 @@ def text_documents(data: Any) -> tuple[Iterator[str], list[dict]]:
     raise DataError(f"unsupported data of type {type(data).__name__}: pass a path, strings, or a (n_seq, T) array of ids")
 
 
+def check_data_kind(data: Any) -> None:
+    """Refuse, before any model is loaded, data of a kind `prepare_data` cannot use (or would misread)."""
+    if data is None or is_token_array(data):
+        return
+    if isinstance(data, (str, Path)):
+        if not Path(data).exists():
+            raise DataError(f"data path {str(data)!r} does not exist; pass a file, a folder, or an iterable of strings")
+        return
+    if isinstance(data, (dict, bytes, bytearray)) or (hasattr(data, "keys") and callable(data.keys)):
+        raise DataError(f"data of type {type(data).__name__} is not supported (its keys would be read as documents): "
+                        "pass a path, a list of strings, or a (n_seq, T) array of token ids")  # fmt: skip
+    ndim = getattr(data, "ndim", None)
+    if ndim is not None:
+        raise DataError(f"token id arrays must be 2-D (n_seq, T), got {ndim}-D with shape {tuple(data.shape)}: "
+                        "reshape a single sequence to (1, T)")  # fmt: skip
+    if not isinstance(data, Iterable):
+        raise DataError(f"unsupported data of type {type(data).__name__}: pass a path, strings, or a (n_seq, T) "
+                        "array of ids")  # fmt: skip
+
+
 def pack_documents(docs: Iterable[str], tokenizer: Any, *, seq_len: int, n_tokens: int, bos_id: int) -> TokenData:
     """Pack documents back to back with the BOS/EOS separator into sequences of `seq_len` tokens,
     each starting with BOS, until `n_tokens` tokens; a shorter last sequence is kept."""
@@ -167,7 +198,8 @@ def token_array(data: Any, *, max_positions: int, vocab_size: int) -> TokenData:
             f"cut them to at most {max_positions}"
         )
     if arr.min() < 0 or arr.max() >= vocab_size:
-        raise DataError(f"token ids must lie in [0, {vocab_size}), got [{arr.min()}, {arr.max()}]")
+        raise DataError(f"token ids must lie in [0, {vocab_size}) (the model's embedding rows), got "
+                        f"[{arr.min()}, {arr.max()}]")  # fmt: skip
     h = hashlib.sha256(np.ascontiguousarray(arr, dtype=np.int64).tobytes()).hexdigest()
     return TokenData(arr.astype(np.int64), np.full(arr.shape[0], arr.shape[1], dtype=np.int64),
                      [{"name": f"token array {arr.shape}", "sha256": h}])  # fmt: skip
@@ -179,6 +211,7 @@ def is_token_array(data: Any) -> bool:
 
 def prepare_data(data: Any, tokenizer: Any, *, seq_len: int, max_positions: int, n_tokens: int, bos_id: int,
                  vocab_size: int) -> TokenData:  # fmt: skip
+    check_data_kind(data)
     if seq_len > max_positions:
         raise DataError(
             f"seq_len {seq_len} is beyond the model's {max_positions} positions: use seq_len <= {max_positions}"
@@ -193,4 +226,8 @@ def prepare_data(data: Any, tokenizer: Any, *, seq_len: int, max_positions: int,
         if "hash" in s:
             s["sha256"] = s.pop("hash").hexdigest()
     packed.sources = sources
+    top = int(packed.tokens.max())
+    if top >= vocab_size:
+        raise DataError(f"the tokenizer gives token id {top}, but the model embeds only {vocab_size} ids: the "
+                        "tokenizer does not match the model; load the model's own tokenizer")  # fmt: skip
     return packed

@@ -7,7 +7,11 @@ working). The Rust core's error kinds map onto these one to one (rust/python/src
     ├── ModelError
     ├── DataError                   core Value: a token id, position, layer or neuron out of range; no rows yet
     │   └── ShapeError              core Shape: arrays of the wrong shape, length or layout
-    ├── ConfigError                 core Config: settings a NeuronStats cannot be built with
+    ├── OptionError                 core Config: a threshold, run option or NeuronStats setting out of range
+    ├── OutputError
+    ├── CheckpointError
+    ├── NonFiniteActivationError
+    ├── RunFolderError
     ├── StateError                  a NeuronStats state that cannot be used as asked
     │   ├── IncompatibleStateError  core Incompatible: merging states of different settings, or into itself
     │   ├── StateFileError          core Decode: a damaged, truncated, empty or other-version state file
@@ -33,10 +37,6 @@ class ShapeError(DataError):
     """An array has the wrong shape, length, dtype or memory layout."""
 
 
-class ConfigError(OptNeuronsError):
-    """A setting is out of range (NeuronStats sizes, capacities)."""
-
-
 class StateError(OptNeuronsError):
     """A NeuronStats state cannot be used as asked."""
 
@@ -59,3 +59,23 @@ class UnusableStateError(StateError):
 
 class OutOfMemoryError(OptNeuronsError, MemoryError):
     """The device ran out of memory; the message says which knob to turn."""
+
+
+class OptionError(OptNeuronsError):
+    """A threshold, run option or NeuronStats setting is unknown, of the wrong type, or out of its range."""
+
+
+class OutputError(OptNeuronsError):
+    """The output folder cannot be used: not a folder, not writable, or in use by another run."""
+
+
+class CheckpointError(OptNeuronsError):
+    """A checkpoint cannot be resumed: its files are malformed or do not fit this run."""
+
+
+class NonFiniteActivationError(OptNeuronsError):
+    """A layer's activations hold NaN or infinity: counting them would report every neuron dead."""
+
+
+class RunFolderError(OptNeuronsError):
+    """A saved run folder is missing files, or they are damaged or of another version."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 from pathlib import Path
@@ -9,15 +10,17 @@ from typing import Any
 
 import torch
 
-from . import _core, checkpoint, distributed, executors, host_memory, schedule
+from . import checkpoint, distributed, executors, fingerprint, host_memory, outdir, schedule
+from ._core import __version__
 from .analysis import Analysis
 from .capture import BitCapture
-from .data import prepare_data
-from .model import LoadedModel, decoder_layers, default_device, load_config, load_model, resolve_dtype
-from .params import Thresholds
+from .data import check_data_kind, prepare_data
+from .model import (LoadedModel, decoder_layers, default_device, load_config, load_model, model_dir, resolve_dtype,
+                    resolve_name)  # fmt: skip
+from .errors import OptionError
+from .params import RunOptions, Thresholds
+from .report import write_report
 from .stats import NeuronStats
-
-DEFAULT_TOKENS = 5_000_000  # the paper's amount for sections 4-5
 
 
 def bos_id_of(lm: LoadedModel) -> int:
@@ -42,26 +45,28 @@ def analyze(
     model: Any,
     data: Any = None,
     *,
-    n_tokens: int = DEFAULT_TOKENS,
-    detail_tokens: int | None = None,
-    seq_len: int | None = None,
-    batch_size: int = 8,
-    dtype: Any = None,
-    device_map: Any = None,
+    n_tokens: int = RunOptions.n_tokens,
+    detail_tokens: int | None = RunOptions.detail_tokens,
+    seq_len: int | None = RunOptions.seq_len,
+    batch_size: int = RunOptions.batch_size,
+    dtype: Any = RunOptions.dtype,
+    device_map: Any = RunOptions.device_map,
     out: str | Path | None = None,
-    progress: bool = True,
-    revision: str | None = None,
-    ngram_capacity: int = _core.DEFAULT_CAPACITY,
-    checkpoint_every: int = 256,
-    execution: str = "auto",
-    block_size: int = 64,
-    max_memory: dict | None = None,
-    offload_folder: str | Path | None = None,
+    report: bool = False,
+    progress: bool = RunOptions.progress,
+    revision: str | None = RunOptions.revision,
+    ngram_capacity: int = RunOptions.ngram_capacity,
+    checkpoint_every: int = RunOptions.checkpoint_every,
+    execution: str = RunOptions.execution,
+    block_size: int = RunOptions.block_size,
+    max_memory: dict | None = RunOptions.max_memory,
+    offload_folder: str | Path | None = RunOptions.offload_folder,
     **thresholds: Any,
 ) -> Analysis | None:
     """Find dead, n-gram-detecting and positional neurons of an OPT model (METHOD.md).
 
-    model: hub id (through the Hugging Face cache), local directory, "demo", or a loaded model.
+    model: hub id (through the Hugging Face cache), local directory, "demo", or a loaded model (run in
+        eval mode, so without dropout, and put back in the mode it was in afterwards).
     data: None (bundled corpus), a file or folder of .txt/.jsonl/.parquet, an iterable of strings,
         or a (n_seq, T) array of token ids used exactly as given. n_tokens is rounded up to whole
         sequences of T = seq_len (default: the model's maximum positions) tokens.
@@ -71,17 +76,44 @@ def analyze(
         neuron on the device (only the counts leave it), and run while the host counts the first
         ones: the tables are the same as in data order.
     out: folder for the tables, metadata and checkpoints (every `checkpoint_every` sequences); a run
-        interrupted and restarted with the same arguments resumes from it.
+        interrupted and restarted with the same arguments resumes from it. One run at a time holds it.
+    report: also write the figures and the HTML page into `out` (with the model already loaded, for
+        the neuron cards' top suppressed / promoted tokens).
     execution: "memory" (whole model on the device), "offload" (accelerate device_map, with
         max_memory / offload_folder), "layer" (layer-major: blocks of `block_size` sequences through
         one layer at a time), or "auto" (chosen from the model size and free GPU memory).
     thresholds: any field of `Thresholds` (coverage, max_tokens, mi_threshold, ...).
+    Every option and threshold is checked (`params.py`) before anything is loaded.
     Under torchrun with several processes, each counts a shard; rank 0 returns the merged Analysis,
     the other ranks None.
     """
-    started = time.time()
+    options = RunOptions(n_tokens=n_tokens, detail_tokens=detail_tokens, seq_len=seq_len, batch_size=batch_size,
+                         dtype=dtype, device_map=device_map, progress=progress, revision=revision,
+                         ngram_capacity=ngram_capacity, checkpoint_every=checkpoint_every, execution=execution,
+                         block_size=block_size, max_memory=max_memory, offload_folder=offload_folder)  # fmt: skip
     t = Thresholds.from_overrides(thresholds)
+    if report and out is None:
+        raise OptionError("report=True writes the report into `out`: pass out= as well")
+    check_data_kind(data)
     rank, world = distributed.rank_world()
+    out_dir = Path(out) if out is not None else None
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            outdir.check_writable(out_dir)
+            stack.enter_context(outdir.RunLock(out_dir, checkpoint.name_for(rank, world)))
+        if isinstance(model, torch.nn.Module) and model.training:
+            model.eval()  # dropout would make the counts random; the caller gets its model back as it was
+            stack.callback(model.train)
+        return _analyze(model, data, options, t, out_dir, rank, world, report)
+
+
+def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path | None, rank: int, world: int,
+             report: bool) -> Analysis | None:  # fmt: skip
+    n_tokens, detail_tokens, seq_len, batch_size, dtype = o.n_tokens, o.detail_tokens, o.seq_len, o.batch_size, o.dtype
+    device_map, progress, revision, ngram_capacity = o.device_map, o.progress, o.revision, o.ngram_capacity
+    checkpoint_every, execution, block_size = o.checkpoint_every, o.execution, o.block_size
+    max_memory, offload_folder = o.max_memory, o.offload_folder
+    started = time.time()
     device = distributed.device_for_rank() or default_device()
     if isinstance(model, (str, Path)):
         config, _ = load_config(str(model), revision)
@@ -96,18 +128,25 @@ def analyze(
     max_pos = int(cfg.max_position_embeddings)
     bos = bos_id_of(lm)
     vocab = max(int(cfg.vocab_size), len(lm.tokenizer) if lm.tokenizer is not None else 0)
+    # Ids past the embedding's rows would fail inside the forward pass (a device-side assert on a GPU).
+    embedding_rows = int(lm.model.get_input_embeddings().num_embeddings)
     tokens = prepare_data(data, lm.tokenizer, seq_len=seq_len or max_pos, max_positions=max_pos,
-                          n_tokens=n_tokens, bos_id=bos, vocab_size=vocab).with_detail_tokens(detail_tokens)  # fmt: skip
+                          n_tokens=n_tokens, bos_id=bos, vocab_size=embedding_rows).with_detail_tokens(detail_tokens)  # fmt: skip
     mine = distributed.shard(tokens, rank, world) if world > 1 else tokens
     n_layers, n_neurons, T = len(decoder_layers(lm.model)), int(cfg.ffn_dim), int(tokens.tokens.shape[1])
     dtype_name = str(next(lm.model.parameters()).dtype).replace("torch.", "")
     data_sha256 = tokens.content_hash()  # hashes every token: once per run
-    fingerprint = {"model": lm.model_id, "revision": lm.revision, "data": data_sha256, "T": T,
-                   "ngram_capacity": ngram_capacity, "dtype": dtype_name, "rank": rank, "world": world,
-                   "detail_sequences": tokens.detail}  # fmt: skip
-    out_dir = Path(out) if out is not None else None
-    ckpt = checkpoint.DIR if world == 1 else f"{checkpoint.DIR}-rank{rank}"
-    resumed = checkpoint.load(out_dir, fingerprint, mine, ckpt) if out_dir is not None else None
+    ckpt = checkpoint.name_for(rank, world)
+    weights = None
+    if out_dir is not None:  # only checkpoints need it
+        weights = fingerprint.of_model(model, None if isinstance(model, torch.nn.Module) else
+                                       model_dir(resolve_name(str(model)), revision))  # fmt: skip
+    run_id = {"model": lm.model_id, "revision": lm.revision, "weights": weights, "data": data_sha256, "T": T,
+              "ngram_capacity": ngram_capacity, "dtype": dtype_name, "rank": rank, "world": world,
+              "detail_sequences": tokens.detail}  # fmt: skip
+    resumed = checkpoint.load(out_dir, run_id, mine, ckpt) if out_dir is not None else None
+    if out_dir is not None and resumed is None:
+        checkpoint.set_aside(out_dir, ckpt)
     stats, start = resumed or (
         NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=ngram_capacity), schedule.Cursor()
     )
@@ -115,7 +154,7 @@ def analyze(
         host_memory.warn_if_short(stats, tokens.n_tokens, host_memory.available_bytes())
     forward_started, forward_cpu_started = time.time(), time.process_time()
     counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=batch_size,
-                  block_size=block_size, out_dir=out_dir, ckpt=ckpt, fingerprint=fingerprint,
+                  block_size=block_size, out_dir=out_dir, ckpt=ckpt, run_id=run_id,
                   checkpoint_every=checkpoint_every, progress=progress and rank == 0)  # fmt: skip
     forward_s, forward_cpu_s = time.time() - forward_started, time.process_time() - forward_cpu_started
     if progress and rank == 0 and counting_s > 0.8 * forward_s:
@@ -153,7 +192,7 @@ def analyze(
         "accumulator_bytes": stats.memory_bytes(),
         "accumulator_bound_bytes": host_memory.statistics_bound(stats, tokens.n_tokens),
         "resumed_sequences": start.total,  # already counted when this call started (from a checkpoint)
-        "package_version": _version(),
+        "package_version": __version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "forward_seconds": forward_s,
@@ -168,7 +207,9 @@ def analyze(
         metadata["out"] = str(out_dir)
         analysis.save(out_dir)
         for r in range(world):
-            checkpoint.clear(out_dir, checkpoint.DIR if world == 1 else f"{checkpoint.DIR}-rank{r}")
+            checkpoint.clear(out_dir, checkpoint.name_for(r, world))
+        if report:  # the loaded weights serve the neuron cards (streamed layer-major ones are not loaded)
+            write_report(analysis, out_dir, model=lm.model if mode != "layer" else "auto", tokenizer=lm.tokenizer)
     return analysis
 
 
@@ -178,7 +219,7 @@ def execution_choice(requested: str, config: Any, dtype: Any, device: torch.devi
 
 
 def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str, source: Any, start: schedule.Cursor,
-                  batch_size: int, block_size: int, out_dir: Path | None, ckpt: str, fingerprint: dict,
+                  batch_size: int, block_size: int, out_dir: Path | None, ckpt: str, run_id: dict,
                   checkpoint_every: int, progress: bool) -> float:  # fmt: skip
     """Run the forward pass from `start` with bit capture, checkpointing as it goes; on any
     interruption, save what is counted up to the last resumable point, then re-raise. Returns the
@@ -196,7 +237,7 @@ def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str
         seen[0] = now
         if out_dir is not None and done.total - saved[0].total >= checkpoint_every:
             capture.flush()
-            checkpoint.save(out_dir, stats, done, fingerprint, ckpt)
+            checkpoint.save(out_dir, stats, done, run_id, ckpt)
             saved[0] = done
 
     try:
@@ -209,18 +250,12 @@ def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str
         capture.close()  # counts what was handed over; a partial batch never was
         done = capture.done
         if out_dir is not None and capture.error is None and capture.consistent and done.total > saved[0].total:
-            checkpoint.save(out_dir, stats, done, fingerprint, ckpt)
+            checkpoint.save(out_dir, stats, done, run_id, ckpt)
         raise
     finally:
         capture.close()
         bar.close()
     return capture.count_seconds
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def _progress_bar(enabled: bool, total: int, initial: int, name: str) -> Any:

@@ -12,7 +12,7 @@ use pyo3::types::{PyBytes, PyDict};
 // The exception classes live in Python (opt_neurons/errors.py), where their hierarchy is documented.
 pyo3::import_exception!(opt_neurons.errors, DataError);
 pyo3::import_exception!(opt_neurons.errors, ShapeError);
-pyo3::import_exception!(opt_neurons.errors, ConfigError);
+pyo3::import_exception!(opt_neurons.errors, OptionError);
 pyo3::import_exception!(opt_neurons.errors, IncompatibleStateError);
 pyo3::import_exception!(opt_neurons.errors, StateFileError);
 pyo3::import_exception!(opt_neurons.errors, StateIOError);
@@ -23,7 +23,7 @@ fn err(e: StatsError) -> PyErr {
     match e {
         StatsError::Shape(m) => ShapeError::new_err(m),
         StatsError::Value(m) => DataError::new_err(m),
-        StatsError::Config(m) => ConfigError::new_err(m),
+        StatsError::Config(m) => OptionError::new_err(m),
         StatsError::Incompatible(m) => IncompatibleStateError::new_err(m),
         StatsError::Decode(m) => StateFileError::new_err(m),
         StatsError::Io(m) => StateIOError::new_err(m),
@@ -69,7 +69,7 @@ impl IntArg {
     }
 
     fn size(self, what: &str) -> PyResult<usize> {
-        self.get(what, ConfigError::new_err)
+        self.get(what, OptionError::new_err)
     }
 }
 
@@ -122,7 +122,7 @@ impl PyNeuronStats {
     ) -> PyResult<Self> {
         let bos_token_id = match bos_token_id {
             None => None,
-            Some(b) => Some(u32::try_from(b.size("bos_token_id")?).map_err(|_| ConfigError::new_err("bos_token_id must fit in 32 bits"))?),
+            Some(b) => Some(u32::try_from(b.size("bos_token_id")?).map_err(|_| OptionError::new_err("bos_token_id must fit in 32 bits"))?),
         };
         let config = StatsConfig {
             n_layers: n_layers.size("n_layers")?,

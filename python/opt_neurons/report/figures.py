@@ -1,0 +1,339 @@
+"""The figures of one run, after the paper's; each function returns (Figure or None, note or None)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import polars as pl
+from matplotlib.figure import Figure
+
+from ..analysis import Analysis
+from ..tables import KINDS
+from .format import KIND_COLORS, KIND_LABELS, _figure, _layer_values
+
+MAX_CURVES = 16  # strongest positional neurons drawn in the curve grid
+MAX_HEATMAP_LAYERS = 12
+MAX_HEATMAP_ROWS = 160
+COVER_BINS = ((0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 10), (11, 20), (21, 50), (51, 100),
+              (101, 500), (501, 1000), (1001, None))  # fmt: skip
+
+
+
+
+def fig_dead_frequency(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
+    l = a.layers
+    if l.height == 0:
+        return None, "The run has no layers."
+    x = l["layer"].to_numpy()
+    dead = 100 * _layer_values(l, "dead_fraction")
+    freq = _layer_values(l, "mean_frequency_alive")
+    fig = _figure(10, 3.6)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.bar(x, dead, color="#b2182b", width=0.8)
+    ax1.set(xlabel="layer", ylabel="dead neurons (% of layer)", title="Dead neurons")
+    ax1.set_ylim(0, max(5.0, float(np.nanmax(dead)) * 1.15 if not np.isnan(dead).all() else 5.0))
+    if len(x) <= 16:  # value labels while they fit
+        for xi, d in zip(x, dead):
+            if d >= 0.05:
+                ax1.text(xi, d, f"{d:.0f}" if d >= 1 else f"{d:.1f}", ha="center", va="bottom", fontsize=7)
+    ok = ~np.isnan(freq)
+    if ok.any():
+        ax2.plot(x[ok], freq[ok], "o-", color="#2166ac", ms=4)
+        if (freq[ok] > 0).all() and freq[ok].max() / freq[ok].min() > 20:
+            ax2.set_yscale("log")
+        else:
+            ax2.set_ylim(0, freq[ok].max() * 1.15 or 1)
+    else:
+        ax2.text(0.5, 0.5, "no live neurons", ha="center", va="center", transform=ax2.transAxes)
+    ax2.set(xlabel="layer", ylabel="activation frequency", title="Mean frequency of live neurons")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3, axis="y")
+        _int_xticks(ax, x)
+    fig.suptitle(title, fontsize=10)
+    return fig, None
+
+
+def _int_xticks(ax: Any, x: np.ndarray) -> None:
+    """A tick at every layer for up to 24 layers, else integer ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    if len(x) <= 24:
+        ax.set_xticks(x)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(x):
+        ax.set_xlim(float(np.min(x)) - 0.6, float(np.max(x)) + 0.6)
+
+
+def _bin_counts(values: np.ndarray) -> np.ndarray:
+    out = []
+    for lo, hi in COVER_BINS:
+        m = values >= lo if hi is None else (values >= lo) & (values <= hi)
+        out.append(int(m.sum()))
+    return np.array(out)
+
+
+def _bin_label(lo: int, hi: int | None) -> str:
+    def k(v: int) -> str:
+        return f"{v // 1000}k" if v >= 1000 and v % 1000 == 0 else str(v)
+
+    return f">{k(lo - 1)}" if hi is None else (str(lo) if lo == hi else f"{k(lo)}–{k(hi)}")
+
+
+def fig_coverage(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
+    alive = a.neurons.filter(~pl.col("dead"))
+    if alive.height == 0:
+        return None, "Every neuron is dead: no coverage to show."
+    series = {k: alive[f"cover_{k}"].cast(pl.Int64).to_numpy() for k in (1, 2, 3)}
+    counts = {k: _bin_counts(v) for k, v in series.items()}
+    nonempty = [i for i in range(len(COVER_BINS)) if any(counts[k][i] for k in counts)]
+    keep = list(range(0 if nonempty[0] == 0 else 1, nonempty[-1] + 1))  # a contiguous axis from 1 (or 0)
+    labels = [_bin_label(*COVER_BINS[i]) for i in keep]
+    fig = _figure(10, 3.8)
+    ax = fig.subplots()
+    width = 0.27
+    xs = np.arange(len(keep))
+    colors = {1: "#1b9e77", 2: "#d95f02", 3: "#7570b3"}
+    names = {1: "unigrams (tokens)", 2: "bigrams", 3: "trigrams"}
+    for j, k in enumerate((1, 2, 3)):
+        pct = 100 * counts[k][keep] / alive.height
+        ax.bar(xs + (j - 1) * width, pct, width, color=colors[k], label=names[k])
+    ax.set_xticks(xs, labels, fontsize=8 if len(keep) > 10 else 9)
+    ax.set(xlabel="k-grams needed to cover 95% of a neuron's activations",
+           ylabel="% of live neurons", title=f"{title}\nn-gram coverage of {alive.height:,} live neurons")  # fmt: skip
+    det_edge = [i for i, b in enumerate(keep) if COVER_BINS[b][0] > 5]
+    if det_edge and det_edge[0] > 0:
+        ax.axvline(det_edge[0] - 0.5, color="k", ls="--", lw=0.8)
+        ax.text(det_edge[0] - 0.55, ax.get_ylim()[1] * 0.97, "≤ 5 tokens: token-detector candidates ",
+                ha="right", va="top", fontsize=8)  # fmt: skip
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(alpha=0.3, axis="y")
+    note = None
+    inexact = 0
+    for k in (1, 2, 3):
+        if f"cover_{k}_max" in alive.columns:
+            inexact += int((alive[f"cover_{k}_max"] != alive[f"cover_{k}"]).sum())
+    if inexact:
+        note = (f"{inexact:,} coverages are certified bounds (k-gram summaries past capacity); "
+                "their lower bounds are plotted.")  # fmt: skip
+    return fig, note
+
+
+def fig_token_detectors(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
+    l = a.layers
+    if l.height == 0 or int(l["n_token_detectors"].sum()) + int(l["n_trigram_detectors"].sum()) == 0:
+        return None, ("No token or trigram detectors in this run (METHOD.md: at most 5 tokens cover 95% of the "
+                      "activations and the neuron fires on at least 95% of each one's occurrences).")  # fmt: skip
+    x = l["layer"].to_numpy()
+    fig = _figure(10, 3.8)
+    ax1, ax2 = fig.subplots(1, 2)
+    w = 0.4
+    ax1.bar(x - w / 2, l["n_token_detectors"].to_numpy(), w, color="#1b9e77", label="token detectors")
+    ax1.bar(x + w / 2, l["n_trigram_detectors"].to_numpy(), w, color="#7570b3", label="trigram detectors")
+    ax1.set(xlabel="layer", ylabel="neurons", title="Detectors per layer (Figure 3)")
+    ax1.legend(frameon=False, fontsize=8)
+    w = 0.27
+    ax2.bar(x - w, l["n_tokens_covered"].to_numpy(), w, color="#1b9e77", label="covered by the layer")
+    ax2.bar(x, l["n_new_tokens_vs_previous"].to_numpy(), w, color="#66a61e", label="new vs previous layer")
+    ax2.bar(x + w, l["n_new_tokens_overall"].to_numpy(), w, color="#e6ab02", label="new overall")
+    ax2.set(xlabel="layer", ylabel="tokens", title="Tokens covered by token detectors (Figure 4)")
+    ax2.legend(frameon=False, fontsize=8)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3, axis="y")
+        _int_xticks(ax, x)
+    fig.suptitle(title, fontsize=10)
+    return fig, None
+
+
+def fig_suppression(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
+    l = a.layers
+    if l.height == 0 or int(l["n_token_detectors"].sum()) == 0:
+        return None, "No token detectors in this run, so no suppression to show."
+    frac = _layer_values(l, "suppressing_fraction")
+    base = _layer_values(l, "suppressing_fraction_baseline")
+    if np.isnan(frac).all():
+        return None, ("The suppression columns are empty: the run was finalized without the model's weights "
+                      "(pass the model to `NeuronStats.finalize`, as `analyze` does).")  # fmt: skip
+    x = l["layer"].to_numpy()
+    has = ~np.isnan(frac)
+    fig = _figure(10, 3.6)
+    ax = fig.subplots()
+    w = 0.4
+    ax.bar(x[has] - w / 2, 100 * frac[has], w, color="#b2182b", label="token detectors suppressing their triggers")
+    okb = has & ~np.isnan(base)
+    if okb.any():
+        ax.bar(x[okb] + w / 2, 100 * base[okb], w, color="#bababa",
+               label="baseline: random live non-detectors, same tokens")  # fmt: skip
+    ax.axhline(50, color="k", lw=0.6, ls=":")
+    ax.set_ylim(0, 105)
+    ax.set(xlabel="layer", ylabel="% of the layer's token detectors", title=f"{title}\nSuppression of trigger tokens")
+    ax.text(1.0, 50, " 50%", transform=ax.get_yaxis_transform(), va="center", ha="left", fontsize=7)
+    fig.legend(loc="outside lower center", ncols=2, frameon=False, fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    _int_xticks(ax, x)
+    n_det = l["n_token_detectors"].to_numpy()
+    if len(x) <= 16:  # detectors per layer, while the labels fit
+        for xi, f, nd in zip(x[has], frac[has], n_det[has]):
+            ax.text(xi - w / 2, 100 * f + 1, f"n={nd}", ha="center", va="bottom", fontsize=6)
+    return fig, None
+
+
+def fig_positional_per_layer(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
+    l = a.layers
+    if l.height == 0 or int(l["n_positional"].sum()) == 0:
+        return None, "No positional neurons in this run (I(act; pos) > 0.05 nats)."
+    x = l["layer"].to_numpy()
+    cols = {"oscillatory": "n_oscillatory", "two_sided": "n_two_sided", "one_sided": "n_one_sided",
+            "other": "n_other_positional"}  # fmt: skip
+    fig = _figure(10, 3.6)
+    ax = fig.subplots()
+    bottom = np.zeros(len(x))
+    for k in KINDS:
+        v = l[cols[k]].to_numpy().astype(float)
+        ax.bar(x, v, 0.8, bottom=bottom, color=KIND_COLORS[k], label=KIND_LABELS[k])
+        bottom += v
+    ax.set(xlabel="layer", ylabel="positional neurons", title=f"{title}\nPositional neurons per layer, by kind")
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    _int_xticks(ax, x)
+    return fig, None
+
+
+def _positional_rows(a: Analysis) -> pl.DataFrame:
+    """Positional neurons with their fr(p) curve, MI, frequency and kind, strongest first."""
+    p = a.positions
+    if p.height == 0 or "fr" not in p.columns:
+        return pl.DataFrame()
+    info = a.neurons.select("layer", "neuron", "mi_position", "frequency", "positional_strong")
+    cols = [c for c in ("layer", "neuron", "positional_kind", "fr") if c in p.columns]
+    return p.select(cols).join(info, on=["layer", "neuron"], how="left").sort("mi_position", descending=True,
+                                                                              nulls_last=True)  # fmt: skip
+
+
+def _curve(values: Sequence[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def fig_positional_curves(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
+    rows = _positional_rows(a)
+    if rows.height == 0:
+        return None, "No positional neurons, so no fr(p) curves."
+    top = rows.head(MAX_CURVES)
+    n = top.height
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    fig = _figure(2.6 * ncols + 0.4, 1.9 * nrows + 0.9)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)).ravel()
+    for ax, r in zip(axes, top.iter_rows(named=True)):
+        fr = _curve(r["fr"])
+        kind = r.get("positional_kind") or "other"
+        ax.plot(np.arange(len(fr)), fr, color=KIND_COLORS.get(kind, "k"), lw=1)
+        if r.get("frequency") is not None:
+            ax.axhline(r["frequency"], color="k", lw=0.6, ls=":")
+        mi = r.get("mi_position")
+        ax.set_title(f"L{r['layer']} N{r['neuron']}" + (f"  I={mi:.2f}" if mi is not None else ""), fontsize=8)
+        ax.set_ylim(-0.03, 1.03)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    for i, ax in enumerate(axes[:n]):
+        if i + ncols >= n:  # nothing drawn below it
+            ax.set_xlabel("position p", fontsize=8)
+            ax.xaxis.set_tick_params(labelbottom=True)
+        if i % ncols == 0:
+            ax.set_ylabel("fr(p)", fontsize=8)
+    handles = [_patch(KIND_COLORS[k], KIND_LABELS[k]) for k in KINDS]
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False, fontsize=8)
+    shown = f"the {n} strongest" if rows.height > n else f"all {n}"
+    fig.suptitle(f"{title}\nfr(p) of {shown} positional neurons (by I(act; pos)); dotted: overall frequency",
+                 fontsize=9)  # fmt: skip
+    return fig, None
+
+
+def _patch(color: str, label: str) -> Any:
+    from matplotlib.patches import Patch
+
+    return Patch(color=color, label=label)
+
+
+def _peak_order(curves: np.ndarray) -> np.ndarray:
+    """Row order by the position where each (lightly smoothed) curve first reaches its maximum."""
+    k = max(1, curves.shape[1] // 128)
+    filled = np.nan_to_num(curves, nan=0.0)
+    if k > 1:
+        kernel = np.ones(2 * k + 1) / (2 * k + 1)
+        filled = np.array([np.convolve(c, kernel, mode="same") for c in filled])
+    return np.lexsort((-filled.max(axis=1), filled.argmax(axis=1)))
+
+
+def fig_positional_heatmaps(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
+    rows = _positional_rows(a)
+    if rows.height == 0:
+        return None, "No positional neurons, so no heatmaps."
+    counts = rows.group_by("layer").len().sort(["len", "layer"], descending=[True, False])
+    layers = sorted(counts["layer"].head(MAX_HEATMAP_LAYERS).to_list())
+    ncols = min(3, len(layers))
+    nrows = math.ceil(len(layers) / ncols)
+    fig = _figure(3.6 * ncols + 0.8, 2.5 * nrows + 0.8)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    import matplotlib as mpl
+
+    cmap = mpl.colormaps["viridis"].with_extremes(bad="#dddddd")
+    image = None
+    for ax, layer in zip(axes, layers):
+        sub = rows.filter(pl.col("layer") == layer).head(MAX_HEATMAP_ROWS)
+        width = max(len(c) for c in sub["fr"].to_list())
+        curves = np.full((sub.height, width), np.nan)
+        for i, c in enumerate(sub["fr"].to_list()):
+            curves[i, : len(c)] = _curve(c)
+        order = _peak_order(curves)
+        curves = curves[order]
+        image = ax.imshow(curves, aspect="auto", interpolation="nearest", cmap=cmap, vmin=0, vmax=1,
+                          extent=(-0.5, width - 0.5, sub.height - 0.5, -0.5))  # fmt: skip
+        total = int(counts.filter(pl.col("layer") == layer)["len"][0])
+        shown = f"{sub.height} strongest of {total}" if total > sub.height else f"{total}"
+        ax.set_title(f"layer {layer}: {shown} positional", fontsize=8)
+        if sub.height <= 20:
+            ids = sub["neuron"].to_numpy()[order]
+            ax.set_yticks(np.arange(sub.height), [f"N{i}" for i in ids])
+            ax.set_ylabel("neuron", fontsize=7)
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel("neurons, sorted by peak position", fontsize=7)
+        ax.set_xlabel("position p", fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(layers) :]:
+        ax.set_visible(False)
+    if image is not None:
+        fig.colorbar(image, ax=axes[: len(layers)].tolist(), label="fr(p)", shrink=min(0.8, 3 / (nrows + 1)))
+    fig.suptitle(f"{title}\nfr(p) of positional neurons, one row each, sorted by where they peak", fontsize=9)
+    return fig, None
+
+
+def fig_card_curve(card: dict) -> Figure | None:
+    fr = card.get("position_curve")
+    if not fr:
+        return None
+    fr = _curve(fr)
+    kind = card.get("positional_kind") or "other"
+    fig = _figure(5.2, 1.9)
+    ax = fig.subplots()
+    ax.plot(np.arange(len(fr)), fr, color=KIND_COLORS.get(kind, "k"), lw=1)
+    ax.axhline(card["frequency"], color="k", lw=0.6, ls=":")
+    for iv in card.get("active_intervals") or []:
+        ax.axvspan(iv["start"] - 0.5, iv["end"] - 0.5, color=KIND_COLORS.get(kind, "k"), alpha=0.12, lw=0)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("position p", fontsize=8)
+    ax.set_ylabel("fr(p)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"L{card['layer']} N{card['neuron']}: {KIND_LABELS.get(kind, kind)}; shaded: active intervals",
+                 fontsize=8)  # fmt: skip
+    return fig
+
+
