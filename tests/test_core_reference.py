@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from opt_neurons import NeuronStats
+from opt_neurons.confidence import frequency_upper
 from reference import Reference, pack
 
 EXACT = 1 << 22  # an n-gram capacity no test reaches: n-gram counts are exact
@@ -258,10 +259,11 @@ def test_activity_rows_count_only_towards_frequency(n_neurons, split, seed):
     got = stats.finalize().neurons
     np.testing.assert_array_equal(got["n_active"].to_numpy(), ref.n_active.reshape(-1))
     np.testing.assert_array_equal(got["frequency"].to_numpy(), ref.frequency.reshape(-1))
+    np.testing.assert_array_equal(got["frequency_upper"].to_numpy(), frequency_upper(ref.n_active.reshape(-1), ref.rows))
     if split:
         only_head = head.new_stats()
         feed(only_head, head, rng)
-        rest = [c for c in got.columns if c not in ("n_active", "frequency", "dead")]
+        rest = [c for c in got.columns if c not in ("n_active", "frequency", "frequency_upper", "dead")]
         assert got.select(rest).equals(only_head.finalize().neurons.select(rest))
 
 

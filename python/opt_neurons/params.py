@@ -129,6 +129,8 @@ class RunOptions:
     execution: str = field(default="auto", metadata={"choices": EXECUTIONS, "help": "memory: whole model on the device; offload: accelerate device_map; layer: layer-major (one layer on the device at a time, for models larger than the GPU); auto: by size"})
     block_size: int = field(default=64, metadata=_rule(1, help="sequences per block in layer-major execution"))
     offload_folder: Any = field(default=None, metadata={"help": "folder for weights accelerate offloads to disk"})
+    text_column: str = field(default="text", metadata={"help": "a dataset's text column"})
+    source_column: str | None = field(default=None, metadata={"help": "a dataset's column naming each document's source (dotted for a nested field)"})
     max_memory: Any = field(default=None, metadata={"cli": False})
     progress: bool = field(default=True, metadata={"cli": False})
 

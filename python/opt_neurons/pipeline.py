@@ -14,7 +14,7 @@ from . import checkpoint, distributed, executors, fingerprint, host_memory, outd
 from ._core import __version__
 from .analysis import Analysis
 from .capture import BitCapture
-from .data import check_data_kind, prepare_data
+from .data import check_data_kind, prepare_data, warn_if_exhausted
 from .model import (LoadedModel, decoder_layers, default_device, load_config, load_model, model_dir, resolve_dtype,
                     resolve_name)  # fmt: skip
 from .errors import OptionError
@@ -61,6 +61,8 @@ def analyze(
     block_size: int = RunOptions.block_size,
     max_memory: dict | None = RunOptions.max_memory,
     offload_folder: str | Path | None = RunOptions.offload_folder,
+    text_column: str = RunOptions.text_column,
+    source_column: str | None = RunOptions.source_column,
     **thresholds: Any,
 ) -> Analysis | None:
     """Find dead, n-gram-detecting and positional neurons of an OPT model (METHOD.md).
@@ -68,8 +70,12 @@ def analyze(
     model: hub id (through the Hugging Face cache), local directory, "demo", or a loaded model (run in
         eval mode, so without dropout, and put back in the mode it was in afterwards).
     data: None (bundled corpus), a file or folder of .txt/.jsonl/.parquet, an iterable of strings,
-        or a (n_seq, T) array of token ids used exactly as given. n_tokens is rounded up to whole
-        sequences of T = seq_len (default: the model's maximum positions) tokens.
+        a Hugging Face datasets Dataset or IterableDataset, "hf:NAME[:CONFIG][:SPLIT]" (loaded through
+        `datasets`), or a (n_seq, T) array of token ids used exactly as given. n_tokens is rounded up to
+        whole sequences of T = seq_len (default: the model's maximum positions) tokens; data that runs out
+        first gives fewer, with a warning (metadata: requested_tokens, data_exhausted).
+    text_column, source_column: a dataset's text column and (optional) the column, or dotted path into
+        a struct column, naming each document's source; the documents read per source are recorded.
     detail_tokens: count token, n-gram and position statistics over only the first detail_tokens
         tokens (rounded up to whole sequences), and frequency / dead neurons over all n_tokens: the
         paper's protocol (5 M and 20 M). The extra tokens cost the forward pass and a sum per
@@ -90,7 +96,8 @@ def analyze(
     options = RunOptions(n_tokens=n_tokens, detail_tokens=detail_tokens, seq_len=seq_len, batch_size=batch_size,
                          dtype=dtype, device_map=device_map, progress=progress, revision=revision,
                          ngram_capacity=ngram_capacity, checkpoint_every=checkpoint_every, execution=execution,
-                         block_size=block_size, max_memory=max_memory, offload_folder=offload_folder)  # fmt: skip
+                         block_size=block_size, max_memory=max_memory, offload_folder=offload_folder,
+                         text_column=text_column, source_column=source_column)  # fmt: skip
     t = Thresholds.from_overrides(thresholds)
     if report and out is None:
         raise OptionError("report=True writes the report into `out`: pass out= as well")
@@ -131,7 +138,8 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
     # Ids past the embedding's rows would fail inside the forward pass (a device-side assert on a GPU).
     embedding_rows = int(lm.model.get_input_embeddings().num_embeddings)
     tokens = prepare_data(data, lm.tokenizer, seq_len=seq_len or max_pos, max_positions=max_pos,
-                          n_tokens=n_tokens, bos_id=bos, vocab_size=embedding_rows).with_detail_tokens(detail_tokens)  # fmt: skip
+                          n_tokens=n_tokens, bos_id=bos, vocab_size=embedding_rows, text_column=o.text_column,
+                          source_column=o.source_column).with_detail_tokens(detail_tokens)  # fmt: skip
     mine = distributed.shard(tokens, rank, world) if world > 1 else tokens
     n_layers, n_neurons, T = len(decoder_layers(lm.model)), int(cfg.ffn_dim), int(tokens.tokens.shape[1])
     dtype_name = str(next(lm.model.parameters()).dtype).replace("torch.", "")
@@ -151,6 +159,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=ngram_capacity), schedule.Cursor()
     )
     if rank == 0:
+        warn_if_exhausted(tokens)
         host_memory.warn_if_short(stats, tokens.n_tokens, host_memory.available_bytes())
     forward_started, forward_cpu_started = time.time(), time.process_time()
     counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=batch_size,
@@ -181,7 +190,9 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "n_neurons": n_neurons,
         "vocab_size": vocab,
         "bos_token_id": bos,
-        "n_tokens": tokens.n_tokens,
+        "n_tokens": tokens.n_tokens,  # analysed
+        "requested_tokens": tokens.requested,  # None for a token array, used as given
+        "data_exhausted": tokens.exhausted,
         "detail_tokens": stats.detail_rows,
         "n_sequences": int(len(tokens.lengths)),
         "T": T,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from .confidence import frequency_upper
 from .params import Thresholds
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def build_tables(stats: NeuronStats, t: Thresholds, *, tokenizer: Any = None, mo
             "neuron": pl.Series(f["neuron"], dtype=pl.UInt32),
             "n_active": pl.Series(f["n_active"], dtype=pl.UInt64),
             "frequency": f["frequency"],
+            "frequency_upper": frequency_upper(f["n_active"], stats.rows),
             "dead": f["dead"],
             "cover_1": pl.Series(f["cover_1"], dtype=pl.UInt32),
             "cover_2": pl.Series(f["cover_2"], dtype=pl.UInt32),
