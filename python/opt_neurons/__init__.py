@@ -4,7 +4,23 @@ Pythia, Llama-family and other decoder language models (Voita et al. 2023), with
 from ._core import __version__
 from .analysis import Analysis, load
 from .architectures import register_architecture
-from .errors import DataError, ModelError, OptNeuronsError, OutOfMemoryError
+from .errors import (
+    CheckpointError,
+    DataError,
+    IncompatibleStateError,
+    ModelError,
+    NonFiniteActivationError,
+    OptionError,
+    OptNeuronsError,
+    OutOfMemoryError,
+    OutputError,
+    RunFolderError,
+    ShapeError,
+    StateError,
+    StateFileError,
+    StateIOError,
+    UnusableStateError,
+)
 from .params import Thresholds
 from .pipeline import analyze
 from .report import compare, write_report
@@ -12,12 +28,23 @@ from .stats import NeuronStats
 
 __all__ = [
     "Analysis",
+    "CheckpointError",
     "DataError",
+    "IncompatibleStateError",
     "ModelError",
     "NeuronStats",
+    "NonFiniteActivationError",
     "OptNeuronsError",
+    "OptionError",
     "OutOfMemoryError",
+    "OutputError",
+    "RunFolderError",
+    "ShapeError",
+    "StateError",
+    "StateFileError",
+    "StateIOError",
     "Thresholds",
+    "UnusableStateError",
     "__version__",
     "analyze",
     "compare",

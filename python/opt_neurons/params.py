@@ -1,7 +1,9 @@
 """Every threshold of METHOD.md and every run option, each with its one default and its valid range.
 
 `analyze()` takes each as a keyword and the CLI generates a flag from each; both are checked when a
-call starts, before any model is loaded, so a bad value never costs a forward pass.
+call starts, before any model is loaded, so a bad value never costs a forward pass. The defaults of the
+core's thresholds are the Rust core's (`DetectorParams` / `PositionalParams` `Default` impls, exposed as
+`_core.DEFAULT_THRESHOLDS`): set there only.
 """
 
 from __future__ import annotations
@@ -61,25 +63,26 @@ def _from_overrides(cls: Any, overrides: dict, what: str) -> Any:
 
 
 SHARE = {"lo": 0.0, "hi": 1.0, "lo_open": True}
+_CORE: dict[str, Any] = _core.DEFAULT_THRESHOLDS
 
 
 @dataclass(frozen=True)
 class Thresholds:
     # Coverage and detectors (section 4).
-    coverage: float = field(default=0.95, metadata=_rule(**SHARE, help="share of a neuron's activations its covering k-grams hold"))
-    token_hit_rate: float = field(default=0.95, metadata=_rule(**SHARE, help="share of a k-gram's occurrences the neuron must fire on"))
-    detector_share: float = field(default=0.95, metadata=_rule(**SHARE, help="share of activations the covered k-grams must hold"))
-    max_tokens: int = field(default=5, metadata=_rule(1, help="token detector: cover_1 <= this"))
-    max_trigrams: int = field(default=50, metadata=_rule(1, help="trigram detector: cover_3 <= this"))
+    coverage: float = field(default=_CORE["coverage"], metadata=_rule(**SHARE, help="share of a neuron's activations its covering k-grams hold"))
+    token_hit_rate: float = field(default=_CORE["token_hit_rate"], metadata=_rule(**SHARE, help="share of a k-gram's occurrences the neuron must fire on"))
+    detector_share: float = field(default=_CORE["detector_share"], metadata=_rule(**SHARE, help="share of activations the covered k-grams must hold"))
+    max_tokens: int = field(default=_CORE["max_tokens"], metadata=_rule(1, help="token detector: cover_1 <= this"))
+    max_trigrams: int = field(default=_CORE["max_trigrams"], metadata=_rule(1, help="trigram detector: cover_3 <= this"))
     # Positional neurons (section 5).
-    mi_threshold: float = field(default=0.05, metadata=_rule(0.0, help="mutual information (nats) for a positional neuron"))
-    active_level: float = field(default=0.5, metadata=_rule(0.0, 1.0, lo_open=True, hi_open=True, help="frequency level of an active interval"))
-    low: float = field(default=0.05, metadata=_rule(0.0, 1.0, help="frequency below which a position counts as off"))
-    strong_low: float = field(default=0.01, metadata=_rule(0.0, 1.0, help="strongly off (<= low)"))
-    high: float = field(default=0.95, metadata=_rule(0.0, 1.0, help="frequency above which a position counts as on"))
-    strong_high: float = field(default=0.99, metadata=_rule(0.0, 1.0, help="strongly on (>= high)"))
-    min_oscillations: int = field(default=3, metadata=_rule(1, help="periods an oscillating neuron shows at least"))
-    smoothing_half_width: int = field(default=0, metadata=_rule(0, help="0: max(1, T // 256)"))
+    mi_threshold: float = field(default=_CORE["mi_threshold"], metadata=_rule(0.0, help="mutual information (nats) for a positional neuron"))
+    active_level: float = field(default=_CORE["active_level"], metadata=_rule(0.0, 1.0, lo_open=True, hi_open=True, help="frequency level of an active interval"))
+    low: float = field(default=_CORE["low"], metadata=_rule(0.0, 1.0, help="frequency below which a position counts as off"))
+    strong_low: float = field(default=_CORE["strong_low"], metadata=_rule(0.0, 1.0, help="strongly off (<= low)"))
+    high: float = field(default=_CORE["high"], metadata=_rule(0.0, 1.0, help="frequency above which a position counts as on"))
+    strong_high: float = field(default=_CORE["strong_high"], metadata=_rule(0.0, 1.0, help="strongly on (>= high)"))
+    min_oscillations: int = field(default=_CORE["min_oscillations"], metadata=_rule(1, help="periods an oscillating neuron shows at least"))
+    smoothing_half_width: int = field(default=_CORE["smoothing_half_width"], metadata=_rule(0, help="0: max(1, T // 256)"))
     # Suppression baseline: random live non-detectors drawn per detector.
     baseline_draws: int = field(default=10, metadata=_rule(0, help="random live neurons drawn per detector"))
     seed: int = field(default=0, metadata=_rule(0, help="seed of the baseline draws"))
