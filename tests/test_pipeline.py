@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import opt_neurons
+from opt_neurons.tables import build_tables
 from opt_neurons import DataError, ModelError, NeuronStats
 from opt_neurons.report import run_time
 
@@ -175,7 +176,7 @@ def test_public_stats_accepts_torch_and_int64(tiny_tokens):
     s = NeuronStats(1, 64, 10, 4, bos_token_id=None)
     bits = torch.tensor([[1], [3], [0], [-1]], dtype=torch.int64)  # -1: all 64 neurons on
     s.update(0, bits, torch.tensor([1, 2, 3, 4]), torch.arange(4))
-    t = s.finalize()
+    t = build_tables(s)
     assert t.neurons["n_active"].to_list()[:3] == [3, 2, 1] and t.neurons["n_active"][63] == 1
     assert isinstance(t.layers, pl.DataFrame)
 

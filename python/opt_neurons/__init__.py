@@ -25,6 +25,7 @@ from .params import Thresholds
 from .pipeline import analyze
 from .report import compare, write_report
 from .stats import NeuronStats
+from .tables import build_tables
 
 __all__ = [
     "Analysis",
@@ -47,6 +48,7 @@ __all__ = [
     "UnusableStateError",
     "__version__",
     "analyze",
+    "build_tables",
     "compare",
     "load",
     "write_report",

@@ -10,8 +10,6 @@ ALiBi position encodings) comes from the model's own forward, so no family needs
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,14 +188,12 @@ def check_activation(model_or_config: Any, what: str) -> None:
         )
 
 
-def check_threshold(threshold: Any, arch: Architecture | None = None) -> float:
-    """activation_threshold must be a finite number (>= 0 where the hooked output is a ReLU's input)."""
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
-        raise ModelError(f"activation_threshold must be a finite number, got {threshold!r}: use e.g. 0 (the default)")
-    if arch is not None and arch.relu_input and threshold < 0:
+def check_threshold(threshold: float, arch: Architecture) -> None:
+    """A threshold below 0 is refused where the hooked output is a ReLU's input: fc1 > t equals relu(fc1) > t
+    only for t >= 0. (That it is a finite number, params.RunOptions checks.)"""
+    if arch.relu_input and threshold < 0:
         raise ModelError(f"activation_threshold {threshold} < 0 would make every ReLU neuron of {arch.name} fire on "
                          "every token: use a threshold >= 0")  # fmt: skip
-    return float(threshold)
 
 
 def max_positions(config: Any) -> int | None:

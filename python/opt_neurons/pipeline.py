@@ -21,6 +21,7 @@ from .model import LoadedModel, default_device, load_config, load_model, model_d
 from .params import RunOptions, Thresholds
 from .report import write_report
 from .stats import NeuronStats
+from .tables import build_tables
 
 
 def bos_id_of(lm: LoadedModel) -> int:
@@ -182,7 +183,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         if stats is None:
             return None
     materialize = source.on_device if isinstance(source, executors.StreamedLayers) else None
-    tables = stats.finalize(tokenizer=lm.tokenizer, model=lm.model, materialize=materialize, **t.to_dict())
+    tables = build_tables(stats, tokenizer=lm.tokenizer, model=lm.model, materialize=materialize, **t.to_dict())
     metadata = {
         "model_id": lm.model_id,
         "revision": lm.revision,

@@ -184,14 +184,9 @@ class NeuronStats:
     def __setstate__(self, state: bytes) -> None:
         self._core = _core.NeuronStats.from_bytes(state)
 
-    def finalize(self, *, tokenizer: Any = None, model: Any = None, materialize: Any = None, **thresholds: Any):
-        """The `neurons`, `layers`, `tokens` and `positions` tables (see `tables.Tables`).
-
-        tokenizer: fills `detected_strings`; model: fills the suppression columns (materialize:
-        a context manager factory putting layer i's weights on a device, for streamed models).
-        thresholds: any field of `Thresholds`.
-        """
-        from .tables import build_tables
-
+    def finalize(self, **thresholds: Any) -> dict[str, np.ndarray]:
+        """The per-neuron columns the core computes (counts, coverage, detectors, positional analysis), as
+        numpy arrays; `tables.build_tables` turns them into the tables. thresholds: any field of `Thresholds`
+        the core takes (the others are ignored here)."""
         t = Thresholds.from_overrides(thresholds)
-        return build_tables(self, t, tokenizer=tokenizer, model=model, materialize=materialize)
+        return self._core.finalize(**t.core_kwargs())
