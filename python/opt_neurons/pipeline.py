@@ -17,8 +17,9 @@ from .architectures import decoder_layers
 from .capture import BitCapture
 from .data import check_data_kind, prepare_data, warn_if_exhausted
 from .errors import OptionError
-from .model import LoadedModel, default_device, load_config, load_model, model_dir, resolve_dtype, resolve_name
+from .model import LoadedModel, default_device, load_config, load_for, model_dir, resolve_dtype, resolve_name
 from .params import RunOptions, Thresholds
+from .weights import StreamedLayers
 from .report import write_report
 from .stats import NeuronStats
 from .tables import build_tables
@@ -27,18 +28,6 @@ from .tables import build_tables
 def bos_id_of(lm: LoadedModel) -> int:
     """The token starting each sequence and separating documents, by the family's convention."""
     return architectures.start_token_id(lm.model.config, lm.tokenizer)
-
-
-def load_for(mode: str, model: Any, *, dtype: Any, device_map: Any, revision: str | None, device: torch.device,
-             max_memory: Any, offload_folder: Any) -> tuple[LoadedModel, Any]:  # fmt: skip
-    """The model loaded the way `mode` runs it, and (layer-major) where its layers come from."""
-    if mode == "layer":
-        return executors.prepare_layer_major(model, dtype=dtype, revision=revision, device=device)
-    extra: dict = {}
-    if mode == "offload":
-        device_map = device_map or "auto"
-        extra = {k: v for k, v in {"max_memory": max_memory, "offload_folder": offload_folder}.items() if v}
-    return load_model(model, dtype=dtype, device_map=device_map, revision=revision, device=device, **extra), None
 
 
 def analyze(
@@ -131,10 +120,11 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         architectures.check_threshold(threshold, architectures.for_config(config, repr(str(model))))
         mode, why = execution_choice(execution, config, dtype, device, device_map)
     else:
+        config = None
         mode, why = ("memory", "a loaded model runs where it is") if execution == "auto" else (execution, "requested")
     if progress and rank == 0:
         print(f"opt-neurons: execution {mode!r}: {why}")
-    lm, source = load_for(mode, model, dtype=dtype, device_map=device_map, revision=revision, device=device,
+    lm, source = load_for(mode, model, config, dtype=dtype, device_map=device_map, revision=revision, device=device,
                           max_memory=max_memory, offload_folder=offload_folder)  # fmt: skip
     cfg = lm.model.config
     arch = architectures.for_config(cfg)
@@ -182,7 +172,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         stats = distributed.gather_to_rank0(stats, rank, world, spool_dir=out_dir)
         if stats is None:
             return None
-    materialize = source.on_device if isinstance(source, executors.StreamedLayers) else None
+    materialize = source.on_device if isinstance(source, StreamedLayers) else None
     tables = build_tables(stats, tokenizer=lm.tokenizer, model=lm.model, materialize=materialize, **t.to_dict())
     metadata = {
         "model_id": lm.model_id,
