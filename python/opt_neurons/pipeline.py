@@ -109,23 +109,20 @@ def analyze(
 
 def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path | None, rank: int, world: int,
              report: bool) -> Analysis | None:  # fmt: skip
-    n_tokens, detail_tokens, seq_len, batch_size, dtype = o.n_tokens, o.detail_tokens, o.seq_len, o.batch_size, o.dtype
-    device_map, progress, revision, ngram_capacity = o.device_map, o.progress, o.revision, o.ngram_capacity
-    checkpoint_every, execution, block_size = o.checkpoint_every, o.execution, o.block_size
-    max_memory, offload_folder, threshold = o.max_memory, o.offload_folder, float(o.activation_threshold)
+    threshold = float(o.activation_threshold)
     started = time.time()
     device = distributed.device_for_rank() or default_device()
     if isinstance(model, (str, Path)):
-        config, _ = load_config(str(model), revision)
+        config, _ = load_config(str(model), o.revision)
         architectures.check_threshold(threshold, architectures.for_config(config, repr(str(model))))
-        mode, why = execution_choice(execution, config, dtype, device, device_map)
+        mode, why = execution_choice(o.execution, config, o.dtype, device, o.device_map)
     else:
         config = None
-        mode, why = ("memory", "a loaded model runs where it is") if execution == "auto" else (execution, "requested")
-    if progress and rank == 0:
+        mode, why = ("memory", "a loaded model runs where it is") if o.execution == "auto" else (o.execution, "requested")
+    if o.progress and rank == 0:
         print(f"opt-neurons: execution {mode!r}: {why}")
-    lm, source = load_for(mode, model, config, dtype=dtype, device_map=device_map, revision=revision, device=device,
-                          max_memory=max_memory, offload_folder=offload_folder)  # fmt: skip
+    lm, source = load_for(mode, model, config, dtype=o.dtype, device_map=o.device_map, revision=o.revision, device=device,
+                          max_memory=o.max_memory, offload_folder=o.offload_folder)  # fmt: skip
     cfg = lm.model.config
     arch = architectures.for_config(cfg)
     architectures.check_threshold(threshold, arch)
@@ -134,9 +131,9 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
     vocab = max(int(cfg.vocab_size), len(lm.tokenizer) if lm.tokenizer is not None else 0)
     # Ids past the embedding's rows would fail inside the forward pass (a device-side assert on a GPU).
     embedding_rows = int(lm.model.get_input_embeddings().num_embeddings)
-    tokens = prepare_data(data, lm.tokenizer, seq_len=seq_len or architectures.default_seq_len(cfg),
-                          max_positions=max_pos or 2**31 - 1, n_tokens=n_tokens, bos_id=bos, vocab_size=embedding_rows,
-                          text_column=o.text_column, source_column=o.source_column).with_detail_tokens(detail_tokens)  # fmt: skip
+    tokens = prepare_data(data, lm.tokenizer, seq_len=o.seq_len or architectures.default_seq_len(cfg),
+                          max_positions=max_pos or 2**31 - 1, n_tokens=o.n_tokens, bos_id=bos, vocab_size=embedding_rows,
+                          text_column=o.text_column, source_column=o.source_column).with_detail_tokens(o.detail_tokens)  # fmt: skip
     mine = distributed.shard(tokens, rank, world) if world > 1 else tokens
     n_layers, n_neurons, T = len(decoder_layers(lm.model)), architectures.n_neurons(lm.model), int(tokens.tokens.shape[1])
     dtype_name = str(next(lm.model.parameters()).dtype).replace("torch.", "")
@@ -145,25 +142,25 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
     weights = None
     if out_dir is not None:  # only checkpoints need it
         weights = fingerprint.of_model(model, None if isinstance(model, torch.nn.Module) else
-                                       model_dir(resolve_name(str(model)), revision))  # fmt: skip
+                                       model_dir(resolve_name(str(model)), o.revision))  # fmt: skip
     run_id = {"model": lm.model_id, "revision": lm.revision, "weights": weights, "data": data_sha256, "T": T,
-              "ngram_capacity": ngram_capacity, "dtype": dtype_name, "rank": rank, "world": world,
+              "ngram_capacity": o.ngram_capacity, "dtype": dtype_name, "rank": rank, "world": world,
               "detail_sequences": tokens.detail, "activation_threshold": threshold}  # fmt: skip
     resumed = checkpoint.load(out_dir, run_id, mine, ckpt) if out_dir is not None else None
     if out_dir is not None and resumed is None:
         checkpoint.set_aside(out_dir, ckpt)
     stats, start = resumed or (
-        NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=ngram_capacity), schedule.Cursor()
+        NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=o.ngram_capacity), schedule.Cursor()
     )
     if rank == 0:
         warn_if_exhausted(tokens)
         host_memory.warn_if_short(stats, tokens.n_tokens, host_memory.available_bytes())
     forward_started, forward_cpu_started = time.time(), time.process_time()
-    counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=batch_size,
-                  block_size=block_size, out_dir=out_dir, ckpt=ckpt, run_id=run_id,
-                  checkpoint_every=checkpoint_every, progress=progress and rank == 0, threshold=threshold)  # fmt: skip
+    counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=o.batch_size,
+                  block_size=o.block_size, out_dir=out_dir, ckpt=ckpt, run_id=run_id,
+                  checkpoint_every=o.checkpoint_every, progress=o.progress and rank == 0, threshold=threshold)  # fmt: skip
     forward_s, forward_cpu_s = time.time() - forward_started, time.process_time() - forward_cpu_started
-    if progress and rank == 0 and counting_s > 0.8 * forward_s:
+    if o.progress and rank == 0 and counting_s > 0.8 * forward_s:
         print(f"opt-neurons: counting took {counting_s:.0f} s of the {forward_s:.0f} s forward phase: the host's "
               f"counting, not the device, set the speed"
               + ("" if tokens.detail is not None else " (detail_tokens, the paper's protocol, counts only "
@@ -179,7 +176,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "revision": lm.revision,
         "dtype": dtype_name,
         "device": str(lm.device),
-        "device_map": getattr(lm.model, "hf_device_map", None) or (str(device_map) if device_map else None),
+        "device_map": getattr(lm.model, "hf_device_map", None) or (str(o.device_map) if o.device_map else None),
         "execution": mode,
         "execution_reason": why,
         "world_size": world,
@@ -193,7 +190,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "firing_rule": arch.firing_rule(cfg, threshold),
         "activation_threshold": threshold,
         "max_positions": max_pos,
-        "T_source": "seq_len" if seq_len else "min(max positions, 2048)",
+        "T_source": "seq_len" if o.seq_len else "min(max positions, 2048)",
         "n_tokens": tokens.n_tokens,  # analysed
         "requested_tokens": tokens.requested,  # None for a token array, used as given
         "data_exhausted": tokens.exhausted,
@@ -203,7 +200,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "data_sources": tokens.sources,
         "data_sha256": data_sha256,
         "thresholds": t.to_dict(),
-        "ngram_capacity": ngram_capacity,
+        "ngram_capacity": o.ngram_capacity,
         "accumulator_bytes": stats.memory_bytes(),
         "accumulator_bound_bytes": host_memory.statistics_bound(stats, tokens.n_tokens),
         "resumed_sequences": start.total,  # already counted when this call started (from a checkpoint)
