@@ -80,7 +80,7 @@ class BitCapture:
     def __init__(self, neuron_modules: list[Any], stats: NeuronStats, threshold: float = 0.0) -> None:
         self.stats = stats
         self.threshold = threshold
-        self.rows: tuple[np.ndarray, np.ndarray, int] | None = None  # detail tokens, positions, other rows
+        self.rows: tuple[np.ndarray, np.ndarray, int] = (np.empty(0, np.uint32), np.empty(0, np.uint32), 0)  # detail tokens, positions, other rows
         self.batch: list = []  # (layer, host bits, copy event) of the forward pass running
         self.batch_counts: list = []  # (layer, activation counts on the device) of its other rows
         self.sums: dict[int, torch.Tensor] = {}  # committed activation counts per layer, not yet in stats

@@ -167,7 +167,8 @@ def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, sourc
     with torch.inference_mode(), out_of_memory_hint(batch_size), \
             ending_at(last, enabled=not has_accelerate_hooks(lm.model)) as run:  # fmt: skip
         for block in schedule.blocks(data, start, batch_size, block_size):
-            hidden, arguments = [], {}
+            hidden: list[torch.Tensor] = []
+            arguments: dict[tuple, list] = {}
             for begin, end, _ in block:
                 ids = torch.from_numpy(rows_of(data, begin, end)[0]).to(device)
                 h, calls = layer_arguments(body, source.layers, ids)

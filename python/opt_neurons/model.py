@@ -95,7 +95,8 @@ def model_dir(name: str, revision: str | None) -> Path | None:
     try:
         from transformers.utils import cached_file
 
-        return Path(cached_file(name, "config.json", revision=revision)).parent
+        found = cached_file(name, "config.json", revision=revision)
+        return Path(found).parent if found else None
     except Exception:
         return None
 
@@ -139,7 +140,7 @@ def load_model(model: Any, config: Any = None, *, dtype: Any = None, device_map:
         dev = next(model.parameters()).device
         return LoadedModel(model, tok, name, getattr(model.config, "_commit_hash", None), dev)
     if config is None:
-        config, name = load_config(model, revision)
+        config, name = load_config(str(model), revision)
     else:
         name = resolve_name(str(model))
     kwargs: dict = {"revision": revision, "dtype": resolve_dtype(dtype, device), "config": config, **load_kwargs}

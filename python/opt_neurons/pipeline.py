@@ -166,9 +166,10 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
               + ("" if tokens.detail is not None else " (detail_tokens, the paper's protocol, counts only "
                  "activations past the first tokens, on the device)"))  # fmt: skip
     if world > 1:
-        stats = distributed.gather_to_rank0(stats, rank, world, spool_dir=out_dir)
-        if stats is None:
+        merged = distributed.gather_to_rank0(stats, rank, world, spool_dir=out_dir)
+        if merged is None:
             return None
+        stats = merged
     materialize = source.on_device if isinstance(source, StreamedLayers) else None
     tables = build_tables(stats, tokenizer=lm.tokenizer, model=lm.model, materialize=materialize, **t.to_dict())
     metadata = {

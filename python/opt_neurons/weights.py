@@ -68,7 +68,8 @@ def key_renamer(model: torch.nn.Module) -> Callable[[str], str]:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightRenaming, rename_source_key
 
-        renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+        mapping = get_model_conversion_mapping(model)  # type: ignore[arg-type]
+        renamings = [t for t in mapping if isinstance(t, WeightRenaming)]
         names = dict.fromkeys(model.state_dict(), True)
         prefix = getattr(model, "base_model_prefix", None)
         return lambda key: rename_source_key(key, renamings, [], prefix, names)[0]
