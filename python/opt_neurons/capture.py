@@ -27,8 +27,7 @@ GATHER_BYTE = 0x0102040810204080
 
 
 # Committed batches are counted in blocks of at least this many rows (the default batch: 8 x 2048): a
-# core call visits each neuron's tables once, so 16,384 rows per call count ~1.3x faster than 4,096
-# (benches/RESULTS.md). Smaller batches wait for the next ones; the result is the same, row for row.
+# core call visits each neuron's tables once, so larger calls count faster (benches/RESULTS.md). Smaller batches wait for the next ones; the result is the same, row for row.
 BLOCK_ROWS = 16384
 
 
@@ -36,7 +35,7 @@ def pack_bits(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     """(rows, F) neuron output -> (rows, ceil(F/64)) int64 words; bit j of word w = neuron 64w + j is
     set when the output is > threshold (the firing rule). Bytes are assembled little-endian, as the
     host reads them."""
-    if not x.is_cuda:  # numpy's packbits is ~15x faster than tensor ops on the CPU
+    if not x.is_cuda:  # numpy's packbits beats tensor ops on the CPU (RESULTS.md)
         words = -(-x.shape[1] // 64)
         bits = np.packbits((x > threshold).numpy(), axis=1, bitorder="little")
         if bits.shape[1] != words * 8:
@@ -59,7 +58,7 @@ def pack_bits_tensor(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
 def count_active(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     """(rows, F) neuron output -> (F,) int64: rows where each neuron's output is > threshold (the rows
     that count towards frequency and dead neurons only)."""
-    if not x.is_cuda:  # numpy's byte sum is ~5x faster than torch's bool sum on the CPU
+    if not x.is_cuda:  # numpy's byte sum beats torch's bool sum on the CPU (RESULTS.md)
         return torch.from_numpy((x > threshold).numpy().view(np.uint8).sum(0, dtype=np.int64))
     return (x > threshold).sum(0)
 
@@ -200,7 +199,7 @@ class BitCapture:
                 tokens, positions = _joined([t for _, t, _ in block]), _joined([p for _, _, p in block])
                 # Every layer of the block in one call: one parallel pass over every layer's neurons. The
                 # bits stay where they were copied to (joining a block's bits cost a copy of all of them,
-                # which slowed a 1.3b forward on an H200 by ~40%: benches/RESULTS.md section 5a).
+                # which slowed a 1.3b forward on an H200: benches/RESULTS.md section 5a).
                 self.stats.update_layers(parts, tokens, positions)
                 self.count_seconds += time.perf_counter() - t0
             except BaseException as e:  # surfaced on the main thread

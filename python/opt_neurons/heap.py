@@ -15,7 +15,7 @@ def _find_malloc_trim() -> Any:
 
 
 _MALLOC_TRIM = _find_malloc_trim()
-# Seconds between two trims at most (a trim walks the heap's free chunks: ~50 ms for a bloated heap).
+# Seconds between two trims at most (a trim walks the heap's free chunks: benches/RESULTS.md section 4).
 TRIM_EVERY = 5.0
 
 
@@ -24,9 +24,8 @@ def release_free_heap() -> bool:
 
     A CPU forward pass allocates its temporaries on the heap, and glibc returns freed heap memory only
     from the top, which small long-lived allocations made in between (the bits and rows of batches
-    waiting for the counting thread, among others) keep occupied. At the end of an OPT-125m CPU run's
-    forward phase the heap held 1.76 GB, 168 MB of it in use; a trim per block sent about halved the
-    run's peak RSS above its start (benches/RESULTS.md section 4)."""
+    waiting for the counting thread, among others) keep occupied; a trim per block sent lowers the run's
+    peak RSS (measured in benches/RESULTS.md section 4)."""
     if _MALLOC_TRIM is None:
         return False
     _MALLOC_TRIM(0)
