@@ -19,7 +19,7 @@ import torch
 import opt_neurons
 from opt_neurons.cli import main
 from opt_neurons.errors import (CheckpointError, DataError, NonFiniteActivationError, OptionError, OptNeuronsError,
-                                OutputError, RunFolderError)  # fmt: skip
+                                OutputError, RunFolderError, StateFileError)  # fmt: skip
 
 from conftest import save_tiny_opt
 from test_execution import assert_same, interrupt_at_update
@@ -273,17 +273,26 @@ def test_cli_option_errors_are_one_line(flags, pattern, tmp_path, capsys):
     assert_one_line(code, err, pattern)
 
 
-@pytest.mark.parametrize("damage,pattern", [
-    (lambda c: (c / "progress.json").write_text("{not json"), "progress.json is malformed"),
-    (lambda c: (c / "progress.json").write_text("[1, 2]"), "progress.json is malformed"),
+def flip_byte(path: Path, at: int) -> None:
+    b = bytearray(path.read_bytes())
+    b[at % len(b)] ^= 0x40
+    path.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("damage,error", [
+    (lambda c: (c / "progress.json").write_text("{not json"), CheckpointError),
+    (lambda c: (c / "progress.json").write_text("[1, 2]"), CheckpointError),
+    (lambda c: (c / "state.bin").write_bytes(b""), StateFileError),
+    (lambda c: (c / "state.bin").write_bytes((c / "state.bin").read_bytes()[:-100]), StateFileError),
+    (lambda c: flip_byte(c / "state.bin", 5000), StateFileError),
 ])  # fmt: skip
-def test_damaged_checkpoint_files_are_one_line_errors(model_dir, tokens, tmp_path, monkeypatch, capsys, damage,
-                                                      pattern):  # fmt: skip
+def test_damaged_checkpoint_files_are_named_errors(model_dir, tokens, tmp_path, monkeypatch, damage, error):
+    """A damaged checkpoint is refused (never resumed into wrong tables) with a message naming the fix; the CLI
+    prints any OptNeuronsError as one line (test_cli_option_errors_are_one_line)."""
     out = tmp_path / "run"
     interrupted_run(model_dir, tokens, out, monkeypatch)
     damage(out / "checkpoint")
-    np.save(tmp_path / "t.npy", tokens)
-    with pytest.raises(CheckpointError, match="delete the folder"):
+    with pytest.raises(error, match="delete the (checkpoint )?folder"):
         opt_neurons.analyze(model_dir, tokens, batch_size=2, progress=False, out=out)
 
 
