@@ -8,6 +8,7 @@
 
 pub mod coverage;
 pub mod error;
+pub mod examples;
 pub mod positional;
 pub mod positions;
 pub mod stats;

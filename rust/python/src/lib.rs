@@ -8,6 +8,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+mod examples;
+
 fn err(e: StatsError) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
@@ -259,6 +261,7 @@ impl PyNeuronStats {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyNeuronStats>()?;
+    m.add_class::<examples::PyExamples>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_CAPACITY", DEFAULT_CAPACITY)?;
     Ok(())
