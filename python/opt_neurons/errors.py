@@ -35,3 +35,11 @@ class NonFiniteActivationError(OptNeuronsError):
 
 class RunFolderError(OptNeuronsError):
     """A saved run folder is missing files, or they are damaged or of another version."""
+
+
+class ExamplesStateError(CheckpointError):
+    """A checkpoint's examples state is damaged (checksum) or does not fit its statistics."""
+
+
+class DataMismatchError(DataError):
+    """The data given to render example contexts is not the data the run analysed (its hash differs)."""

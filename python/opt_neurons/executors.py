@@ -88,7 +88,7 @@ def run_memory(lm: LoadedModel, data: TokenData, capture: BitCapture, *, start: 
             ending_at(last_fc1, enabled=not has_accelerate_hooks(lm.model)) as run:  # fmt: skip
         for begin, end, done in schedule.interleaved(data, start, batch_size, capture.busy):
             ids, flat, pos = rows_of(data, begin, end)
-            capture.set_rows(flat, pos, data.detail_rows(begin, end))
+            capture.set_rows(flat, pos, data.detail_rows(begin, end), first_sequence=begin)
             run(lambda: decoder(input_ids=torch.from_numpy(ids).to(lm.device), use_cache=False))
             capture.commit(done)
             if done.detail == data.n_detail:  # the last block of detail rows is counted while the rest runs
@@ -197,7 +197,7 @@ def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, sourc
                         mask = create_causal_mask(config=decoder.config, inputs_embeds=h, attention_mask=None,
                                                   cache=None)  # fmt: skip
                         positions = torch.arange(h.shape[1], device=device).expand(h.shape[0], -1)
-                        capture.set_rows(flat, pos, data.detail_rows(begin, end))
+                        capture.set_rows(flat, pos, data.detail_rows(begin, end), first_sequence=begin)
                         out = run(lambda: layer(h, attention_mask=mask, position_ids=positions))
                         capture.commit(None)  # part of a block: not a resumable point
                         if end == data.n_detail or k == len(block) - 1:
