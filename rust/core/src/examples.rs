@@ -121,7 +121,7 @@ struct LayerState {
 pub struct Examples {
     config: ExamplesConfig,
     layers: Vec<LayerState>,
-    /// Rows given to the sampler (detail rows), and rows covered by the sums (set by the caller).
+    /// Rows given to the sampler with layer 0 (detail rows), and rows covered by the sums (set by the caller).
     sampled_rows: u64,
     summed_rows: u64,
 }
@@ -265,7 +265,9 @@ impl Examples {
                 }
             }
         });
-        self.sampled_rows += n_rows as u64;
+        if layers.iter().any(|&(l, _)| l == 0) {
+            self.sampled_rows += n_rows as u64; // rows are counted with layer 0's bits (layer-major sends one layer at a time)
+        }
         Ok(())
     }
 
