@@ -234,3 +234,22 @@ def test_examples_off(planted):
     a = opt_neurons.analyze(planted.model_dir, planted.tokens[:8], batch_size=BATCH, progress=False, examples=0)
     assert a.example_table.height == 0
     assert a.neurons["max_activation"].null_count() == a.neurons.height
+
+
+def test_cli_show_prints_the_card_and_contexts(planted, tmp_path, capsys):
+    from opt_neurons.cli import main
+
+    text = tmp_path / "data.txt"
+    text.write_text(" cat sat on the mat near a dog and a river. " * 200)
+    out = tmp_path / "run"
+    a = opt_neurons.analyze(planted.model_dir, text, n_tokens=2000, progress=False, out=out, examples=3)
+    key = next(k for k in planted.token_detectors if a.neurons["n_active"][k[0] * planted.ffn_dim + k[1]] > 0)
+    assert main(["show", str(out), str(key[0]), str(key[1])]) == 0
+    shown = capsys.readouterr().out
+    assert f"layer {key[0]} neuron {key[1]}: token detector" in shown and "top examples by activation" in shown
+    assert shown.count("[[") == a.example_table.filter((pl.col("layer") == key[0]) & (pl.col("neuron") == key[1])).height
+    other = tmp_path / "other.txt"
+    other.write_text(" dog " * 2000)
+    assert main(["show", str(out), str(key[0]), str(key[1]), "--data", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (after transformers' weight-loading bar)
+    assert err.startswith("opt-neurons: error: the data given is not the data this run analysed")
