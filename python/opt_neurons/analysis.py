@@ -52,12 +52,17 @@ class Analysis:
         from . import contexts
 
         rows = contexts.neuron_examples(self.example_table, layer, neuron)
+        tokens, tokenizer = self.context_data(data, tokenizer)
+        return contexts.context_table(rows, tokens, tokenizer, context, contexts.AFTER if after is None else after)
+
+    def context_data(self, data: Any = None, tokenizer: Any = None) -> tuple[Any, Any]:
+        """(the run's packed data, tokenizer): kept, or packed again from `data` and checked (see `examples`)."""
+        from . import contexts
+
         if data is not None or self._data is None:
-            if tokenizer is None:
-                tokenizer = self._tokenizer or _run_tokenizer(self.metadata)
+            tokenizer = tokenizer or self._tokenizer or _run_tokenizer(self.metadata)
             self.keep_data(contexts.repack(self.metadata, data, tokenizer), tokenizer)
-        return contexts.context_table(rows, self._data, tokenizer or self._tokenizer, context,
-                                      contexts.AFTER if after is None else after)  # fmt: skip
+        return self._data, tokenizer or self._tokenizer
 
     def save(self, out: str | Path) -> Path:
         """Write `<table>.parquet` for each table and `metadata.json` into `out`."""

@@ -33,13 +33,19 @@ def check_hash(metadata: dict, tokens: TokenData) -> None:
                                 "analyze()")  # fmt: skip
 
 
-def decode(tokenizer: Any, ids: list[int]) -> list[str]:
+def decode(tokenizer: Any, ids: list[int], cache: dict | None = None) -> list[str]:
+    """Each token's string (`cache`: id -> string, filled as it goes; decoding one at a time is slow)."""
     if tokenizer is None:
         return [f"<{t}>" for t in ids]
-    return [tokenizer.decode([t]) for t in ids]
+    cache = {} if cache is None else cache
+    for t in ids:
+        if t not in cache:
+            cache[t] = tokenizer.decode([t])
+    return [cache[t] for t in ids]
 
 
-def context_table(rows: pl.DataFrame, tokens: TokenData, tokenizer: Any, context: int, after: int = AFTER) -> pl.DataFrame:
+def context_table(rows: pl.DataFrame, tokens: TokenData, tokenizer: Any, context: int, after: int = AFTER,
+                  cache: dict | None = None) -> pl.DataFrame:  # fmt: skip
     """`rows` (examples of one neuron) with their contexts: `context` tokens before the firing one (within
     its sequence) and `after` tokens after it. Columns added: token (id), token_string, left, right,
     context (the firing token between [[ ]]), tokens (the window's strings) and firing_index (its place
@@ -53,7 +59,7 @@ def context_table(rows: pl.DataFrame, tokens: TokenData, tokenizer: Any, context
                                     "run's data")  # fmt: skip
         lo, hi = max(0, pos - context), min(int(tokens.lengths[seq]), pos + after + 1)
         window = [int(t) for t in tokens.tokens[seq, lo:hi]]
-        strings = decode(tokenizer, window)
+        strings = decode(tokenizer, window, cache)
         i = pos - lo
         left, tok, right = "".join(strings[:i]), strings[i], "".join(strings[i + 1 :])
         for k, v in (("token", window[i]), ("token_string", tok), ("left", left), ("right", right),
