@@ -4,7 +4,7 @@
 #
 #   device run, carry [".whl", "python/opt_neurons/_core.abi3.so"], timeout_s 580:  bash benches/gpu_check.sh
 #
-# About 7-8 minutes on an H200 plus ~30 s to start the machine: a session's 15 minutes of device time
+# About 9-10 minutes on an H200 (the examples on/off pair adds ~2) plus ~30 s to start the machine: a session's 15 minutes of device time
 # leave room for one more call. Every step has its own time limit and writes its output under $OUT,
 # so a step cut short still returns what the others measured. Then copy the new runs of
 # $OUT/gpu.json into benches/results/gpu.json and write them up in benches/RESULTS.md section 5.
@@ -24,4 +24,7 @@ timeout 60 .whl/core-bench --bench --warm-up-time 1 --measurement-time 2 \
 # trained OPT's (mean ~2%).
 timeout 240 python3 benches/bench_gpu.py --shapes 125m,6.7b,1.3b --seqs 64 2>&1 | tee "$OUT/gpu.log"
 timeout 200 python3 benches/bench_gpu.py --shapes 125m,6.7b,1.3b --seqs 64 --density paper 2>&1 | tee "$OUT/gpu_paper.log"
+# Examples on and off (issue 18: at most +3% at OPT-like densities), same shapes and tokens.
+timeout 150 python3 benches/bench_gpu.py --shapes 125m,1.3b --seqs 32 --density paper --examples 0 2>&1 | tee "$OUT/gpu_examples_off.log"
+timeout 150 python3 benches/bench_gpu.py --shapes 125m,1.3b --seqs 32 --density paper --examples 16 2>&1 | tee "$OUT/gpu_examples_on.log"
 cp benches/results/gpu.json "$OUT/"

@@ -107,23 +107,25 @@ def test_top_k_equals_the_float_reference_with_the_tie_rule(run, values):
     assert ties > 0, "the planted model gave no tie at the k-th value: the tie rule went untested here"
 
 
+@pytest.mark.parametrize("threshold", [0.0, -1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_batch_top_k_and_merge_follow_the_tie_rule(dtype):
+def test_batch_top_k_and_merge_follow_the_tie_rule(dtype, threshold):
     rng = np.random.default_rng(3)
     k, f, rows = 5, 40, 300
     x = rng.integers(-3, 4, size=(rows, f)).astype(np.float32) / 2  # many equal values, negatives, zeros
     x[:, 0] = -1  # a neuron that never fires
     x[:7, 1], x[7:, 1] = 1, -1  # one that fires fewer than k times in a batch... and more in the next
+    x[100:200:3, 2] = -0.0  # equal to +0.0: ordered by row like any other tie (when 0 fires)
     ids = np.arange(rows, dtype=np.int64) * 10
     values = torch.full((k, f), float("-inf"))
     kept = torch.full((k, f), EMPTY_ID, dtype=torch.int64)
     for lo in range(0, rows, 64):  # batches of 64 rows, the last shorter
         xb = torch.from_numpy(x[lo : lo + 64]).to(dtype)
-        v, r = batch_topk(xb, k, 0.0)
+        v, r = batch_topk(xb, k, threshold)
         i = torch.from_numpy(ids[lo : lo + 64])[r].masked_fill(v == float("-inf"), EMPTY_ID)
         values, kept = merge_topk(values, kept, v, i, k)
     for j in range(f):
-        on = x[:, j] > 0
+        on = x[:, j] > threshold
         order = np.lexsort((ids[on], -x[on, j]))[:k]
         want_v = np.full(k, -np.inf, np.float32)
         want_i = np.full(k, EMPTY_ID, np.int64)

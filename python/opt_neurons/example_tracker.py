@@ -62,7 +62,7 @@ class ExampleTracker:
         maxima = x.masked_fill(~fired, float("-inf")).amax(0).float()
         v = i = None
         if n_detail:
-            v, rows = batch_topk(x[:n_detail], self.k, self.threshold)
+            v, rows = batch_topk(x[:n_detail], self.k, self.threshold, fired[:n_detail])
             i = self._ids(x.device)[rows].masked_fill(v == float("-inf"), EMPTY_ID)
         self.pending.append((layer, v, i, sums, maxima))
 

@@ -12,40 +12,37 @@ import torch
 EMPTY_ID = (1 << 63) - 1
 
 
-def _ordered(v: torch.Tensor) -> torch.Tensor:
-    """int64 that sorts like the float values of `v` (float16 / bfloat16 / float32; -0.0 as +0.0)."""
-    v = v + 0.0  # -0.0 -> +0.0 (equal values must get equal keys)
-    bits = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32}[v.dtype]
-    b = v.view(bits).to(torch.int64)
-    # Negative floats: the magnitude bits sort backwards; flipping them restores the order.
-    return torch.where(b < 0, b ^ (2 ** (v.element_size() * 8 - 1) - 1), b)
+def sort_keys(x: torch.Tensor, fired: torch.Tensor) -> torch.Tensor:
+    """(rows, F) -> integer keys that sort like (value, then the earlier row), non-firing rows lowest.
 
-
-def batch_topk(x: torch.Tensor, k: int, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, F) activations -> (values float32 (k', F), row indices int64 (k', F)), k' = min(k, rows):
-    the k' firing rows of each neuron with the largest values, equal values by smaller row index
-    (the rows are in data order), non-firing slots -inf. The set is exact: columns where the k'-th
-    and the next value tie are redone with keys that include the row index."""
+    The float's bits as a signed integer sort like the values once negative ones have their magnitude bits
+    flipped; the row's complement fills the low bits. 16-bit floats of up to 65,536 rows fit int32 keys
+    (twice their memory), others int64. One kernel chain, no host synchronisation: exact for any ties."""
     n = x.shape[0]
-    kk = min(k, n)
-    m = x.masked_fill(~(x > threshold), float("-inf"))
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        m = m.float()
-    if kk < n:
-        v, i = m.topk(kk + 1, dim=0)
-        tied = (v[kk - 1] == v[kk]) & (v[kk - 1] > float("-inf"))
-        v, i = v[:kk], i[:kk]
-        if bool(tied.any()):
-            cols = tied.nonzero().squeeze(1)
-            sub = m[:, cols]
-            rows = torch.arange(n, device=x.device, dtype=torch.int64).unsqueeze(1)
-            key = _ordered(sub) * (1 << 32) + ((1 << 32) - 1 - rows)  # value, then the earlier row
-            _, ti = key.topk(kk, dim=0)
-            v[:, cols] = sub.gather(0, ti)
-            i[:, cols] = ti
-    else:
-        v, i = m.sort(dim=0, descending=True, stable=True)
-    return v.float(), i
+    low = torch.arange(n, device=x.device)
+    if x.element_size() == 2 and x.dtype.is_floating_point and n <= 1 << 16:
+        key = x.view(torch.int16).to(torch.int32)
+        key = torch.where(key < 0, key ^ 0x7FFF, key)
+        key = key.bitwise_left_shift_(16).bitwise_or_((0xFFFF - low).to(torch.int32)[:, None])
+        return key.masked_fill_(~fired, torch.iinfo(torch.int32).min)
+    bits = x.float() if x.element_size() != 4 or not x.dtype.is_floating_point else x
+    key = bits.view(torch.int32).to(torch.int64)
+    key = torch.where(key < 0, key ^ 0x7FFFFFFF, key)
+    key = key.mul_(1 << 32).add_((0xFFFFFFFF - low)[:, None])
+    return key.masked_fill_(~fired, torch.iinfo(torch.int64).min)
+
+
+def batch_topk(x: torch.Tensor, k: int, threshold: float, fired: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(rows, F) activations -> (values float32 (k', F), row indices int64 (k', F)), k' = min(k, rows):
+    the k' firing rows of each neuron with the largest values, equal values by smaller row index (the
+    rows are in data order); non-firing slots hold -inf. `fired`: x > threshold, if at hand."""
+    fired = x > threshold if fired is None else fired
+    if threshold < 0:
+        x = x + 0.0  # -0.0 -> +0.0: equal values must get equal keys
+    key, rows = sort_keys(x, fired).topk(min(k, x.shape[0]), dim=0)
+    values = x.gather(0, rows).float().masked_fill_(key == torch.iinfo(key.dtype).min, float("-inf"))
+    return values, rows
 
 
 def merge_topk(values: torch.Tensor, ids: torch.Tensor, new_values: torch.Tensor, new_ids: torch.Tensor,
