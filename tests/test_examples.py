@@ -255,3 +255,29 @@ def test_cli_show_prints_the_card_and_contexts(planted, tmp_path, capsys):
     assert main(["show", str(out), str(key[0]), str(key[1]), "--data", str(other)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # (after transformers' weight-loading bar)
     assert err.startswith("opt-neurons: error: the data given is not the data this run analysed")
+
+
+def test_a_run_killed_between_the_examples_and_the_state_resumes_exactly(planted, run, tmp_path, monkeypatch):
+    """examples.bin is written before state.bin, the previous one kept: a state older than the examples (a
+    kill between the two replacements) resumes from the previous examples, nothing counted twice."""
+    import shutil
+
+    from test_execution import interrupt_at_update
+
+    out, kw = tmp_path / "run", dict(batch_size=BATCH, progress=False, examples=K, checkpoint_every=BATCH)
+    ck = out / "checkpoint"
+    interrupt_at_update(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        opt_neurons.analyze(planted.model_dir, planted.tokens, out=out, **kw)
+    older = tmp_path / "older"
+    shutil.copytree(ck, older)
+    interrupt_at_update(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        opt_neurons.analyze(planted.model_dir, planted.tokens, out=out, **kw)  # two more checkpoints
+    for name in ("state.bin", "progress.json"):  # the statistics as the older checkpoint left them
+        shutil.copy(older / name, ck / name)
+    (ck / "examples.prev.bin").unlink()
+    shutil.copy(older / "examples.bin", ck / "examples.prev.bin")
+    resumed = opt_neurons.analyze(planted.model_dir, planted.tokens, out=out, **kw)
+    assert resumed.metadata["resumed_sequences"] == 2 * BATCH
+    assert resumed.example_table.equals(run.example_table) and resumed.neurons.equals(run.neurons)

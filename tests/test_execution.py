@@ -297,7 +297,7 @@ def test_interleaved_detail_and_activity_batches_give_the_same_tables(model_and_
     in_order = opt_neurons.analyze(d, tokens, batch_size=1, detail_tokens=5 * 32, progress=False)
     ran = []
     original = BitCapture.set_rows
-    monkeypatch.setattr(BitCapture, "set_rows", lambda self, t, p, n=None: (ran.append(n), original(self, t, p, n)))
+    monkeypatch.setattr(BitCapture, "set_rows", lambda self, t, p, n=None, **kw: (ran.append(n), original(self, t, p, n, **kw)))
     monkeypatch.setattr(BitCapture, "busy", busy_every([False, True, True]))
     mixed = opt_neurons.analyze(d, tokens, batch_size=1, detail_tokens=5 * 32, progress=False)
     assert [n > 0 for n in ran] == [True, False, False] * 3 + [True, False, True]  # 5 detail batches, 7 others

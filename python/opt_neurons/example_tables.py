@@ -24,7 +24,7 @@ def examples_table(state: Any) -> pl.DataFrame:
         {
             "layer": pl.Series(r["layer"], dtype=pl.UInt16),
             "neuron": pl.Series(r["neuron"], dtype=pl.UInt32),
-            "kind": pl.Series(np.array(KINDS, dtype=object)[r["kind"]].tolist() if len(value) else [], dtype=pl.String),
+            "kind": pl.Series(r["kind"], dtype=pl.UInt8).replace_strict(dict(enumerate(KINDS)), return_dtype=pl.String),
             "rank": pl.Series(r["rank"], dtype=pl.UInt32),
             "sequence": pl.Series(r["sequence"], dtype=pl.UInt32),
             "position": pl.Series(r["position"], dtype=pl.UInt32),

@@ -132,7 +132,3 @@ def load(folder: Path, rows: int, detail_rows: int) -> Any:
     raise ExamplesStateError(f"the checkpoint in {folder} has no examples state of its {rows} rows "
                              f"({'; '.join(found) or 'none saved'}): delete that folder to start over")  # fmt: skip
 
-
-def memory_bound(n_layers: int, n_neurons: int, k: int) -> int:
-    """Host bytes of the examples state at most (the device holds the top k, sums and maxima too)."""
-    return int(_core.Examples(1, 1, max(k, 1), 0).memory_bound()) * n_layers * n_neurons

@@ -400,7 +400,7 @@ impl Examples {
     pub fn memory_bound(&self) -> usize {
         let c = &self.config;
         let neurons = c.n_layers * c.n_neurons;
-        neurons * (c.k * (16 + 4 + 8) + 4 + 8 + 8 + 4)
+        neurons * (c.k * (16 + 4 + 8) + 4 + 8 + 8 + 4) + c.n_layers * c.n_neurons.div_ceil(CHUNK) * 8
     }
 
     pub fn memory_bytes(&self) -> usize {

@@ -1,19 +1,12 @@
 //! Binding of `opt_neurons_core::examples::Examples`: numpy in and out, GIL released while it works.
 
+use super::{contiguous as slice, err};
+
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use opt_neurons_core::examples::{Examples, ExamplesConfig};
-use opt_neurons_core::StatsError;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-
-fn err(e: StatsError) -> PyErr {
-    PyValueError::new_err(e.to_string())
-}
-
-fn slice<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(a: &'a numpy::PyReadonlyArray<'_, T, D>, name: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array")))
-}
 
 #[pyclass(name = "Examples", module = "opt_neurons._core")]
 pub struct PyExamples {
