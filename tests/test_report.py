@@ -565,6 +565,15 @@ def test_neuron_pages_in_browser(browser, runs, tiny_opt, tiny_tokens, tmp_path)
     n_examples = a.example_table.filter((pl.col("layer") == 1) & (pl.col("neuron") == 3)).height
     assert res["html"].count('class="t fire"') == n_examples == 8
     assert 'href="neurons/index.html"' in page.read_text()
+    # With the model at hand every context token is shaded by its own activation (Neuroscope style); the
+    # firing token's, from that second forward pass, equals the value the run kept.
+    report.write_report(a, tmp_path / "rep2", model=tiny_opt)
+    html = (tmp_path / "rep2" / "neurons" / "L1_N3.html").read_text()
+    assert html.count("background:rgba") > n_examples
+    top = a.example_table.filter((pl.col("layer") == 1) & (pl.col("neuron") == 3) & (pl.col("kind") == "top"))
+    shown = [float(v) for v in re.findall(r'title="position \d+, token \d+, ([-0-9.]+)"', html)]
+    assert shown[: top.height] == pytest.approx([round(v, 3) for v in top["value"].to_list()], abs=1.5e-3)
+    assert browser.open((tmp_path / "rep2" / "neurons" / "L1_N3.html").as_uri())["errors"] == []
     # Synthetic runs (no examples kept): every detector and positional neuron still gets a page, with a note.
     syn = runs[1]
     report.write_report(syn.analysis, tmp_path / "syn", model=None)

@@ -1,10 +1,15 @@
 """A page per neuron (its card and example contexts, the firing token highlighted) and one index page that
 filters them by layer, kind and token: `out/neurons/index.html`, `out/neurons/L<layer>_N<neuron>.html`.
 
+Context tokens are shaded by their own activations when the model is at hand and the examples' sequences
+hold at most `token_activations.MAX_TOKENS` tokens (one more forward pass over them); else only the
+firing token, by its value (random examples: a fixed shade).
+
 Which neurons get a page: every token detector, trigram detector and positional neuron, then a seeded
 sample of the other live neurons, at most `max_pages` in all (detectors first, most active first). A page
-holds at most 2 k examples of ~17 tokens: about 15-30 kB, so the 2,000-page default is 30-60 MB; OPT-66b's
-5,351 token detectors alone would be 80-160 MB and an index of 5 k rows, hence the cap.
+holds at most 2 k examples of ~17 tokens: 20-40 kB (the demo's: 23 kB, 39 kB with every token shaded), so
+the 2,000-page default is 40-80 MB; OPT-66b's 5,351 token detectors alone would be 110-210 MB and an index of
+5 k rows, hence the cap (raise it with write_report(max_neuron_pages=...)).
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from typing import Any
 import polars as pl
 
 from ..analysis import Analysis
-from ..contexts import context_table
+from ..contexts import AFTER, context_table
 from .cards import _card_html, neuron_card
 from .format import _esc
 from .page import _note, _page
+from .token_activations import window_activations
 
 MAX_PAGES = 2000
 N_OTHERS = 100  # live neurons that are neither detectors nor positional, drawn at random
@@ -74,17 +80,28 @@ def select_neurons(a: Analysis, max_pages: int = MAX_PAGES, n_others: int = N_OT
     return pl.concat([special, others]).head(max_pages).sort("layer", "neuron")
 
 
-def _context_html(r: dict, top: float | None) -> str:
-    """One example: its tokens as spans, the firing one highlighted with its value's share of the neuron's
-    largest (random examples, whose value the host never sees, at a fixed shade)."""
-    share = 0.6 if r["value"] is None or not top else max(0.15, min(1.0, r["value"] / top))
+def _shade(value: float | None, top: float | None) -> float:
+    return 0.6 if value is None or not top else max(0.0, min(1.0, value / top))
+
+
+def _context_html(r: dict, top: float | None, acts: list[float] | None = None) -> str:
+    """One example: its tokens as spans shaded by their activation's share of the neuron's largest
+    (`acts`: every token's, from the model; else the firing token's own value, and a fixed shade for
+    random examples, whose value the host never sees). The firing token is outlined."""
     spans = []
     for i, s in enumerate(r["tokens"]):
+        value = acts[i] if acts is not None else (r["value"] if i == r["firing_index"] else None)
+        title = f' title="{value:.3f}"' if value is not None else ""
         if i == r["firing_index"]:
+            share = max(0.15, _shade(value, top))
             spans.append(f'<span class="t fire" style="background:rgba(255,120,0,{share:.2f})" '
-                         f'title="position {r["position"]}, token {r["token"]}">{_esc(s)}</span>')  # fmt: skip
+                         f'title="position {r["position"]}, token {r["token"]}'
+                         f'{"" if value is None else f", {value:.3f}"}">{_esc(s)}</span>')  # fmt: skip
+        elif value is not None and value > 0:
+            spans.append(f'<span class="t" style="background:rgba(255,120,0,{_shade(value, top):.2f})"{title}>'
+                         f"{_esc(s)}</span>")  # fmt: skip
         else:
-            spans.append(f'<span class="t">{_esc(s)}</span>')
+            spans.append(f'<span class="t"{title}>{_esc(s)}</span>')
     value = "" if r["value"] is None else f"{r['value']:.3f}"
     return (f'<div class="ctx"><span class="val" title="sequence {r["sequence"]}, position {r["position"]}">'
             f"{value}</span>{''.join(spans)}</div>")  # fmt: skip
@@ -119,6 +136,7 @@ def write_neuron_pages(a: Analysis, out: Path, *, model: Any = None, tokenizer: 
         examples = a.example_table.join(chosen.select("layer", "neuron"), on=["layer", "neuron"], how="semi")
         examples = examples.sort("layer", "neuron", pl.col("kind") == "random", "rank")
     cache: dict = {}
+    acts = window_activations(model, tokens, examples, CONTEXT, AFTER) if examples is not None else None
     by_neuron = examples.partition_by("layer", "neuron", as_dict=True) if examples is not None else {}
     rows = []
     for r in chosen.iter_rows(named=True):
@@ -139,7 +157,9 @@ def write_neuron_pages(a: Analysis, out: Path, *, model: Any = None, tokenizer: 
                 sub = ctx.filter(pl.col("kind") == kind)
                 if sub.height:
                     body.append(f"<h2>{label}</h2>")
-                    body += [_context_html(x, r.get("max_activation")) for x in sub.iter_rows(named=True)]
+                    body += [_context_html(x, r.get("max_activation"), None if acts is None else
+                                           acts.get((layer, neuron, x["sequence"], x["position"])))
+                             for x in sub.iter_rows(named=True)]  # fmt: skip
         elif tokens is not None:
             body.append(_note("No examples: the neuron never fired on the detail tokens."))
         title = f"Layer {layer} neuron {neuron}"
