@@ -27,7 +27,7 @@ T = 2048
 BOS = 2
 
 
-# Layout of the core's accumulators (rust/core/src/stats.rs, summary.rs, positions.rs), for the memory
+# Layout of the core's accumulators (rust/core/src/stats/, count_table.rs, summary.rs, position_counts.rs), for the memory
 # models of bench_memory.py and bench_66b_memory.py. Checked against `NeuronStats.memory_bytes()` there.
 CHUNK = 256  # neurons per position chunk (PositionChunk: u16 count per (position, neuron), position-major)
 ACC_BYTES = 296  # boxed NeuronAcc: n_active + 3 Summary structs (CountTable 80 + total + slack = 96 each)

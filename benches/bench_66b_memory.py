@@ -1,7 +1,7 @@
 """Issue 6: host memory of the accumulators for OPT-66b (64 layers x 36,864 neurons) over 20 M tokens,
 simulated and extrapolated.
 
-Layout (rust/core/src/stats.rs, summary.rs, positions.rs; `_common.neuron_bytes` and friends):
+Layout (rust/core/src/stats/, count_table.rs, summary.rs, position_counts.rs; `_common.neuron_bytes` and friends):
 - a pointer per neuron, dead or alive (8 bytes);
 - per chunk of 256 neurons of a layer, allocated when any of them first fires: position counts, 2 bytes
   per (position, neuron), 1 MiB at 2048 positions. In 66b every chunk of every layer holds live neurons,

@@ -9,7 +9,7 @@ fire at a log-normal rate (median 1% in the lower half, 5% at the top, sigma 1, 
 them on any token and half on a fixed pseudo-random eighth of the vocabulary only. Tokens: Zipf(1)
 over the OPT vocabulary, sequences of 2048 starting with BOS, batches of 8 sequences.
 
-Layout being measured (rust/core/src/stats.rs, summary.rs, positions.rs): a pointer per neuron (8
+Layout being measured (rust/core/src/stats/, count_table.rs, summary.rs, position_counts.rs): a pointer per neuron (8
 bytes, dead ones cost nothing else); per chunk of 256 neurons of a layer with any activation, position
 counts of 2 bytes per (position, neuron) (1 MiB at 2048 positions); per live neuron a 224-byte struct
 and three Misra-Gries summaries (tokens: 8-byte slots, bigrams and trigrams: 12-byte slots) of fewer

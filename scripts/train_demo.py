@@ -362,7 +362,8 @@ Reproduce (from the repository root; resumable, seeded):
 {cmd}
 ```
 
-What the analysis finds in this model: `FINDINGS.md`. Licence: `LICENSE`.
+What the analysis finds in this model: the section "What the demo model shows" of the project's README.md
+(`opt-neurons demo` reproduces it; `tests/test_demo.py` pins it). Licence: `LICENSE`.
 """
 
 LICENSE = """The weights and tokenizer in this folder were trained by the opt_neurons project on the package's bundled

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from opt_neurons import NeuronStats
+from opt_neurons.confidence import frequency_upper
+from opt_neurons.tables import build_tables
 from reference import Reference, pack
 
 EXACT = 1 << 22  # an n-gram capacity no test reaches: n-gram counts are exact
@@ -152,7 +153,7 @@ def check_against_reference(stats: NeuronStats, ref: Reference, *, capacity: int
     With capacity >= the number of distinct k-grams of a neuron its n-gram statistics must be exact;
     otherwise cover_k <= exact <= cover_k_max and a reported trigram detector must be one exactly.
     Returns a few counts for sanity checks of the test design."""
-    t = tables if tables is not None else stats.finalize(smoothing_half_width=smoothing_half_width)
+    t = tables if tables is not None else build_tables(stats, smoothing_half_width=smoothing_half_width)
     nt = t.neurons
     L, N = ref.n_layers, ref.n_neurons
     assert nt.height == L * N
@@ -255,14 +256,15 @@ def test_activity_rows_count_only_towards_frequency(n_neurons, split, seed):
             stats.update_activity(layer, pack(tail.acts[layer]))
     ref = s.reference()
     assert stats.rows == ref.rows and stats.detail_rows == len(head.token_ids)
-    got = stats.finalize().neurons
+    got = build_tables(stats).neurons
     np.testing.assert_array_equal(got["n_active"].to_numpy(), ref.n_active.reshape(-1))
     np.testing.assert_array_equal(got["frequency"].to_numpy(), ref.frequency.reshape(-1))
+    np.testing.assert_array_equal(got["frequency_upper"].to_numpy(), frequency_upper(ref.n_active.reshape(-1), ref.rows))
     if split:
         only_head = head.new_stats()
         feed(only_head, head, rng)
-        rest = [c for c in got.columns if c not in ("n_active", "frequency", "dead")]
-        assert got.select(rest).equals(only_head.finalize().neurons.select(rest))
+        rest = [c for c in got.columns if c not in ("n_active", "frequency", "frequency_upper", "dead")]
+        assert got.select(rest).equals(build_tables(only_head).neurons.select(rest))
 
 
 def test_memory_bound_is_what_saturated_accumulators_take():
@@ -340,7 +342,7 @@ def test_merges_equal_single_stream(n_neurons, n_shards, bos, seed, tmp_path_fac
                       n_seqs=int(rng.integers(n_shards, 14)), bos=bos)  # fmt: skip
     single = s.new_stats()
     feed(single, s, rng)
-    expected = single.finalize()
+    expected = build_tables(single)
     check_against_reference(single, s.reference(), tables=expected)
 
     owner = rng.integers(0, n_shards, len(s.bounds))  # whole sequences per shard, some shards may be empty
@@ -351,7 +353,7 @@ def test_merges_equal_single_stream(n_neurons, n_shards, bos, seed, tmp_path_fac
         parts.append(part)
     for order in ("forward", "reverse", "tree", "pickled", "files"):
         m = merged(parts, order)
-        got = m.finalize()
+        got = build_tables(m)
         for name in ("neurons", "layers", "tokens", "positions"):
             assert getattr(got, name).equals(getattr(expected, name)), (order, name)
         assert m.rows == single.rows
@@ -369,11 +371,11 @@ def test_merges_equal_single_stream(n_neurons, n_shards, bos, seed, tmp_path_fac
     m = NeuronStats.load(path)
     empty = s.new_stats()
     empty.merge(m)
-    assert empty.finalize().neurons.equals(expected.neurons)
+    assert build_tables(empty).neurons.equals(expected.neurons)
     # The original objects, merged directly (no copies), last since merging mutates them.
     for p in parts[1:]:
         parts[0].merge(p)
-    assert parts[0].finalize().neurons.equals(expected.neurons)
+    assert build_tables(parts[0]).neurons.equals(expected.neurons)
 
 
 # --------------------------------------------------------------------------- coverage & detectors
@@ -509,7 +511,7 @@ def test_lossy_summary_still_finds_a_clear_trigram_detector():
     stats = s.new_stats(16)
     stats.update(0, pack(acts[0]), toks, pos)
     check_against_reference(stats, ref, capacity=16, positional=False)
-    assert stats.finalize().neurons["trigram_detector"][0]
+    assert build_tables(stats).neurons["trigram_detector"][0]
 
 
 # ------------------------------------------------------------------------------------ positional
@@ -588,7 +590,7 @@ def test_designed_positional_curves():
     assert seen["positional"] == sum(k is not None for _, _, (k, _, _) in curves)
     for w in (1, 8, 40):  # an explicit smoothing half-width
         check_against_reference(stats, ref, smoothing_half_width=w, ngrams=False)
-    kinds = stats.finalize().neurons["positional_kind"].to_list()
+    kinds = build_tables(stats).neurons["positional_kind"].to_list()
     assert kinds == [k for _, _, (k, _, _) in curves]
 
 
@@ -753,7 +755,7 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"layer 2 out of range"):
         s.update(2, bits, t, p)
     with pytest.raises(ValueError, match=r"no tokens were counted"):
-        s.finalize()
+        build_tables(s)
     assert s.rows == 0 and s._core.layer_rows().tolist() == [0, 0]  # failed updates changed nothing
     for other in (tiny(n_neurons=64), tiny(vocab=11), tiny(max_positions=9), tiny(bos_token_id=None),
                   tiny(ngram_capacity=16), tiny(n_layers=3)):  # fmt: skip
@@ -761,12 +763,12 @@ def test_errors_name_the_problem():
             s.merge(other)
     s.update(0, bits, t, p)
     with pytest.raises(ValueError, match=r"layer 1 was updated with 0 rows but layer 0 with 4"):
-        s.finalize()
+        build_tables(s)
     s.update(1, bits[:2], t[:2], p[:2])
     with pytest.raises(ValueError, match=r"layer 1 was updated with 2 rows but layer 0 with 4"):
-        s.finalize()
+        build_tables(s)
     s.update(1, bits[2:], t[2:], p[2:])
-    assert s.finalize().neurons.height == 130
+    assert build_tables(s).neurons.height == 130
     with pytest.raises(ValueError, match=r"not a NeuronStats state"):
         NeuronStats.from_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"corrupt NeuronStats state"):

@@ -84,7 +84,7 @@ def test_detail_tokens_counts_dead_over_all_and_the_rest_over_the_first(model_an
                             execution=execution)  # fmt: skip
     first = opt_neurons.analyze(d, tokens[:6], batch_size=2, progress=False, execution="memory")
     assert a.metadata["detail_tokens"] == 6 * 32 and a.metadata["n_tokens"] == 12 * 32
-    activity = ["n_active", "frequency", "dead", "max_activation", "mean_activation"]  # over every token
+    activity = ["n_active", "frequency", "frequency_upper", "dead", "max_activation", "mean_activation"]  # every token
     assert a.neurons.select(activity).equals(plain.neurons.select(activity))
     assert not a.neurons.select(activity).equals(first.neurons.select(activity))  # the test can tell them apart
     rest = [c for c in a.neurons.columns if c not in activity]

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import opt_neurons
+from opt_neurons.tables import build_tables
 from opt_neurons import DataError, ModelError, NeuronStats
 from opt_neurons.report import run_time
 
@@ -109,14 +110,16 @@ def test_model_without_relu(tmp_path, tiny_tokens):
         opt_neurons.analyze(d, tiny_tokens, progress=False)
 
 
-def test_model_that_is_not_opt(tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
+def test_model_of_an_unsupported_family(tmp_path):
+    """Since the families issue GPT-2 is supported; a family without an adapter (a BERT decoder) is refused."""
+    from transformers import BertConfig, BertLMHeadModel
 
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=100)).save_pretrained(tmp_path / "g")
-    with pytest.raises(ModelError, match="not OPT"):
+    cfg = BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, vocab_size=100, is_decoder=True)
+    BertLMHeadModel(cfg).save_pretrained(tmp_path / "g")
+    with pytest.raises(ModelError, match="no architecture adapter"):
         opt_neurons.analyze(tmp_path / "g", progress=False)
-    with pytest.raises(ModelError, match="fc1"):
-        opt_neurons.analyze(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2)), progress=False)
+    with pytest.raises(ModelError, match="register_architecture"):
+        opt_neurons.analyze(BertLMHeadModel(cfg), progress=False)
 
 
 @pytest.mark.parametrize("data", [[], [""], ["   "]])
@@ -173,7 +176,7 @@ def test_public_stats_accepts_torch_and_int64(tiny_tokens):
     s = NeuronStats(1, 64, 10, 4, bos_token_id=None)
     bits = torch.tensor([[1], [3], [0], [-1]], dtype=torch.int64)  # -1: all 64 neurons on
     s.update(0, bits, torch.tensor([1, 2, 3, 4]), torch.arange(4))
-    t = s.finalize()
+    t = build_tables(s)
     assert t.neurons["n_active"].to_list()[:3] == [3, 2, 1] and t.neurons["n_active"][63] == 1
     assert isinstance(t.layers, pl.DataFrame)
 

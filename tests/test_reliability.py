@@ -6,13 +6,10 @@ lost work (unusable or shared output folders) and tracebacks instead of one-line
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np

@@ -24,6 +24,7 @@ import polars as pl
 import pytest
 
 import opt_neurons
+from opt_neurons.tables import build_tables
 from opt_neurons import Analysis, NeuronStats, OptNeuronsError
 from opt_neurons import report
 
@@ -109,7 +110,7 @@ def build_synthetic(root: Path, n_layers: int, seed: int) -> Synthetic:
     from transformers import OPTForCausalLM
 
     model = OPTForCausalLM.from_pretrained(model_dir).eval()
-    tables = stats.finalize(tokenizer=gpt2_tokenizer(), model=model)
+    tables = build_tables(stats, tokenizer=gpt2_tokenizer(), model=model)
     metadata = {
         "model_id": str(model_dir), "revision": None, "dtype": "float32", "n_layers": n_layers,
         "n_neurons": N_NEURONS, "vocab_size": 50257, "bos_token_id": BOS, "n_tokens": int(flat.size),
@@ -136,7 +137,7 @@ def empty_run(tmp_path_factory) -> Analysis:
     tok = np.random.default_rng(0).integers(1000, 1100, size=64)
     for layer in range(2):
         stats.update(layer, np.zeros((64, 1), np.uint64), tok, np.tile(np.arange(16), 4))
-    t = stats.finalize()
+    t = build_tables(stats)
     meta = {"model_id": "nowhere/opt-empty", "n_layers": 2, "n_neurons": 64, "n_tokens": 64, "T": 16}
     return Analysis(t.neurons, t.layers, t.tokens, t.positions, meta)
 

@@ -1,4 +1,9 @@
-"""Type stubs for the compiled Rust core (opt_neurons_core via PyO3)."""
+"""Type stubs for the compiled Rust core (opt_neurons_core via PyO3).
+
+Kept in step with the extension by scripts/check_stub.py (run by tests/test_core_binding.py).
+Errors: opt_neurons.errors classes (ShapeError, DataError, OptionError, IncompatibleStateError,
+StateFileError, StateIOError, UnusableStateError), all under OptNeuronsError.
+"""
 
 import os
 from typing import Any, Sequence
@@ -9,6 +14,11 @@ import numpy.typing as npt
 __version__: str
 
 DEFAULT_CAPACITY: int
+# Every finalize threshold with its default (the core's Default impls); params.Thresholds is built from it.
+DEFAULT_THRESHOLDS: dict[str, float | int]
+# A state file starts with STATE_MAGIC and the format version as two ASCII digits (b"OPTNST04").
+STATE_MAGIC: bytes
+STATE_FORMAT_VERSION: int
 
 class NeuronStats:
     """Streaming per-neuron accumulators over packed activation bitmasks.
@@ -50,19 +60,19 @@ class NeuronStats:
     def finalize(
         self,
         *,
-        coverage: float = 0.95,
-        token_hit_rate: float = 0.95,
-        detector_share: float = 0.95,
-        max_tokens: int = 5,
-        max_trigrams: int = 50,
-        mi_threshold: float = 0.05,
-        active_level: float = 0.5,
-        low: float = 0.05,
-        strong_low: float = 0.01,
-        high: float = 0.95,
-        strong_high: float = 0.99,
-        min_oscillations: int = 3,
-        smoothing_half_width: int = 0,
+        coverage: float | None = None,
+        token_hit_rate: float | None = None,
+        detector_share: float | None = None,
+        max_tokens: int | None = None,
+        max_trigrams: int | None = None,
+        mi_threshold: float | None = None,
+        active_level: float | None = None,
+        low: float | None = None,
+        strong_low: float | None = None,
+        high: float | None = None,
+        strong_high: float | None = None,
+        min_oscillations: int | None = None,
+        smoothing_half_width: int | None = None,
     ) -> dict[str, Any]: ...
     def position_counts(self, layer: int, neuron: int) -> npt.NDArray[np.uint32]: ...
     def token_counts(self, layer: int, neuron: int) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32], int]: ...
@@ -107,7 +117,9 @@ class Examples:
     def device_state(
         self, layer: int
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint64], npt.NDArray[np.float64], npt.NDArray[np.float32]]: ...
-    summed_rows: int
+    @property
+    def summed_rows(self) -> int: ...
+    def set_summed_rows(self, rows: int) -> None: ...
     @property
     def sampled_rows(self) -> int: ...
     @property

@@ -1,4 +1,5 @@
-"""Forward hooks that turn fc1 outputs into packed activation bitmasks on the device and hand
+"""Forward hooks that turn neuron-module outputs (OPT's fc1, a family's activation: architectures.py)
+into packed activation bitmasks on the device and hand
 them to the Rust core on a worker thread, so counting overlaps the forward pass.
 
 Only bits leave the device (1/16 of fp16 activations), and for rows past `detail_tokens` only a
@@ -31,35 +32,36 @@ GATHER_BYTE = 0x0102040810204080
 BLOCK_ROWS = 16384
 
 
-def pack_bits(x: torch.Tensor) -> torch.Tensor:
-    """(rows, F) fc1 output -> (rows, ceil(F/64)) int64 words; bit j of word w = neuron 64w + j is
-    set when the output is > 0. Bytes are assembled little-endian, as the host reads them."""
+def pack_bits(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """(rows, F) neuron output -> (rows, ceil(F/64)) int64 words; bit j of word w = neuron 64w + j is
+    set when the output is > threshold (the firing rule). Bytes are assembled little-endian, as the
+    host reads them."""
     if not x.is_cuda:  # numpy's packbits is ~15x faster than tensor ops on the CPU
         words = -(-x.shape[1] // 64)
-        bits = np.packbits((x > 0).numpy(), axis=1, bitorder="little")
+        bits = np.packbits((x > threshold).numpy(), axis=1, bitorder="little")
         if bits.shape[1] != words * 8:
             bits = np.pad(bits, ((0, 0), (0, words * 8 - bits.shape[1])))
         return torch.from_numpy(np.ascontiguousarray(bits).view(np.int64))
-    return pack_bits_tensor(x)
+    return pack_bits_tensor(x, threshold)
 
 
-def pack_bits_tensor(x: torch.Tensor) -> torch.Tensor:
+def pack_bits_tensor(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     """pack_bits in four tensor kernels (compare, multiply, shift, narrow), on any device: per-layer
     kernel launches, not arithmetic, are what packing costs next to a small model's forward pass."""
     f = x.shape[1]
-    b = x > 0
+    b = x > threshold
     if f % 64:
         b = torch.nn.functional.pad(b, (0, 64 - f % 64))
     eights = b.contiguous().view(torch.int64)  # (rows, F/8): byte k of each = neuron 8m + k
     return ((eights * GATHER_BYTE) >> 56).to(torch.uint8).view(torch.int64)
 
 
-def count_active(x: torch.Tensor) -> torch.Tensor:
-    """(rows, F) fc1 output -> (F,) int64: rows where each neuron's output is > 0 (the rows that
-    count towards frequency and dead neurons only)."""
+def count_active(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """(rows, F) neuron output -> (F,) int64: rows where each neuron's output is > threshold (the rows
+    that count towards frequency and dead neurons only)."""
     if not x.is_cuda:  # numpy's byte sum is ~5x faster than torch's bool sum on the CPU
-        return torch.from_numpy((x > 0).numpy().view(np.uint8).sum(0, dtype=np.int64))
-    return (x > 0).sum(0)
+        return torch.from_numpy((x > threshold).numpy().view(np.uint8).sum(0, dtype=np.int64))
+    return (x > threshold).sum(0)
 
 
 def _find_malloc_trim() -> Any:
@@ -93,7 +95,7 @@ def _joined(parts: list[np.ndarray]) -> np.ndarray:
 
 
 class BitCapture:
-    """Hooks every layer's fc1. Per forward batch: `set_rows`, run the model, then `commit`.
+    """Hooks every layer's neuron module (a neuron fires where its output is > `threshold`). Per forward batch: `set_rows`, run the model, then `commit`.
 
     A batch is counted only once it is committed, so an interrupted forward pass leaves nothing
     half-counted. Detail rows' bits are counted on a worker thread, overlapping the next forward
@@ -101,8 +103,9 @@ class BitCapture:
     the device. `flush` puts everything committed into the statistics.
     """
 
-    def __init__(self, fc1_modules: list[Any], stats: NeuronStats, examples: Any = None) -> None:
+    def __init__(self, neuron_modules: list[Any], stats: NeuronStats, threshold: float = 0.0, examples: Any = None) -> None:
         self.stats = stats
+        self.threshold = threshold
         self.examples = examples  # an ExampleTracker (example_tracker.py), or None
         self.rows: tuple[np.ndarray, np.ndarray, int] | None = None  # detail tokens, positions, other rows
         self.batch: list = []  # (layer, host bits, copy event) of the forward pass running
@@ -124,7 +127,7 @@ class BitCapture:
         self.trimmed_at = float("-inf")  # when the heap was last trimmed (release_free_heap)
         self.copy_streams: dict[torch.device, torch.cuda.Stream] = {}  # one per GPU (device maps may span several)
         self.finite = FiniteCheck()
-        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(fc1_modules)]
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(neuron_modules)]
         self.worker = threading.Thread(target=self._consume, daemon=True, name="opt-neurons-counter")
         self.worker.start()
 
@@ -147,9 +150,9 @@ class BitCapture:
             n = len(self.rows[0])
             # Detail rows leave the device as bits; the others are summed there, per neuron.
             if n:
-                self.batch.append((layer, *self._to_host(pack_bits(x[:n]))))
+                self.batch.append((layer, *self._to_host(pack_bits(x[:n], self.threshold))))
             if n < len(x):
-                self.batch_counts.append((layer, count_active(x[n:])))
+                self.batch_counts.append((layer, count_active(x[n:], self.threshold)))
             if self.examples is not None:
                 self.examples.observe(layer, x, n)
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._core import __version__
 from .errors import OptNeuronsError
 from .params import RunOptions, Thresholds, cli_fields
 
@@ -33,7 +34,8 @@ def _given(args: argparse.Namespace, prefix: str) -> dict:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="file or folder of .txt/.jsonl/.parquet (default: the bundled corpus)")
+    p.add_argument("--data", help="file or folder of .txt/.jsonl/.parquet, or hf:NAME[:CONFIG][:SPLIT] (a Hugging "
+                                  "Face dataset through `datasets`; default: the bundled corpus)")
     p.add_argument("--no-progress", action="store_true")
     _add_fields(p, RunOptions, "o_", "run options")
     _add_fields(p, Thresholds, "t_", "thresholds (METHOD.md defaults)")
@@ -101,6 +103,7 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="opt-neurons", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("analyze", help="analyse a model's neurons and save the tables")
     p.add_argument("model", help="hub id (e.g. facebook/opt-125m), local directory, or 'demo'")

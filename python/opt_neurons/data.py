@@ -3,8 +3,10 @@ documents are packed back to back with the BOS/EOS separator, T tokens per seque
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import datasets_input
 from .errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -26,6 +29,7 @@ class TokenData:
     sources: list[dict] = field(default_factory=list)
     # The first `detail` sequences get every statistic, the rest activation counts only (None: all).
     detail: int | None = None
+    requested: int | None = None  # the tokens asked for (None: a token array, used as given)
 
     @property
     def n_tokens(self) -> int:
@@ -34,6 +38,11 @@ class TokenData:
     def tokens_before(self) -> np.ndarray:
         """tokens_before()[k]: the tokens (rows) of the first k sequences, k = 0 .. n_sequences."""
         return np.concatenate([[0], np.cumsum(self.lengths)])
+
+    @property
+    def exhausted(self) -> bool:
+        """The data ran out before the tokens asked for."""
+        return self.requested is not None and self.n_tokens < self.requested
 
     @property
     def n_detail(self) -> int:
@@ -52,7 +61,7 @@ class TokenData:
         if detail_tokens <= 0:
             raise DataError(f"detail_tokens must be positive, got {detail_tokens}")
         n = int(np.searchsorted(self.tokens_before(), detail_tokens))
-        return TokenData(self.tokens, self.lengths, self.sources, min(n, len(self.lengths)))
+        return dataclasses.replace(self, detail=min(n, len(self.lengths)))
 
     def content_hash(self) -> str:
         h = hashlib.sha256()
@@ -102,8 +111,15 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def text_documents(data: Any) -> tuple[Iterator[str], list[dict]]:
-    """Documents and source descriptions for: None (bundled corpus), a file, a folder, or strings."""
+def text_documents(data: Any, text_column: str = "text", source_column: str | None = None
+                   ) -> tuple[Iterator[str], list[dict]]:  # fmt: skip
+    """Documents and source descriptions for: None (bundled corpus), a file, a folder, strings, or a Hugging
+    Face dataset (a Dataset, an IterableDataset, or "hf:NAME[:CONFIG][:SPLIT]")."""
+    if datasets_input.is_dataset(data) or datasets_input.is_hf_spec(data):
+        return datasets_input.dataset_documents(data, text_column=text_column, source_column=source_column)
+    if (text_column, source_column) != ("text", None):
+        raise DataError("text_column and source_column name a Hugging Face dataset's columns; files are read "
+                        "from their 'text' field or column")  # fmt: skip
     if data is None:
         from . import corpus
 
@@ -137,7 +153,7 @@ def text_documents(data: Any) -> tuple[Iterator[str], list[dict]]:
 
 def check_data_kind(data: Any) -> None:
     """Refuse, before any model is loaded, data of a kind `prepare_data` cannot use (or would misread)."""
-    if data is None or is_token_array(data):
+    if data is None or is_token_array(data) or datasets_input.is_dataset(data) or datasets_input.is_hf_spec(data):
         return
     if isinstance(data, (str, Path)):
         if not Path(data).exists():
@@ -182,7 +198,7 @@ def pack_documents(docs: Iterable[str], tokenizer: Any, *, seq_len: int, n_token
     for i, r in enumerate(rows):
         tokens[i, 1 : 1 + len(r)] = r
         lengths[i] = 1 + len(r)
-    return TokenData(tokens, lengths)
+    return TokenData(tokens, lengths, requested=n_tokens)
 
 
 def token_array(data: Any, *, max_positions: int, vocab_size: int) -> TokenData:
@@ -210,7 +226,7 @@ def is_token_array(data: Any) -> bool:
 
 
 def prepare_data(data: Any, tokenizer: Any, *, seq_len: int, max_positions: int, n_tokens: int, bos_id: int,
-                 vocab_size: int) -> TokenData:  # fmt: skip
+                 vocab_size: int, text_column: str = "text", source_column: str | None = None) -> TokenData:  # fmt: skip
     check_data_kind(data)
     if seq_len > max_positions:
         raise DataError(
@@ -220,7 +236,7 @@ def prepare_data(data: Any, tokenizer: Any, *, seq_len: int, max_positions: int,
         raise DataError(f"n_tokens must be positive, got {n_tokens}")
     if is_token_array(data):
         return token_array(data, max_positions=max_positions, vocab_size=vocab_size)
-    docs, sources = text_documents(data)
+    docs, sources = text_documents(data, text_column, source_column)
     packed = pack_documents(docs, tokenizer, seq_len=seq_len, n_tokens=n_tokens, bos_id=bos_id)
     for s in sources:
         if "hash" in s:
@@ -231,3 +247,10 @@ def prepare_data(data: Any, tokenizer: Any, *, seq_len: int, max_positions: int,
         raise DataError(f"the tokenizer gives token id {top}, but the model embeds only {vocab_size} ids: the "
                         "tokenizer does not match the model; load the model's own tokenizer")  # fmt: skip
     return packed
+
+
+def warn_if_exhausted(tokens: TokenData) -> None:
+    if tokens.exhausted:
+        warnings.warn(f"opt-neurons: the data ran out after {tokens.n_tokens:,} of the {tokens.requested:,} tokens "
+                      f"asked for: the statistics rest on {tokens.n_tokens:,} tokens (metadata: data_exhausted). "
+                      f"Pass more data for more tokens.", RuntimeWarning, stacklevel=3)  # fmt: skip

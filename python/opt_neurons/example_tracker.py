@@ -101,7 +101,7 @@ class ExampleTracker:
             self.core.set_device_state(layer, np.ascontiguousarray(v.cpu().numpy()),
                                        np.ascontiguousarray(i.cpu().numpy().view(np.uint64)),
                                        s.double().cpu().numpy(), m.cpu().numpy())  # fmt: skip
-        self.core.summed_rows = self.rows
+        self.core.set_summed_rows(self.rows)
         return self.core
 
     def save(self, folder: Path) -> None:

@@ -3,13 +3,16 @@ via device_map), or layer-major ("layer"): the hidden states of a block of seque
 host memory while each layer's weights go to the device once per block and the whole block runs
 through it (FlexGen's schedule), so weight transfers are amortised over the block.
 
-Both feed the same fc1 hooks with the same micro-batches, so they give identical statistics.
+Both feed the same neuron-module hooks with the same micro-batches, so they give identical statistics.
+Layer-major needs no code per model family: the model's own forward runs once per batch with every
+decoder layer replaced by a recorder, which keeps the arguments each layer would receive (hidden
+states, attention mask, rotary position embeddings, position ids, ALiBi, ...); the layers are then
+run one at a time on those arguments.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +21,12 @@ import numpy as np
 import torch
 
 from . import schedule
-from .capture import BitCapture
+from .capture import BitCapture, release_free_heap
 from .data import TokenData
 from .errors import ModelError, OutOfMemoryError
-from .model import LoadedModel, decoder_layers
+from . import architectures, weights
+from .architectures import decoder_layers
+from .model import LoadedModel
 
 EXECUTIONS = ("auto", "memory", "offload", "layer")
 
@@ -34,14 +39,14 @@ def rows_of(data: TokenData, begin: int, end: int) -> tuple[np.ndarray, np.ndarr
 
 
 class _ForwardDone(Exception):
-    """Raised by the last layer's fc1 hook: nothing after that output feeds a statistic."""
+    """Raised by the last layer's neuron-module hook: nothing after that output feeds a statistic."""
 
 
 @contextlib.contextmanager
-def ending_at(fc1: torch.nn.Module, enabled: bool = True) -> Iterator[Callable[[Callable[[], Any]], Any]]:
-    """Forward passes end once `fc1` (the last layer's, hooked after the bit capture) has run: its
-    layer's fc2, the final LayerNorm and project_out would cost ~1/(3L) of the weights' work for
-    nothing. Yields `run(forward)`: forward's result, or None when the pass ended there. Not with
+def ending_at(module: torch.nn.Module, enabled: bool = True) -> Iterator[Callable[[Callable[[], Any]], Any]]:
+    """Forward passes end once `module` (the last layer's neuron module, hooked after the bit capture) has
+    run: its layer's down projection, the final norm and project_out would cost ~1/(3L) of the weights'
+    work for nothing. Yields `run(forward)`: forward's result, or None when the pass ended there. Not with
     accelerate's hooks (offload), whose post-forward steps would be skipped."""
 
     def stop(module: Any, inputs: Any, output: Any) -> None:
@@ -53,7 +58,7 @@ def ending_at(fc1: torch.nn.Module, enabled: bool = True) -> Iterator[Callable[[
         except _ForwardDone:
             return None
 
-    handle = fc1.register_forward_hook(stop) if enabled else None
+    handle = module.register_forward_hook(stop) if enabled else None
     try:
         yield run
     finally:
@@ -79,17 +84,17 @@ def out_of_memory_hint(batch_size: int) -> Iterator[None]:
 
 def run_memory(lm: LoadedModel, data: TokenData, capture: BitCapture, *, start: schedule.Cursor, batch_size: int,
                on_progress: Callable[[schedule.Cursor], None]) -> None:  # fmt: skip
-    """Every batch through the decoder up to the last fc1 (see ending_at; no LM head); with a device_map
-    accelerate moves weights (and the whole decoder runs). Activation-only batches fill the time the
-    host needs to count the detail ones (schedule.py)."""
-    decoder = lm.model.model.decoder
-    last_fc1 = decoder_layers(lm.model)[-1].fc1
+    """Every batch through the decoder up to the last neuron module (see ending_at; no LM head); with a
+    device_map accelerate moves weights (and the whole decoder runs). Activation-only batches fill the
+    time the host needs to count the detail ones (schedule.py)."""
+    body = architectures.body(lm.model)
+    last = architectures.neuron_modules(lm.model)[-1]
     with torch.inference_mode(), out_of_memory_hint(batch_size), \
-            ending_at(last_fc1, enabled=not has_accelerate_hooks(lm.model)) as run:  # fmt: skip
+            ending_at(last, enabled=not has_accelerate_hooks(lm.model)) as run:  # fmt: skip
         for begin, end, done in schedule.interleaved(data, start, batch_size, capture.busy):
             ids, flat, pos = rows_of(data, begin, end)
             capture.set_rows(flat, pos, data.detail_rows(begin, end), first_sequence=begin)
-            run(lambda: decoder(input_ids=torch.from_numpy(ids).to(lm.device), use_cache=False))
+            run(lambda: body(input_ids=torch.from_numpy(ids).to(lm.device), use_cache=False))
             capture.commit(done)
             if done.detail == data.n_detail:  # the last block of detail rows is counted while the rest runs
                 capture.send_block()
@@ -115,104 +120,125 @@ class ResidentLayers:
 
 
 class StreamedLayers:
-    """Layer weights read from the checkpoint's safetensors files straight to the device once per
-    block: host memory holds only the hidden states, so models larger than RAM run (OPT-66b)."""
+    """Layer weights read from the checkpoint's files (safetensors or .bin shards) straight to the device
+    once per block: host memory holds only the hidden states, so models larger than RAM run (OPT-66b)."""
 
-    def __init__(self, model: Any, files: list[Path], device: torch.device) -> None:
-        from safetensors import safe_open
-
+    def __init__(self, model: Any, tensors: weights.CheckpointTensors, device: torch.device) -> None:
+        self.model = model
         self.layers = decoder_layers(model)
+        self.prefix = architectures.for_config(model.config).layers
+        self.tensors = tensors
         self.device = device
-        self.where: dict[str, tuple[Path, str]] = {}
-        for f in files:
-            with safe_open(str(f), framework="pt") as fh:
-                for key in fh.keys():
-                    self.where[key.removeprefix("model.")] = (f, key)
-
-    def load_into(self, module: torch.nn.Module, prefix: str, device: torch.device) -> None:
-        from safetensors import safe_open
-
-        module.to_empty(device=device)
-        state = {}
-        for name, p in module.state_dict().items():
-            key = f"{prefix}{name}"
-            if key not in self.where:
-                raise ModelError(f"tensor {key} is missing from the checkpoint's safetensors files")
-            f, stored = self.where[key]
-            with safe_open(str(f), framework="pt", device=str(device)) as fh:
-                state[name] = fh.get_tensor(stored).to(p.dtype)
-        module.load_state_dict(state)
 
     @contextlib.contextmanager
     def on_device(self, index: int) -> Iterator[Any]:
-        layer = self.layers[index]
-        self.load_into(layer, f"decoder.layers.{index}.", self.device)
+        prefix = f"{self.prefix}.{index}."
+        weights.load_into(self.model, self.tensors, self.device, lambda n: n.startswith(prefix))
         try:
-            yield layer
+            yield self.layers[index]
         finally:
-            layer.to("meta")
+            weights.move(self.model, "meta", lambda n: n.startswith(prefix))
+            if self.device.type == "cpu":  # glibc would keep the freed layer's heap pages: host memory grew
+                release_free_heap()  # by ~half a layer per layer streamed (measured, test_families)
 
 
 def safetensors_files(model_dir: Path) -> list[Path]:
-    index = model_dir / "model.safetensors.index.json"
-    if index.exists():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [model_dir / n for n in names]
-    single = model_dir / "model.safetensors"
-    return [single] if single.exists() else []
+    return [f for f in weights.checkpoint_files(model_dir) if f.suffix == ".safetensors"]
 
 
-def embed(decoder: Any, ids: torch.Tensor) -> torch.Tensor:
-    """The decoder's input: token embeddings (through project_in) plus learned positions 0..L-1."""
-    x = decoder.embed_tokens(ids)
-    positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
-    pos = decoder.embed_positions(torch.ones_like(ids), 0, position_ids=positions)
-    if decoder.project_in is not None:
-        x = decoder.project_in(x)
-    return x + pos.to(x.device)
+class _InputsRecorded(Exception):
+    """Raised by the last layer's recorder: every layer's arguments are in."""
+
+
+class _Relay:
+    """What a recording layer returns to the model's loop: indexing gives itself back, so loops that
+    take `outputs[0]` and loops that use the output as it is both hand it to the next recorder."""
+
+    def __getitem__(self, index: Any) -> _Relay:
+        return self
+
+
+def layer_arguments(body: Any, layers: Any, ids: torch.Tensor) -> tuple[torch.Tensor, list[tuple[tuple, dict]]]:
+    """Run the model's own forward on `ids` with every decoder layer replaced by a recorder: the first
+    layer's hidden states, and each layer's (args, kwargs) (attention masks can differ by layer, e.g.
+    Gemma-2's sliding windows)."""
+    calls: list[tuple[tuple, dict]] = []
+
+    def recorder(last: bool) -> Callable[..., Any]:
+        def record(*args: Any, **kwargs: Any) -> Any:
+            calls.append((args, kwargs))
+            if last:
+                raise _InputsRecorded
+            return _Relay()
+
+        return record
+
+    own = [layer.__dict__.get("forward") for layer in layers]  # e.g. accelerate's wrapper, put back after
+    for i, layer in enumerate(layers):
+        layer.forward = recorder(i == len(layers) - 1)
+    try:
+        body(input_ids=ids, use_cache=False)
+    except _InputsRecorded:
+        pass
+    finally:
+        for layer, forward in zip(layers, own):
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
+    if len(calls) != len(layers):
+        raise ModelError(f"{type(body).__name__}'s forward called {len(calls)} of its {len(layers)} layers: "
+                         "layer-major execution cannot replay it; use execution='memory' or 'offload'")  # fmt: skip
+    args, kwargs = calls[0]
+    hidden = args[0] if args else kwargs["hidden_states"]
+    return hidden, calls
+
+
+def call_layer(layer: Any, hidden: torch.Tensor, recorded: tuple[tuple, dict]) -> torch.Tensor:
+    """The layer on `hidden` with the rest of the arguments the model's forward gave it."""
+    args, kwargs = recorded
+    out = layer(hidden, *args[1:], **kwargs) if args else layer(**{**kwargs, "hidden_states": hidden})
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, source: Any, *, start: schedule.Cursor,
                     batch_size: int, block_size: int, on_progress: Callable[[schedule.Cursor], None]) -> None:  # fmt: skip
-    """Blocks of sequences through one layer at a time; hidden states wait in pinned host memory."""
-    from transformers.masking_utils import create_causal_mask
-
-    decoder = lm.model.model.decoder
+    """Blocks of sequences through one layer at a time; hidden states wait in pinned host memory. A layer's
+    other arguments are recorded once per batch shape in each block: they depend on the shape only
+    (no padding: positions 0..L-1, causal masks)."""
+    body = architectures.body(lm.model)
     device = source.device
     pin = device.type == "cuda"
-    last_fc1 = source.layers[-1].fc1
+    last = architectures.get_path(source.layers[-1], architectures.for_config(lm.model.config).neurons)
     with torch.inference_mode(), out_of_memory_hint(batch_size), \
-            ending_at(last_fc1, enabled=not has_accelerate_hooks(lm.model)) as run:  # fmt: skip
+            ending_at(last, enabled=not has_accelerate_hooks(lm.model)) as run:  # fmt: skip
         for block in schedule.blocks(data, start, batch_size, block_size):
-            hidden = []
+            hidden, arguments = [], {}
             for begin, end, _ in block:
                 ids = torch.from_numpy(rows_of(data, begin, end)[0]).to(device)
-                h = embed(decoder, ids).to("cpu")
+                h, calls = layer_arguments(body, source.layers, ids)
+                arguments.setdefault(tuple(ids.shape), calls)
+                h = h.to("cpu")
                 hidden.append(h.pin_memory() if pin else h)
             for index in range(len(source.layers)):
                 with source.on_device(index) as layer:
                     for k, (begin, end, _) in enumerate(block):
                         _, flat, pos = rows_of(data, begin, end)
                         h = hidden[k].to(device, non_blocking=True)
-                        mask = create_causal_mask(config=decoder.config, inputs_embeds=h, attention_mask=None,
-                                                  cache=None)  # fmt: skip
-                        positions = torch.arange(h.shape[1], device=device).expand(h.shape[0], -1)
+                        recorded = arguments[(end - begin, int(data.lengths[begin]))][index]
                         capture.set_rows(flat, pos, data.detail_rows(begin, end), first_sequence=begin)
-                        out = run(lambda: layer(h, attention_mask=mask, position_ids=positions))
+                        out = run(lambda: call_layer(layer, h, recorded))
                         capture.commit(None)  # part of a block: not a resumable point
                         if end == data.n_detail or k == len(block) - 1:
                             # The layer's detail rows are all in: counted while the device goes on
                             # (its other batches, the next layer's weights), not after.
                             capture.send_block()
-                        if out is not None:  # None: the last layer, ended at its fc1
+                        if out is not None:  # None: the last layer, ended at its neuron module
                             hidden[k] = out.to("cpu").pin_memory() if pin else out.to("cpu")
             done = block[-1][2]
             capture.commit(done)  # nothing more to hand over: every layer of the block is committed
             on_progress(done)
     capture.flush()
-
-
-NON_LAYER_MODULES = ("embed_tokens", "embed_positions", "project_in", "project_out", "final_layer_norm")
 
 
 def choose(requested: str, *, config: Any, dtype: torch.dtype, device: torch.device, device_map: Any) -> tuple[str, str]:
@@ -235,30 +261,20 @@ def choose(requested: str, *, config: Any, dtype: torch.dtype, device: torch.dev
 
 
 def prepare_layer_major(model: Any, *, dtype: Any, revision: str | None, device: torch.device) -> tuple[LoadedModel, Any]:
-    """The model with its non-layer modules on the device, and where its layers come from:
-    streamed from safetensors when the checkpoint has them, else held in host memory."""
+    """The model with everything but its decoder layers on the device, and where its layers come from:
+    streamed from the checkpoint's files (safetensors or .bin) when there are any, else held in host
+    memory."""
     from .model import load_model, skeleton_model
 
     if isinstance(model, (str, Path)):
         lm, files = skeleton_model(str(model), dtype=dtype, revision=revision, device=device)
         if files:
-            source = StreamedLayers(lm.model, files, device)
-            decoder = lm.model.model.decoder
-            for name in NON_LAYER_MODULES:
-                module = getattr(decoder, name, None)
-                if module is not None:
-                    source.load_into(module, f"decoder.{name}.", device)
-            if lm.model.config.tie_word_embeddings:
-                lm.model.lm_head.weight = decoder.embed_tokens.weight
-            else:
-                source.load_into(lm.model.lm_head, "lm_head.", device)
-            return lm, source
+            layers = architectures.for_config(lm.model.config).layers + "."
+            tensors = weights.CheckpointTensors(files, lm.model.base_model_prefix, weights.key_renamer(lm.model))
+            weights.load_into(lm.model, tensors, device, lambda n: not n.startswith(layers))
+            return lm, StreamedLayers(lm.model, tensors, device)
     lm = load_model(model, dtype=dtype, revision=revision, device=device, on_host=True)
-    decoder = lm.model.model.decoder
-    for name in NON_LAYER_MODULES:
-        module = getattr(decoder, name, None)
-        if module is not None:
-            module.to(device)
-    lm.model.lm_head.to(device)
+    layers = architectures.for_config(lm.model.config).layers + "."
+    weights.move(lm.model, device, lambda n: not n.startswith(layers))
     lm.device = device
     return lm, ResidentLayers(lm, device)

@@ -1,4 +1,5 @@
-"""Load an OPT model and tokenizer through the Hugging Face cache, and check it is OPT-like with ReLU."""
+"""Load a model and its tokenizer through the Hugging Face cache (config once, weights, or a skeleton
+whose layers stream from the checkpoint), and check its family has an architecture adapter."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from typing import Any
 
 import torch
 
+from . import architectures
 from .errors import ModelError
 
-EXPECTED = "model.decoder.layers[i].fc1 -> ReLU -> fc2 (transformers OPTForCausalLM)"
 DEMO_DIR = Path(__file__).parent / "demo"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
 
 
 @dataclass
@@ -24,33 +26,11 @@ class LoadedModel:
     device: torch.device
 
 
-def decoder_layers(model: Any) -> Any:
-    decoder = getattr(getattr(model, "model", model), "decoder", None)
-    layers = getattr(decoder, "layers", None)
-    if layers is None or len(layers) == 0:
-        raise ModelError(
-            f"{type(model).__name__} is not an OPT-like decoder: expected {EXPECTED}. "
-            "Pass an OPT checkpoint such as facebook/opt-125m."
-        )
-    return layers
-
-
-def output_projection(model: Any) -> Any:
-    """OPT-350m's project_out (d_model -> word_embed_proj_dim) before the unembedding, else None."""
-    return getattr(getattr(getattr(model, "model", model), "decoder", None), "project_out", None)
-
-
-def check_relu(model: Any) -> None:
-    layers = decoder_layers(model)
-    for i, layer in enumerate(layers):
-        if not hasattr(layer, "fc1") or not hasattr(layer, "fc2"):
-            raise ModelError(f"layer {i} of {type(model).__name__} has no fc1/fc2: expected {EXPECTED}.")
-    act = getattr(model.config, "activation_function", None)
-    if act != "relu":
-        raise ModelError(
-            f"the model's feed-forward activation is {act!r}, not 'relu': dead and n-gram neurons are defined "
-            f"by ReLU outputs > 0 ({EXPECTED}). Use an OPT model (config.activation_function='relu')."
-        )
+def check_model(model: Any) -> None:
+    """The model's family is registered, its layers and neuron modules are where the entry says, and its
+    activation suits the family."""
+    architectures.neuron_modules(model)
+    architectures.check_activation(model, f"{type(model).__name__}")
 
 
 def default_device() -> torch.device:
@@ -78,6 +58,11 @@ def load_tokenizer(source: str, **kwargs: Any) -> Any:
     """The model's tokenizer, or None (then data must be given as token ids)."""
     from transformers import AutoTokenizer
 
+    # transformers 5 builds a tokenizer of the family's class even for a folder without tokenizer files
+    # (no vocabulary, made-up special ids): that is no tokenizer.
+    folder = model_dir(source, kwargs.get("revision"))
+    if folder is not None and not any((folder / f).exists() for f in TOKENIZER_FILES):
+        return None
     try:
         return AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception:
@@ -85,7 +70,7 @@ def load_tokenizer(source: str, **kwargs: Any) -> Any:
 
 
 def load_config(model: str, revision: str | None) -> tuple[Any, str]:
-    """The OPT config of a hub id / directory / "demo", and the name to load it by; checks it is OPT + ReLU."""
+    """The config of a hub id / directory / "demo", and the name to load it by; checks its family is supported."""
     from transformers import AutoConfig
 
     name = resolve_name(str(model))
@@ -97,13 +82,7 @@ def load_config(model: str, revision: str | None) -> tuple[Any, str]:
             f"({type(e).__name__}: {e}). Check the id (e.g. facebook/opt-125m), download it first with "
             "`huggingface-cli download ID` when offline, or pass a local directory."
         ) from e
-    if getattr(config, "model_type", None) != "opt":
-        raise ModelError(
-            f"{str(model)!r} is a {getattr(config, 'model_type', '?')!r} model, not OPT: expected {EXPECTED}. "
-            "Pass an OPT checkpoint such as facebook/opt-125m."
-        )
-    if getattr(config, "activation_function", None) != "relu":
-        raise ModelError(f"{str(model)!r} uses activation {config.activation_function!r}, not 'relu': expected {EXPECTED}.")
+    architectures.check_activation(config, repr(str(model)))
     return config, name
 
 
@@ -129,11 +108,12 @@ def commit_of(config: Any, name: str, revision: str | None) -> str | None:
 
 
 def parameter_bytes(config: Any, dtype: torch.dtype) -> int:
-    """Approximate size of an OPT model's weights, from its config alone."""
-    d, f, n = config.hidden_size, config.ffn_dim, config.num_hidden_layers
-    per_layer = 4 * d * d + 2 * d * f
-    embed = config.vocab_size * config.word_embed_proj_dim + config.max_position_embeddings * d
-    return (n * per_layer + embed) * torch.tensor([], dtype=dtype).element_size()
+    """Size of a model's weights, from its config alone (the model built on the meta device)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        hf = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return sum(p.numel() * p.element_size() for p in hf.parameters())
 
 
 def from_pretrained(name: str, **kwargs: Any) -> Any:
@@ -151,7 +131,7 @@ def load_model(model: Any, *, dtype: Any = None, device_map: Any = None, revisio
     on_host: keep the weights in host memory (layer-major execution moves them per block)."""
     device = device or default_device()
     if not isinstance(model, (str, os.PathLike)):
-        check_relu(model)
+        check_model(model)
         name = getattr(model.config, "_name_or_path", "") or type(model).__name__
         tok = load_tokenizer(name) if name else None
         dev = next(model.parameters()).device
@@ -166,28 +146,30 @@ def load_model(model: Any, *, dtype: Any = None, device_map: Any = None, revisio
     elif device_map is not None:  # where accelerate put the first weights (inputs go there; all may be on disk)
         device = next((p.device for p in hf.parameters() if p.device.type != "meta"), device)
     hf.eval()
-    check_relu(hf)
+    check_model(hf)
     return LoadedModel(hf, load_tokenizer(name, revision=revision), str(model), commit_of(config, name, revision),
                        device)  # fmt: skip
 
 
 def skeleton_model(model: str, *, dtype: Any = None, revision: str | None = None,
                    device: torch.device | None = None) -> tuple[LoadedModel, list[Path]]:  # fmt: skip
-    """The model built on the meta device (no weights in memory) and its safetensors files; the
-    layer-major executor streams each layer's weights from them. ([], ...) when there are none."""
+    """The model with its parameters on the meta device (no weights in memory; buffers such as rotary
+    frequencies computed on the host) and its weight files (safetensors, else .bin); the layer-major
+    executor streams each layer's weights from them. ([], ...) when there are none."""
+    from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
+
+    from .weights import checkpoint_files
 
     device = device or default_device()
     config, name = load_config(model, revision)
     folder = model_dir(name, revision)
-    from .executors import safetensors_files
-
-    files = safetensors_files(folder) if folder is not None else []
-    torch_dtype = resolve_dtype(dtype, device)
-    with torch.device("meta"):
-        hf = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    files = checkpoint_files(folder) if folder is not None else []
+    with init_empty_weights(include_buffers=False):
+        hf = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype, device))
+    hf.tie_weights()  # the unembedding shares the embedding's tensor where the config ties them
     hf.eval()
-    check_relu(hf)
+    check_model(hf)
     lm = LoadedModel(hf, load_tokenizer(name, revision=revision), str(model), commit_of(config, name, revision),
                      device)  # fmt: skip
     return lm, files

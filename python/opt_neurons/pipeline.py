@@ -10,23 +10,24 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, distributed, example_tables, example_tracker, executors, fingerprint, host_memory, outdir, schedule
+from . import (architectures, checkpoint, distributed, example_tables, example_tracker, executors, fingerprint,
+               host_memory, outdir, schedule)  # fmt: skip
 from ._core import __version__
 from .analysis import Analysis
+from .architectures import decoder_layers
 from .capture import BitCapture
-from .data import check_data_kind, prepare_data
-from .model import (LoadedModel, decoder_layers, default_device, load_config, load_model, model_dir, resolve_dtype,
-                    resolve_name)  # fmt: skip
+from .data import check_data_kind, prepare_data, warn_if_exhausted
 from .errors import OptionError
+from .model import LoadedModel, default_device, load_config, load_model, model_dir, resolve_dtype, resolve_name
 from .params import RunOptions, Thresholds
 from .report import write_report
 from .stats import NeuronStats
+from .tables import build_tables
 
 
 def bos_id_of(lm: LoadedModel) -> int:
-    tok_bos = getattr(lm.tokenizer, "bos_token_id", None) if lm.tokenizer is not None else None
-    bos = tok_bos if tok_bos is not None else getattr(lm.model.config, "bos_token_id", None)
-    return 2 if bos is None else int(bos)
+    """The token starting each sequence and separating documents, by the family's convention."""
+    return architectures.start_token_id(lm.model.config, lm.tokenizer)
 
 
 def load_for(mode: str, model: Any, *, dtype: Any, device_map: Any, revision: str | None, device: torch.device,
@@ -61,17 +62,25 @@ def analyze(
     block_size: int = RunOptions.block_size,
     max_memory: dict | None = RunOptions.max_memory,
     offload_folder: str | Path | None = RunOptions.offload_folder,
+    text_column: str = RunOptions.text_column,
+    source_column: str | None = RunOptions.source_column,
+    activation_threshold: float = RunOptions.activation_threshold,
     examples: int = RunOptions.examples,
     examples_seed: int = RunOptions.examples_seed,
     **thresholds: Any,
 ) -> Analysis | None:
-    """Find dead, n-gram-detecting and positional neurons of an OPT model (METHOD.md).
+    """Find dead, n-gram-detecting and positional neurons of a decoder LM (OPT, GPT-2, Pythia, Llama, ...:
+    architectures.py; METHOD.md).
 
     model: hub id (through the Hugging Face cache), local directory, "demo", or a loaded model (run in
         eval mode, so without dropout, and put back in the mode it was in afterwards).
     data: None (bundled corpus), a file or folder of .txt/.jsonl/.parquet, an iterable of strings,
-        or a (n_seq, T) array of token ids used exactly as given. n_tokens is rounded up to whole
-        sequences of T = seq_len (default: the model's maximum positions) tokens.
+        a Hugging Face datasets Dataset or IterableDataset, "hf:NAME[:CONFIG][:SPLIT]" (loaded through
+        `datasets`), or a (n_seq, T) array of token ids used exactly as given. n_tokens is rounded up to
+        whole sequences of T = seq_len (default: min(the model's maximum positions, 2048)) tokens; data that runs out
+        first gives fewer, with a warning (metadata: requested_tokens, data_exhausted).
+    text_column, source_column: a dataset's text column and (optional) the column, or dotted path into
+        a struct column, naming each document's source; the documents read per source are recorded.
     detail_tokens: count token, n-gram and position statistics over only the first detail_tokens
         tokens (rounded up to whole sequences), and frequency / dead neurons over all n_tokens: the
         paper's protocol (5 M and 20 M). The extra tokens cost the forward pass and a sum per
@@ -84,6 +93,7 @@ def analyze(
     execution: "memory" (whole model on the device), "offload" (accelerate device_map, with
         max_memory / offload_folder), "layer" (layer-major: blocks of `block_size` sequences through
         one layer at a time), or "auto" (chosen from the model size and free GPU memory).
+    activation_threshold: a neuron fires on a token when its activation output is > this (METHOD.md).
     examples: example positions kept per neuron and kind (the top ones by activation value and a
         uniform random sample, seeded by examples_seed) over the detail tokens; 0 turns them off
         (and the max / mean activation columns). `Analysis.examples(layer, neuron)` renders them.
@@ -96,7 +106,9 @@ def analyze(
                          dtype=dtype, device_map=device_map, progress=progress, revision=revision,
                          ngram_capacity=ngram_capacity, checkpoint_every=checkpoint_every, execution=execution,
                          block_size=block_size, max_memory=max_memory, offload_folder=offload_folder,
-                         examples=examples, examples_seed=examples_seed)  # fmt: skip
+                         text_column=text_column, source_column=source_column,
+                         activation_threshold=activation_threshold, examples=examples,
+                         examples_seed=examples_seed)  # fmt: skip
     t = Thresholds.from_overrides(thresholds)
     if report and out is None:
         raise OptionError("report=True writes the report into `out`: pass out= as well")
@@ -118,11 +130,12 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
     n_tokens, detail_tokens, seq_len, batch_size, dtype = o.n_tokens, o.detail_tokens, o.seq_len, o.batch_size, o.dtype
     device_map, progress, revision, ngram_capacity = o.device_map, o.progress, o.revision, o.ngram_capacity
     checkpoint_every, execution, block_size = o.checkpoint_every, o.execution, o.block_size
-    max_memory, offload_folder = o.max_memory, o.offload_folder
+    max_memory, offload_folder, threshold = o.max_memory, o.offload_folder, float(o.activation_threshold)
     started = time.time()
     device = distributed.device_for_rank() or default_device()
     if isinstance(model, (str, Path)):
         config, _ = load_config(str(model), revision)
+        architectures.check_threshold(threshold, architectures.for_config(config, repr(str(model))))
         mode, why = execution_choice(execution, config, dtype, device, device_map)
     else:
         mode, why = ("memory", "a loaded model runs where it is") if execution == "auto" else (execution, "requested")
@@ -131,15 +144,18 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
     lm, source = load_for(mode, model, dtype=dtype, device_map=device_map, revision=revision, device=device,
                           max_memory=max_memory, offload_folder=offload_folder)  # fmt: skip
     cfg = lm.model.config
-    max_pos = int(cfg.max_position_embeddings)
+    arch = architectures.for_config(cfg)
+    architectures.check_threshold(threshold, arch)
+    max_pos = architectures.max_positions(cfg)  # None: no limit (ALiBi)
     bos = bos_id_of(lm)
     vocab = max(int(cfg.vocab_size), len(lm.tokenizer) if lm.tokenizer is not None else 0)
     # Ids past the embedding's rows would fail inside the forward pass (a device-side assert on a GPU).
     embedding_rows = int(lm.model.get_input_embeddings().num_embeddings)
-    tokens = prepare_data(data, lm.tokenizer, seq_len=seq_len or max_pos, max_positions=max_pos,
-                          n_tokens=n_tokens, bos_id=bos, vocab_size=embedding_rows).with_detail_tokens(detail_tokens)  # fmt: skip
+    tokens = prepare_data(data, lm.tokenizer, seq_len=seq_len or architectures.default_seq_len(cfg),
+                          max_positions=max_pos or 2**31 - 1, n_tokens=n_tokens, bos_id=bos, vocab_size=embedding_rows,
+                          text_column=o.text_column, source_column=o.source_column).with_detail_tokens(detail_tokens)  # fmt: skip
     mine = distributed.shard(tokens, rank, world) if world > 1 else tokens
-    n_layers, n_neurons, T = len(decoder_layers(lm.model)), int(cfg.ffn_dim), int(tokens.tokens.shape[1])
+    n_layers, n_neurons, T = len(decoder_layers(lm.model)), architectures.n_neurons(lm.model), int(tokens.tokens.shape[1])
     dtype_name = str(next(lm.model.parameters()).dtype).replace("torch.", "")
     data_sha256 = tokens.content_hash()  # hashes every token: once per run
     ckpt = checkpoint.name_for(rank, world)
@@ -149,7 +165,8 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
                                        model_dir(resolve_name(str(model)), revision))  # fmt: skip
     run_id = {"model": lm.model_id, "revision": lm.revision, "weights": weights, "data": data_sha256, "T": T,
               "ngram_capacity": ngram_capacity, "dtype": dtype_name, "rank": rank, "world": world,
-              "detail_sequences": tokens.detail, "examples": o.examples, "examples_seed": o.examples_seed}  # fmt: skip
+              "detail_sequences": tokens.detail, "activation_threshold": threshold, "examples": o.examples,
+              "examples_seed": o.examples_seed}  # fmt: skip
     resumed = checkpoint.load(out_dir, run_id, mine, ckpt) if out_dir is not None else None
     if out_dir is not None and resumed is None:
         checkpoint.set_aside(out_dir, ckpt)
@@ -160,13 +177,16 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
     if o.examples:
         state = example_tracker.load(out_dir / ckpt, stats.rows, stats.detail_rows) if resumed else None
         tracker = example_tracker.ExampleTracker(n_layers, n_neurons, o.examples, o.examples_seed, state=state,
+                                                 threshold=threshold,
                                                  sequence_offset=distributed.first_detail_sequence(tokens, rank, world))  # fmt: skip
     if rank == 0:
+        warn_if_exhausted(tokens)
         host_memory.warn_if_short(stats, tokens.n_tokens, host_memory.available_bytes())
     forward_started, forward_cpu_started = time.time(), time.process_time()
     counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=batch_size,
                   block_size=block_size, out_dir=out_dir, ckpt=ckpt, run_id=run_id,
-                  checkpoint_every=checkpoint_every, progress=progress and rank == 0, examples=tracker)  # fmt: skip
+                  checkpoint_every=checkpoint_every, progress=progress and rank == 0, threshold=threshold,
+                  examples=tracker)  # fmt: skip
     ex = tracker.sync() if tracker is not None else None
     forward_s, forward_cpu_s = time.time() - forward_started, time.process_time() - forward_cpu_started
     if progress and rank == 0 and counting_s > 0.8 * forward_s:
@@ -179,7 +199,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         if stats is None:
             return None
     materialize = source.on_device if isinstance(source, executors.StreamedLayers) else None
-    tables = stats.finalize(tokenizer=lm.tokenizer, model=lm.model, materialize=materialize, **t.to_dict())
+    tables = build_tables(stats, tokenizer=lm.tokenizer, model=lm.model, materialize=materialize, **t.to_dict())
     tables.neurons = example_tables.with_activation_columns(tables.neurons, ex)
     metadata = {
         "model_id": lm.model_id,
@@ -193,8 +213,17 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "n_layers": n_layers,
         "n_neurons": n_neurons,
         "vocab_size": vocab,
-        "bos_token_id": bos,
-        "n_tokens": tokens.n_tokens,
+        "bos_token_id": bos,  # starts each sequence and separates documents (METHOD.md "Data")
+        "family": arch.name,
+        "model_type": getattr(cfg, "model_type", None),
+        "neuron_module": f"{arch.layers}[i].{arch.neurons}",
+        "firing_rule": arch.firing_rule(cfg, threshold),
+        "activation_threshold": threshold,
+        "max_positions": max_pos,
+        "T_source": "seq_len" if seq_len else "min(max positions, 2048)",
+        "n_tokens": tokens.n_tokens,  # analysed
+        "requested_tokens": tokens.requested,  # None for a token array, used as given
+        "data_exhausted": tokens.exhausted,
         "detail_tokens": stats.detail_rows,
         "n_sequences": int(len(tokens.lengths)),
         "T": T,
@@ -214,7 +243,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "wall_seconds": time.time() - started,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "position_totals": stats.position_totals().tolist(),
-        "examples": {"k": o.examples, "seed": o.examples_seed, "threshold": 0.0,
+        "examples": {"k": o.examples, "seed": o.examples_seed, "threshold": threshold,
                      "bytes": ex.memory_bytes() if ex is not None else 0},  # fmt: skip
     }
     analysis = Analysis(tables.neurons, tables.layers, tables.tokens, tables.positions, metadata,
@@ -237,7 +266,7 @@ def execution_choice(requested: str, config: Any, dtype: Any, device: torch.devi
 
 def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str, source: Any, start: schedule.Cursor,
                   batch_size: int, block_size: int, out_dir: Path | None, ckpt: str, run_id: dict,
-                  checkpoint_every: int, progress: bool, examples: Any = None) -> float:  # fmt: skip
+                  checkpoint_every: int, progress: bool, threshold: float = 0.0, examples: Any = None) -> float:  # fmt: skip
     """Run the forward pass from `start` with bit capture, checkpointing as it goes; on any
     interruption, save what is counted up to the last resumable point, then re-raise. Returns the
     seconds the host spent counting."""
@@ -245,7 +274,7 @@ def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str
     seen = [schedule.tokens_done(tokens, start, before)]
     bar = _progress_bar(progress, int(before[-1]), seen[0], lm.model_id)
     saved = [start]
-    capture = BitCapture([layer.fc1 for layer in decoder_layers(lm.model)], stats, examples)
+    capture = BitCapture(architectures.neuron_modules(lm.model), stats, threshold, examples)
     capture.done = start
 
     def on_progress(done: schedule.Cursor) -> None:

@@ -3,22 +3,43 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from . import _core
-from .errors import DataError
+from .errors import DataError, IncompatibleStateError, ShapeError
 from .params import Thresholds
+
+
+def _array(a: Any, name: str) -> np.ndarray:
+    """A numpy array of numpy/torch/array-like input; what numpy cannot take is a named error."""
+    if hasattr(a, "detach"):  # torch tensor
+        a = a.detach().cpu().numpy()
+    try:
+        return np.asarray(a)
+    except (ValueError, TypeError) as e:
+        raise ShapeError(f"{name} must be an array, got {type(a).__name__} ({e})") from None
+
+
+def _integers(a: np.ndarray, name: str) -> None:
+    # Empty lists become float arrays: nothing to truncate there.
+    if a.size and a.dtype.kind not in "iub":
+        raise DataError(f"{name} must hold integers, got dtype {a.dtype}")
+
+
+def _by_layer(d: Any, method: str, what: str) -> Mapping:
+    if not isinstance(d, Mapping):
+        raise ShapeError(f"{method} takes a dict {{layer: {what}}}, got {type(d).__name__}")
+    return d
 
 
 def as_bits(bits: Any) -> np.ndarray:
     """(rows, words) uint64 view of packed bits given as numpy/torch, uint64 or int64."""
-    if hasattr(bits, "detach"):  # torch tensor
-        bits = bits.detach().cpu().numpy()
-    bits = np.asarray(bits)
+    bits = _array(bits, "bits")
     if bits.ndim != 2:
-        raise DataError(f"bits must be 2-D (rows, ceil(n_neurons/64)), got shape {bits.shape}")
+        raise ShapeError(f"bits must be 2-D (rows, ceil(n_neurons/64)), got shape {bits.shape}")
     if bits.dtype == np.int64:
         bits = bits.view(np.uint64)
     elif bits.dtype != np.uint64:
@@ -27,11 +48,10 @@ def as_bits(bits: Any) -> np.ndarray:
 
 
 def as_u32(a: Any, name: str) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().cpu().numpy()
-    a = np.asarray(a)
+    a = _array(a, name)
     if a.ndim != 1:
-        raise DataError(f"{name} must be 1-D (rows,), got shape {a.shape}")
+        raise ShapeError(f"{name} must be 1-D (rows,), got shape {a.shape}")
+    _integers(a, name)
     if a.size and (a.min() < 0 or a.max() > np.iinfo(np.uint32).max):
         raise DataError(f"{name} must be non-negative 32-bit integers")
     return np.ascontiguousarray(a, dtype=np.uint32)
@@ -86,7 +106,7 @@ class NeuronStats:
         alone gives a many-core host too little to do at once). Same result as one call per layer.
         A layer's bits may be one array or a list of arrays holding its rows in order (the batches of a
         block where they were copied to: joining them would cost a copy of every bit)."""
-        layers = list(bits_by_layer)
+        layers = list(_by_layer(bits_by_layer, "update_layers", "bits"))
         bits = [[as_bits(b) for b in (c if isinstance(c, (list, tuple)) else [c])] for c in bits_by_layer.values()]
         self._core.update_layers(layers, bits, as_u32(token_ids, "token_ids"), as_u32(positions, "positions"))
 
@@ -98,23 +118,26 @@ class NeuronStats:
     def add_activity_counts(self, counts_by_layer: dict[int, Any], n_rows: int) -> None:
         """Activation-only rows already summed per neuron (on the GPU: no bits copied): counts[j] of
         the `n_rows` rows fired neuron j. Same result as `update_activity` with those rows' bits."""
-        layers = list(counts_by_layer)
+        layers = list(_by_layer(counts_by_layer, "add_activity_counts", "counts"))
         counts = []
         for layer in layers:
-            c = counts_by_layer[layer]
-            c = np.asarray(c.detach().cpu().numpy() if hasattr(c, "detach") else c)
-            if c.ndim != 1 or (c.size and c.min() < 0):
+            c = _array(counts_by_layer[layer], f"counts of layer {layer}")
+            if c.ndim != 1 or (c.size and c.dtype.kind in "iuf" and c.min() < 0):
                 raise DataError(f"counts of layer {layer} must be 1-D and non-negative, got shape {c.shape}")
+            _integers(c, f"counts of layer {layer}")
             counts.append(np.ascontiguousarray(c, dtype=np.uint64))
-        self._core.add_activity_counts(layers, counts, int(n_rows))
+        self._core.add_activity_counts(layers, counts, n_rows)
 
     def merge(self, other: NeuronStats) -> None:
+        if not isinstance(other, NeuronStats):
+            raise IncompatibleStateError(f"merge takes a NeuronStats, got {type(other).__name__}")
         self._core.merge(other._core)
 
     def merge_file(self, path: str | os.PathLike[str]) -> None:
         """`merge` of a state written by `save`, read one layer at a time (a big model's second state is
-        never whole in memory). Settings are checked first; a truncated file leaves this state partly
-        merged, so an error here must end the run."""
+        never whole in memory). The file is verified whole (checksum, settings) before anything is added;
+        should reading still fail midway (an IO error), this state is marked unusable: every later call
+        raises UnusableStateError."""
         self._core.merge_file(os.fspath(path))
 
     def memory_bytes(self) -> int:
@@ -161,14 +184,9 @@ class NeuronStats:
     def __setstate__(self, state: bytes) -> None:
         self._core = _core.NeuronStats.from_bytes(state)
 
-    def finalize(self, *, tokenizer: Any = None, model: Any = None, materialize: Any = None, **thresholds: Any):
-        """The `neurons`, `layers`, `tokens` and `positions` tables (see `tables.Tables`).
-
-        tokenizer: fills `detected_strings`; model: fills the suppression columns (materialize:
-        a context manager factory putting layer i's weights on a device, for streamed models).
-        thresholds: any field of `Thresholds`.
-        """
-        from .tables import build_tables
-
+    def finalize(self, **thresholds: Any) -> dict[str, np.ndarray]:
+        """The per-neuron columns the core computes (counts, coverage, detectors, positional analysis), as
+        numpy arrays; `tables.build_tables` turns them into the tables. thresholds: any field of `Thresholds`
+        the core takes (the others are ignored here)."""
         t = Thresholds.from_overrides(thresholds)
-        return build_tables(self, t, tokenizer=tokenizer, model=model, materialize=materialize)
+        return self._core.finalize(**t.core_kwargs())

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 
+from .confidence import frequency_upper
 from .params import Thresholds
+from .stats import NeuronStats
 
-if TYPE_CHECKING:
-    from .stats import NeuronStats
 
 INTERVAL = pl.Struct({"start": pl.UInt32, "end": pl.UInt32})
 KINDS = ("oscillatory", "two_sided", "one_sided", "other")
@@ -37,9 +37,15 @@ def decode_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
     return [tokenizer.decode([t]) for t in ids]
 
 
-def build_tables(stats: NeuronStats, t: Thresholds, *, tokenizer: Any = None, model: Any = None,
-                 materialize: Any = None) -> Tables:  # fmt: skip
-    f = stats._core.finalize(**t.core_kwargs())
+def build_tables(stats: NeuronStats, *, tokenizer: Any = None, model: Any = None, materialize: Any = None,
+                 **thresholds: Any) -> Tables:  # fmt: skip
+    """The `neurons`, `layers`, `tokens` and `positions` tables of the counted statistics.
+
+    tokenizer: fills `detected_strings`; model: fills the suppression columns (materialize: a context
+    manager factory putting layer i's weights on a device, for streamed models). thresholds: any field of
+    `Thresholds`."""
+    t = Thresholds.from_overrides(thresholds)
+    f = stats.finalize(**thresholds)
     n = len(f["layer"])
     det = f["token_detector"]
     tri = f["trigram_detector"]
@@ -59,6 +65,7 @@ def build_tables(stats: NeuronStats, t: Thresholds, *, tokenizer: Any = None, mo
             "neuron": pl.Series(f["neuron"], dtype=pl.UInt32),
             "n_active": pl.Series(f["n_active"], dtype=pl.UInt64),
             "frequency": f["frequency"],
+            "frequency_upper": frequency_upper(f["n_active"], stats.rows),
             "dead": f["dead"],
             "cover_1": pl.Series(f["cover_1"], dtype=pl.UInt32),
             "cover_2": pl.Series(f["cover_2"], dtype=pl.UInt32),

@@ -158,6 +158,7 @@ def default_cards(a: Analysis, n_detectors: int = 4, n_positional: int = 4) -> l
 
 def _resolve_model(a: Analysis, model: Any, tokenizer: Any) -> tuple[Any, Any, str | None]:
     """(model or None, tokenizer or None, note on where scores come from / why there are none)."""
+    from ..architectures import decoder_layers, n_neurons
     from ..model import load_tokenizer
 
     if model is None:
@@ -173,9 +174,8 @@ def _resolve_model(a: Analysis, model: Any, tokenizer: Any) -> tuple[Any, Any, s
     if tokenizer is None:
         name = getattr(getattr(model, "config", None), "_name_or_path", None)
         tokenizer = load_tokenizer(name) if name else None
-    cfg = model.config
     expected = (a.layers.height, _n_neurons_per_layer(a))
-    got = (int(cfg.num_hidden_layers), int(cfg.ffn_dim))
+    got = (len(decoder_layers(model)), n_neurons(model))
     if expected != got:
         return None, tokenizer, (f"The model given has {got[0]} layers × {got[1]} neurons, the run "
                                  f"{expected[0]} × {expected[1]}: no token scores shown.")  # fmt: skip

@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 
 from ..analysis import Analysis
+from ..confidence import frequency_upper
 from ..tables import KINDS
 from .format import (
     KIND_LABELS,
@@ -110,8 +111,12 @@ def _headline_rows(h: dict, meta: dict) -> list[tuple[str, str]]:
         ("Data", f"{_int(h['tokens'])} tokens"
                  + (f" in {_int(meta['n_sequences'])} sequences" if meta.get("n_sequences") else "")
                  + (f" of up to {_int(meta['T'])} positions" if meta.get("T") else "")
-                 + (f" ({data})" if data else "")),
+                 + (f" ({data})" if data else "")
+                 + (f"; the data ran out: {_int(meta['requested_tokens'])} tokens asked for"
+                    if meta.get("data_exhausted") else "")),
         ("dtype", str(meta.get("dtype") or "n/a")),
+        # Runs before the families issue read OPT's fc1 with > 0 and recorded no rule.
+        ("Firing rule", f"{meta.get('firing_rule') or 'fc1 output > 0'} (family {meta.get('family') or 'opt'})"),
         *([("Run time", t)] if (t := run_time(meta)) else []),
         *([("Token and position statistics over", f"the first {_int(meta['detail_tokens'])} tokens "
             "(dead neurons and frequencies over all)")]
@@ -119,7 +124,10 @@ def _headline_rows(h: dict, meta: dict) -> list[tuple[str, str]]:
         ("Neurons", f"{h['layers']} layers × {_int(h['neurons_per_layer'])} = {_int(h['neurons'])}"),
         ("Dead neurons", f"{_int(h['dead'])} ({_pct(h['dead_fraction'])}); most in layer "
                          f"{h['dead_max_layer'] if h['dead_max_layer'] is not None else 'n/a'}: "
-                         f"{_pct(h['dead_max_layer_fraction'])}"),
+                         f"{_pct(h['dead_max_layer_fraction'])}"
+                         + (f"; a dead neuron fires on under {frequency_upper(np.zeros(1), h['tokens'])[0]:.2g} of "
+                            f"tokens (one-sided 95% Clopper-Pearson bound over {_int(h['tokens'])} tokens)"
+                            if h["tokens"] else "")),
         ("Mean frequency of live neurons", "n/a" if h["mean_frequency_alive"] is None
          else f"{h['mean_frequency_alive']:.4f}"),
         ("Token detectors", f"{_int(h['token_detectors'])}, covering {_int(h['tokens_covered'])} tokens "

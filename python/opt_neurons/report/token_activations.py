@@ -1,6 +1,6 @@
 """Every context token's activation, for Neuroscope-style pages: the run keeps only the firing token's value
 (only bits leave the device), so with the model at hand the examples' sequences run through it once more,
-hooked at each layer's fc1, keeping the wanted neurons' values in the windows shown. Bounded: at most
+hooked at each layer's neuron module (OPT's fc1), keeping the wanted neurons' values in the windows shown. Bounded: at most
 MAX_TOKENS tokens of forward passes (else the pages shade the firing token only)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from ..model import decoder_layers
+from ..architectures import body, neuron_modules
 
 MAX_TOKENS = 262_144  # the demo's whole run is 200 k tokens; OPT-125m on a CPU runs about 2 k tokens/s
 BATCH = 8
@@ -28,7 +28,7 @@ def window_activations(model: Any, tokens: Any, examples: pl.DataFrame, context:
     if int(tokens.lengths[seqs].sum()) > max_tokens:
         return None
     wanted = examples.select("layer", "neuron", "sequence", "position").unique()
-    layers = decoder_layers(model)
+    modules = neuron_modules(model)
     device = next(model.parameters()).device
     out: dict = {}
     for length in np.unique(tokens.lengths[seqs]):
@@ -47,11 +47,11 @@ def window_activations(model: Any, tokens: Any, examples: pl.DataFrame, context:
 
                 return keep
 
-            handles = [layer.fc1.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+            handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
             try:
                 with torch.inference_mode():
                     ids = torch.from_numpy(tokens.tokens[chunk, :length]).to(device)
-                    model.model.decoder(input_ids=ids, use_cache=False)
+                    body(model)(input_ids=ids, use_cache=False)
             finally:
                 for h in handles:
                     h.remove()

@@ -50,7 +50,8 @@ class _Section:
 SECTIONS = (
     _Section("Dead neurons and activation frequency (paper Figure 1)", "fig1_dead_frequency.png",
              "Left: share of each layer's neurons that never fire on the data. Right: mean activation frequency "
-             "of the live neurons (fraction of tokens with fc1 output > 0).", fig_dead_frequency),
+             "of the live neurons (fraction of tokens on which a neuron fires: the firing rule above).",
+             fig_dead_frequency),
     _Section("n-gram coverage (Figure 2)", "fig2_coverage.png",
              "How many distinct unigrams / bigrams / trigrams it takes to cover 95% of a live neuron's activations "
              "(BOS positions left out). Neurons with 0 fire only at BOS.", fig_coverage),

@@ -114,3 +114,110 @@ pub fn detect<K: Copy>(
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::summary::NgramSummary;
+    use std::collections::HashMap;
+
+    const P: DetectorParams = DetectorParams { coverage: 0.95, token_hit_rate: 0.95, detector_share: 0.95, max_tokens: 5, max_trigrams: 50 };
+
+    fn sorted(pairs: &[(u64, u32)]) -> Vec<(u64, u32)> {
+        let mut v = pairs.to_vec();
+        sort_by_count(&mut v);
+        v
+    }
+
+    /// The true cover: fewest keys (heaviest first) holding `coverage` of the total.
+    fn true_cover(counts: &HashMap<u64, u64>, coverage: f64) -> u32 {
+        let mut v: Vec<u64> = counts.values().copied().collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        let total: u64 = v.iter().sum();
+        let mut cum = 0;
+        for (j, c) in v.iter().enumerate() {
+            cum += c;
+            if cum as f64 >= coverage * total as f64 {
+                return j as u32 + 1;
+            }
+        }
+        0
+    }
+
+    #[test]
+    fn ties_sort_by_key() {
+        assert_eq!(sorted(&[(9, 1), (3, 2), (5, 2), (1, 1)]), vec![(3, 2), (5, 2), (1, 1), (9, 1)]);
+    }
+
+    #[test]
+    fn exact_cover_counts_the_heaviest_keys() {
+        let v = sorted(&[(1, 5), (2, 3), (3, 1), (4, 1)]);
+        assert_eq!(coverage_bounds(&v, 10, 0, 0.5), CoverageBounds { lo: 1, hi: 1 });
+        assert_eq!(coverage_bounds(&v, 10, 0, 0.8), CoverageBounds { lo: 2, hi: 2 });
+        assert_eq!(coverage_bounds(&v, 10, 0, 0.95), CoverageBounds { lo: 4, hi: 4 });
+        assert_eq!(coverage_bounds::<u64>(&[], 0, 0, 0.95), CoverageBounds { lo: 0, hi: 0 });
+    }
+
+    #[test]
+    fn lossy_cover_is_a_range() {
+        // Stored 5 and 3 of 20, slack 2: need 19. At most: 2 stored keys, then 11 keys of 1.
+        // At least: (5+2) + (3+2) = 12, then ceil(7 / 2) = 4 absent keys of 2 each.
+        let v = sorted(&[(1, 5), (2, 3)]);
+        assert_eq!(coverage_bounds(&v, 20, 2, 0.95), CoverageBounds { lo: 6, hi: 13 });
+    }
+
+    #[test]
+    fn lossy_bounds_hold_the_true_cover() {
+        let mut x = 11u64;
+        for round in 0..40 {
+            let (cap, n) = (8 + round % 5 * 4, 200 + 50 * round);
+            let mut s = NgramSummary::default();
+            let mut truth: HashMap<u64, u64> = HashMap::new();
+            for _ in 0..n {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let r = (x >> 33) % 100;
+                let k = if r < 60 { r % (1 + round as u64 % 6) } else { (x >> 20) % 300 };
+                s.add(k, 1, cap);
+                *truth.entry(k).or_insert(0) += 1;
+            }
+            let v: Vec<(u64, u32)> = sorted(&s.counts.iter().collect::<Vec<_>>());
+            for coverage in [0.5, 0.8, 0.95] {
+                let b = coverage_bounds(&v, s.total, s.slack, coverage);
+                let c = true_cover(&truth, coverage);
+                assert!(b.lo <= c && c <= b.hi, "round {round}, coverage {coverage}: {c} outside {b:?}");
+                if s.slack == 0 {
+                    assert_eq!(b.lo, b.hi);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exact_detector_needs_hit_rate_and_share() {
+        let v = sorted(&[(7, 10)]);
+        let b = coverage_bounds(&v, 10, 0, P.coverage);
+        assert_eq!(detect(&v, 10, 0, b, 5, |_| 10, &P), Some(vec![7]));
+        // The neuron fires on half of the token's occurrences: not covered, no detector.
+        assert_eq!(detect(&v, 10, 0, b, 5, |_| 20, &P), None);
+        // More covering keys than max_top allows.
+        let many: Vec<(u64, u32)> = sorted(&(0..8).map(|k| (k, 1)).collect::<Vec<_>>());
+        let b = coverage_bounds(&many, 8, 0, P.coverage);
+        assert_eq!(b.hi, 8);
+        assert_eq!(detect(&many, 8, 0, b, 5, |_| 1, &P), None);
+        assert_eq!(detect(&many, 8, 0, b, 8, |_| 1, &P), Some((0..8).collect()));
+        assert_eq!(detect::<u64>(&[], 0, 0, CoverageBounds { lo: 0, hi: 0 }, 5, |_| 1, &P), None);
+    }
+
+    #[test]
+    fn lossy_detector_claims_only_proven_tops() {
+        // 100 of 100 stored on one key, slack 1: the top key is certain (100 > 0 + 1).
+        let v = sorted(&[(3, 100)]);
+        let b = CoverageBounds { lo: 1, hi: 1 };
+        assert_eq!(detect(&v, 100, 1, b, 5, |_| 100, &P), Some(vec![3]));
+        // The runner-up could reach the top key's count with the slack: no claim.
+        let v = sorted(&[(3, 50), (4, 49)]);
+        assert_eq!(detect(&v, 100, 2, CoverageBounds { lo: 1, hi: 1 }, 5, |_| 50, &P), None);
+        // cover_k not known exactly.
+        assert_eq!(detect(&v, 100, 2, CoverageBounds { lo: 1, hi: 2 }, 5, |_| 50, &P), None);
+    }
+}

@@ -69,7 +69,7 @@ impl PyExamples {
         Ok((PyArray1::from_vec(py, v), PyArray1::from_vec(py, i), PyArray1::from_vec(py, s), PyArray1::from_vec(py, m)))
     }
 
-    #[setter]
+    /// Rows the device sums cover (the caller's count, saved with the state).
     fn set_summed_rows(&mut self, rows: u64) {
         self.inner.set_summed_rows(rows)
     }

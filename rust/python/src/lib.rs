@@ -3,23 +3,80 @@
 
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use opt_neurons_core::summary::DEFAULT_CAPACITY;
+use opt_neurons_core::stats::{STATE_FORMAT_VERSION, STATE_MAGIC};
 use opt_neurons_core::{DetectorParams, NeuronStats, PositionalParams, StatsConfig, StatsError};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 mod examples;
 
+// The exception classes live in Python (opt_neurons/errors.py), where their hierarchy is documented.
+pyo3::import_exception!(opt_neurons.errors, DataError);
+pyo3::import_exception!(opt_neurons.errors, ShapeError);
+pyo3::import_exception!(opt_neurons.errors, OptionError);
+pyo3::import_exception!(opt_neurons.errors, IncompatibleStateError);
+pyo3::import_exception!(opt_neurons.errors, StateFileError);
+pyo3::import_exception!(opt_neurons.errors, StateIOError);
+pyo3::import_exception!(opt_neurons.errors, UnusableStateError);
+
+/// Each kind of core error is its own Python exception (all under OptNeuronsError).
 fn err(e: StatsError) -> PyErr {
-    PyValueError::new_err(e.to_string())
+    match e {
+        StatsError::Shape(m) => ShapeError::new_err(m),
+        StatsError::Value(m) => DataError::new_err(m),
+        StatsError::Config(m) => OptionError::new_err(m),
+        StatsError::Incompatible(m) => IncompatibleStateError::new_err(m),
+        StatsError::Decode(m) => StateFileError::new_err(m),
+        StatsError::Io(m) => StateIOError::new_err(m),
+        StatsError::Unusable(m) => UnusableStateError::new_err(m),
+    }
 }
 
 fn contiguous<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
     a: &'a numpy::PyReadonlyArray<'_, T, D>,
     name: &str,
 ) -> PyResult<&'a [T]> {
-    a.as_slice()
-        .map_err(|_| PyValueError::new_err(format!("{name} must be a C-contiguous array (use np.ascontiguousarray)")))
+    a.as_slice().map_err(|_| ShapeError::new_err(format!("{name} must be a C-contiguous array (use np.ascontiguousarray)")))
+}
+
+/// A size or index argument, extracted without failing so that a bad one gets a named error with
+/// the argument's name (pyo3's own conversion would raise OverflowError or TypeError).
+struct IntArg(Result<usize, String>);
+
+impl<'py> FromPyObject<'py> for IntArg {
+    fn extract_bound(v: &Bound<'py, PyAny>) -> PyResult<Self> {
+        Ok(IntArg(match v.extract::<i64>() {
+            Ok(i) if i >= 0 => Ok(i as usize),
+            Ok(i) => Err(format!("must not be negative, got {i}")),
+            Err(e) if e.is_instance_of::<PyOverflowError>(v.py()) => Err(format!("must fit in 64 bits and not be negative, got {}", v.str()?)),
+            Err(e) if e.is_instance_of::<PyTypeError>(v.py()) => Err(format!("must be an integer, got {}", v.get_type().name()?)),
+            Err(e) => return Err(e),
+        }))
+    }
+}
+
+impl IntArg {
+    const fn of(v: usize) -> Self {
+        IntArg(Ok(v))
+    }
+
+    /// The value, or an error of class `error` naming the argument.
+    fn get(self, what: &str, error: fn(String) -> PyErr) -> PyResult<usize> {
+        self.0.map_err(|m| error(format!("{what} {m}")))
+    }
+
+    fn index(self, what: &str) -> PyResult<usize> {
+        self.get(what, DataError::new_err)
+    }
+
+    fn size(self, what: &str) -> PyResult<usize> {
+        self.get(what, OptionError::new_err)
+    }
+}
+
+fn layer_args(layers: Vec<IntArg>) -> PyResult<Vec<usize>> {
+    layers.into_iter().map(|l| l.index("layer")).collect()
 }
 
 /// (layer, view) pairs of a multi-layer call: one item per layer, each seen through `view`.
@@ -30,7 +87,7 @@ fn per_layer<'a, A, V>(
     view: impl Fn(&'a A) -> PyResult<V>,
 ) -> PyResult<Vec<(usize, V)>> {
     if layers.len() != items.len() {
-        return Err(PyValueError::new_err(format!("{} layers but {} {what}: give one per layer", layers.len(), items.len())));
+        return Err(ShapeError::new_err(format!("{} layers but {} {what}: give one per layer", layers.len(), items.len())));
     }
     layers.iter().zip(items).map(|(&l, a)| Ok((l, view(a)?))).collect()
 }
@@ -40,19 +97,43 @@ struct PyNeuronStats {
     inner: NeuronStats,
 }
 
+impl PyNeuronStats {
+    /// The state, unless a failed merge left it unusable (then every method raises).
+    fn stats(&self) -> PyResult<&NeuronStats> {
+        self.inner.check_usable().map_err(err)?;
+        Ok(&self.inner)
+    }
+
+    fn stats_mut(&mut self) -> PyResult<&mut NeuronStats> {
+        self.inner.check_usable().map_err(err)?;
+        Ok(&mut self.inner)
+    }
+}
+
 #[pymethods]
 impl PyNeuronStats {
     #[new]
-    #[pyo3(signature = (n_layers, n_neurons, vocab_size, max_positions, *, bos_token_id=Some(2), ngram_capacity=DEFAULT_CAPACITY))]
+    #[pyo3(signature = (n_layers, n_neurons, vocab_size, max_positions, *, bos_token_id=Some(IntArg::of(2)), ngram_capacity=IntArg::of(DEFAULT_CAPACITY)))]
     fn new(
-        n_layers: usize,
-        n_neurons: usize,
-        vocab_size: usize,
-        max_positions: usize,
-        bos_token_id: Option<u32>,
-        ngram_capacity: usize,
+        n_layers: IntArg,
+        n_neurons: IntArg,
+        vocab_size: IntArg,
+        max_positions: IntArg,
+        bos_token_id: Option<IntArg>,
+        ngram_capacity: IntArg,
     ) -> PyResult<Self> {
-        let config = StatsConfig { n_layers, n_neurons, vocab_size, max_positions, bos_token_id, ngram_capacity };
+        let bos_token_id = match bos_token_id {
+            None => None,
+            Some(b) => Some(u32::try_from(b.size("bos_token_id")?).map_err(|_| OptionError::new_err("bos_token_id must fit in 32 bits"))?),
+        };
+        let config = StatsConfig {
+            n_layers: n_layers.size("n_layers")?,
+            n_neurons: n_neurons.size("n_neurons")?,
+            vocab_size: vocab_size.size("vocab_size")?,
+            max_positions: max_positions.size("max_positions")?,
+            bos_token_id,
+            ngram_capacity: ngram_capacity.size("ngram_capacity")?,
+        };
         Ok(PyNeuronStats { inner: NeuronStats::new(config).map_err(err)? })
     }
 
@@ -60,24 +141,26 @@ impl PyNeuronStats {
     fn update(
         &mut self,
         py: Python<'_>,
-        layer: usize,
+        layer: IntArg,
         bits: PyReadonlyArray2<'_, u64>,
         token_ids: PyReadonlyArray1<'_, u32>,
         positions: PyReadonlyArray1<'_, u32>,
     ) -> PyResult<()> {
+        let layer = layer.index("layer")?;
         let n_words = bits.shape()[1];
         let b = contiguous(&bits, "bits")?;
         let t = contiguous(&token_ids, "token_ids")?;
         let p = contiguous(&positions, "positions")?;
-        let inner = &mut self.inner;
+        let inner = self.stats_mut()?;
         py.allow_threads(|| inner.update(layer, b, n_words, t, p)).map_err(err)
     }
 
     /// Activation counts only (frequency, dead): bits (rows, ceil(n_neurons/64)) uint64.
-    fn update_activity(&mut self, py: Python<'_>, layer: usize, bits: PyReadonlyArray2<'_, u64>) -> PyResult<()> {
+    fn update_activity(&mut self, py: Python<'_>, layer: IntArg, bits: PyReadonlyArray2<'_, u64>) -> PyResult<()> {
+        let layer = layer.index("layer")?;
         let n_words = bits.shape()[1];
         let b = contiguous(&bits, "bits")?;
-        let inner = &mut self.inner;
+        let inner = self.stats_mut()?;
         py.allow_threads(|| inner.update_activity(layer, b, n_words)).map_err(err)
     }
 
@@ -86,20 +169,21 @@ impl PyNeuronStats {
     fn update_layers(
         &mut self,
         py: Python<'_>,
-        layers: Vec<usize>,
+        layers: Vec<IntArg>,
         bits: Vec<Vec<PyReadonlyArray2<'_, u64>>>,
         token_ids: PyReadonlyArray1<'_, u32>,
         positions: PyReadonlyArray1<'_, u32>,
     ) -> PyResult<()> {
+        let layers = layer_args(layers)?;
         let n_words = bits.iter().flatten().next().map_or(0, |b| b.shape()[1]);
         if let Some(b) = bits.iter().flatten().find(|b| b.shape()[1] != n_words) {
-            return Err(PyValueError::new_err(format!("bitmasks of {} and {n_words} words per row in one update", b.shape()[1])));
+            return Err(ShapeError::new_err(format!("bitmasks of {} and {n_words} words per row in one update", b.shape()[1])));
         }
         let chunks = per_layer(&layers, &bits, "bitmask lists", |c| c.iter().map(|a| contiguous(a, "bitmasks")).collect::<PyResult<Vec<_>>>())?;
         let pairs: Vec<(usize, &[&[u64]])> = chunks.iter().map(|(l, c)| (*l, c.as_slice())).collect();
         let t = contiguous(&token_ids, "token_ids")?;
         let p = contiguous(&positions, "positions")?;
-        let inner = &mut self.inner;
+        let inner = self.stats_mut()?;
         py.allow_threads(|| inner.update_layers(&pairs, n_words, t, p)).map_err(err)
     }
 
@@ -107,60 +191,65 @@ impl PyNeuronStats {
     fn add_activity_counts(
         &mut self,
         py: Python<'_>,
-        layers: Vec<usize>,
+        layers: Vec<IntArg>,
         counts: Vec<PyReadonlyArray1<'_, u64>>,
-        n_rows: u64,
+        n_rows: IntArg,
     ) -> PyResult<()> {
+        let layers = layer_args(layers)?;
+        let n_rows = n_rows.index("n_rows")? as u64;
         let pairs = per_layer(&layers, &counts, "count arrays", |a| contiguous(a, "count arrays"))?;
-        let inner = &mut self.inner;
+        let inner = self.stats_mut()?;
         py.allow_threads(|| inner.add_activity_counts(&pairs, n_rows)).map_err(err)
     }
 
-    /// `merge` of a state saved with `save`, read one layer at a time.
+    /// `merge` of a state saved with `save`, verified whole and then read one layer at a time.
     fn merge_file(&mut self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
-        let inner = &mut self.inner;
+        let inner = self.stats_mut()?;
         py.allow_threads(|| inner.merge_file(&path)).map_err(err)
     }
 
-    fn merge(&mut self, py: Python<'_>, other: PyRef<'_, PyNeuronStats>) -> PyResult<()> {
-        let inner = &mut self.inner;
-        let o = &other.inner;
+    fn merge(slf: &Bound<'_, Self>, py: Python<'_>, other: &Bound<'_, PyNeuronStats>) -> PyResult<()> {
+        if slf.is(other) {
+            return Err(IncompatibleStateError::new_err(
+                "cannot merge a NeuronStats into itself; to double its counts, merge a copy (NeuronStats.from_bytes(s.to_bytes()))",
+            ));
+        }
+        let mut me = slf.borrow_mut();
+        let o = other.borrow();
+        let inner = me.stats_mut()?;
+        let o = o.stats()?;
         py.allow_threads(|| inner.merge(o)).map_err(err)
     }
 
-    #[pyo3(signature = (*, coverage=0.95, token_hit_rate=0.95, detector_share=0.95, max_tokens=5, max_trigrams=50,
-        mi_threshold=0.05, active_level=0.5, low=0.05, strong_low=0.01, high=0.95, strong_high=0.99,
-        min_oscillations=3, smoothing_half_width=0))]
+    /// Thresholds not given take the core's defaults (`DEFAULT_THRESHOLDS`).
+    #[pyo3(signature = (*, coverage=None, token_hit_rate=None, detector_share=None, max_tokens=None, max_trigrams=None,
+        mi_threshold=None, active_level=None, low=None, strong_low=None, high=None, strong_high=None,
+        min_oscillations=None, smoothing_half_width=None))]
     #[allow(clippy::too_many_arguments)]
     fn finalize<'py>(
         &self,
         py: Python<'py>,
-        coverage: f64,
-        token_hit_rate: f64,
-        detector_share: f64,
-        max_tokens: u32,
-        max_trigrams: u32,
-        mi_threshold: f64,
-        active_level: f64,
-        low: f64,
-        strong_low: f64,
-        high: f64,
-        strong_high: f64,
-        min_oscillations: usize,
-        smoothing_half_width: usize,
+        coverage: Option<f64>,
+        token_hit_rate: Option<f64>,
+        detector_share: Option<f64>,
+        max_tokens: Option<u32>,
+        max_trigrams: Option<u32>,
+        mi_threshold: Option<f64>,
+        active_level: Option<f64>,
+        low: Option<f64>,
+        strong_low: Option<f64>,
+        high: Option<f64>,
+        strong_high: Option<f64>,
+        min_oscillations: Option<usize>,
+        smoothing_half_width: Option<usize>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let dp = DetectorParams { coverage, token_hit_rate, detector_share, max_tokens, max_trigrams };
-        let pp = PositionalParams {
-            mi_threshold,
-            active_level,
-            low,
-            strong_low,
-            high,
-            strong_high,
-            min_oscillations,
-            smoothing_half_width,
-        };
-        let inner = &self.inner;
+        let (mut dp, mut pp) = (DetectorParams::default(), PositionalParams::default());
+        macro_rules! set {
+            ($s:ident: $($f:ident),*) => { $( if let Some(v) = $f { $s.$f = v; } )* };
+        }
+        set!(dp: coverage, token_hit_rate, detector_share, max_tokens, max_trigrams);
+        set!(pp: mi_threshold, active_level, low, strong_low, high, strong_high, min_oscillations, smoothing_half_width);
+        let inner = self.stats()?;
         let f = py.allow_threads(|| inner.finalize(&dp, &pp)).map_err(err)?;
         let d = PyDict::new(py);
         macro_rules! put {
@@ -174,8 +263,14 @@ impl PyNeuronStats {
         Ok(d)
     }
 
-    fn position_counts<'py>(&self, py: Python<'py>, layer: usize, neuron: usize) -> PyResult<Bound<'py, PyArray1<u32>>> {
-        Ok(PyArray1::from_vec(py, self.inner.position_counts(layer, neuron).map_err(err)?))
+    fn position_counts<'py>(
+        &self,
+        py: Python<'py>,
+        layer: IntArg,
+        neuron: IntArg,
+    ) -> PyResult<Bound<'py, PyArray1<u32>>> {
+        let (layer, neuron) = (layer.index("layer")?, neuron.index("neuron")?);
+        Ok(PyArray1::from_vec(py, self.stats()?.position_counts(layer, neuron).map_err(err)?))
     }
 
     /// (token ids, counts, slack) of one neuron on non-BOS rows, heaviest first.
@@ -183,47 +278,48 @@ impl PyNeuronStats {
     fn token_counts<'py>(
         &self,
         py: Python<'py>,
-        layer: usize,
-        neuron: usize,
+        layer: IntArg,
+        neuron: IntArg,
     ) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u32>>, u64)> {
-        let (pairs, slack) = self.inner.token_counts(layer, neuron).map_err(err)?;
+        let (layer, neuron) = (layer.index("layer")?, neuron.index("neuron")?);
+        let (pairs, slack) = self.stats()?.token_counts(layer, neuron).map_err(err)?;
         let (t, c): (Vec<u32>, Vec<u32>) = pairs.into_iter().unzip();
         Ok((PyArray1::from_vec(py, t), PyArray1::from_vec(py, c), slack))
     }
 
-    fn position_totals<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
-        PyArray1::from_slice(py, self.inner.position_totals())
+    fn position_totals<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        Ok(PyArray1::from_slice(py, self.stats()?.position_totals()))
     }
 
-    fn token_occurrences<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
-        PyArray1::from_slice(py, self.inner.token_occurrences())
+    fn token_occurrences<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        Ok(PyArray1::from_slice(py, self.stats()?.token_occurrences()))
     }
 
-    fn layer_rows<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
-        PyArray1::from_slice(py, self.inner.layer_rows())
-    }
-
-    #[getter]
-    fn rows(&self) -> u64 {
-        self.inner.rows()
+    fn layer_rows<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        Ok(PyArray1::from_slice(py, self.stats()?.layer_rows()))
     }
 
     #[getter]
-    fn detail_rows(&self) -> u64 {
-        self.inner.detail_rows()
+    fn rows(&self) -> PyResult<u64> {
+        Ok(self.stats()?.rows())
     }
 
-    fn memory_bytes(&self) -> usize {
-        self.inner.memory_bytes()
+    #[getter]
+    fn detail_rows(&self) -> PyResult<u64> {
+        Ok(self.stats()?.detail_rows())
     }
 
-    fn memory_bound(&self) -> usize {
-        self.inner.memory_bound()
+    fn memory_bytes(&self) -> PyResult<usize> {
+        Ok(self.stats()?.memory_bytes())
+    }
+
+    fn memory_bound(&self) -> PyResult<usize> {
+        Ok(self.stats()?.memory_bound())
     }
 
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = self.inner.config();
+        let c = self.stats()?.config();
         let d = PyDict::new(py);
         d.set_item("n_layers", c.n_layers)?;
         d.set_item("n_neurons", c.n_neurons)?;
@@ -235,7 +331,7 @@ impl PyNeuronStats {
     }
 
     fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let inner = &self.inner;
+        let inner = self.stats()?;
         let b = py.allow_threads(|| inner.to_bytes()).map_err(err)?;
         Ok(PyBytes::new(py, &b))
     }
@@ -247,7 +343,7 @@ impl PyNeuronStats {
     }
 
     fn save(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
-        let inner = &self.inner;
+        let inner = self.stats()?;
         py.allow_threads(|| inner.save(&path)).map_err(err)
     }
 
@@ -258,11 +354,27 @@ impl PyNeuronStats {
     }
 }
 
+/// Every finalize threshold with its default: the core's `Default` impls, the one place they are set
+/// (opt_neurons.params.Thresholds is built from this).
+fn default_thresholds(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let (dp, pp) = (DetectorParams::default(), PositionalParams::default());
+    let d = PyDict::new(py);
+    macro_rules! put {
+        ($s:ident: $($f:ident),*) => { $( d.set_item(stringify!($f), $s.$f)?; )* };
+    }
+    put!(dp: coverage, token_hit_rate, detector_share, max_tokens, max_trigrams);
+    put!(pp: mi_threshold, active_level, low, strong_low, high, strong_high, min_oscillations, smoothing_half_width);
+    Ok(d)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyNeuronStats>()?;
     m.add_class::<examples::PyExamples>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_CAPACITY", DEFAULT_CAPACITY)?;
+    m.add("DEFAULT_THRESHOLDS", default_thresholds(m.py())?)?;
+    m.add("STATE_MAGIC", PyBytes::new(m.py(), STATE_MAGIC))?;
+    m.add("STATE_FORMAT_VERSION", STATE_FORMAT_VERSION)?;
     Ok(())
 }

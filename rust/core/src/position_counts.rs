@@ -6,7 +6,7 @@
 //! (a count per position passes 65535 only after that many sequences), so a chunk costs
 //! 2 bytes per (position, neuron).
 
-use crate::summary::CountTable;
+use crate::count_table::CountTable;
 use serde::{Deserialize, Serialize};
 
 /// Neurons per chunk (and per parallel task of an update).
@@ -68,6 +68,11 @@ impl PositionChunk {
         for (i, h) in o.high.iter() {
             self.high.add(i, h);
         }
+    }
+
+    /// The chunk holds counts of `max_positions` positions (a state read back is checked with it).
+    pub fn fits(&self, max_positions: usize) -> bool {
+        self.low.len() == max_positions * CHUNK && self.high.iter().all(|(i, _)| (i as usize) < self.low.len())
     }
 
     pub fn heap_bytes(&self) -> usize {
