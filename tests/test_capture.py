@@ -125,7 +125,7 @@ def test_release_free_heap_gives_freed_heap_pages_back() -> None:
     code = """
 import ctypes, sys
 import numpy as np
-from opt_neurons.capture import release_free_heap
+from opt_neurons.heap import release_free_heap
 if not release_free_heap():
     sys.exit(3)  # not glibc
 ctypes.CDLL(None).mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: 1 MB arrays from the heap, as glibc does once it raised it

@@ -42,8 +42,14 @@ def values(planted):
     n, t = planted.tokens.shape
     out = np.zeros((len(dec.layers), n, t, dec.layers[0].fc1.out_features), np.float32)
     cur = {}
-    hooks = [lyr.fc1.register_forward_hook(lambda m, a, o, l=l: out.__setitem__(
-        (l, slice(cur["i"], cur["i"] + cur["n"])), o.reshape(cur["n"], t, -1).numpy())) for l, lyr in enumerate(dec.layers)]
+    hooks = [
+        lyr.fc1.register_forward_hook(
+            lambda m, a, o, l=l: out.__setitem__(
+                (l, slice(cur["i"], cur["i"] + cur["n"])), o.reshape(cur["n"], t, -1).numpy()
+            )
+        )
+        for l, lyr in enumerate(dec.layers)
+    ]
     with torch.no_grad():
         for i in range(0, n, BATCH):
             ids = torch.as_tensor(planted.tokens[i : i + BATCH])
@@ -227,7 +233,9 @@ def test_contexts_need_the_runs_data(planted, run, tmp_path):
     with pytest.raises(DataMismatchError, match="not the data this run analysed"):
         saved.examples(*key, data=planted.tokens[:, ::-1].copy())
     got = saved.examples(*key, data=planted.tokens)
-    assert got.select("sequence", "position", "token").equals(run.examples(*key).select("sequence", "position", "token"))
+    assert got.select("sequence", "position", "token").equals(
+        run.examples(*key).select("sequence", "position", "token")
+    )
     with pytest.raises(OptNeuronsError, match="examples=16"):
         opt_neurons.Analysis(run.neurons, run.layers, run.tokens, run.positions, run.metadata).examples(0, 0)
 
@@ -249,7 +257,9 @@ def test_cli_show_prints_the_card_and_contexts(planted, tmp_path, capsys):
     assert main(["show", str(out), str(key[0]), str(key[1])]) == 0
     shown = capsys.readouterr().out
     assert f"layer {key[0]} neuron {key[1]}: token detector" in shown and "top examples by activation" in shown
-    assert shown.count("[[") == a.example_table.filter((pl.col("layer") == key[0]) & (pl.col("neuron") == key[1])).height
+    assert (
+        shown.count("[[") == a.example_table.filter((pl.col("layer") == key[0]) & (pl.col("neuron") == key[1])).height
+    )
     other = tmp_path / "other.txt"
     other.write_text(" dog " * 2000)
     assert main(["show", str(out), str(key[0]), str(key[1]), "--data", str(other)]) == 2

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import opt_neurons
-from opt_neurons.executors import safetensors_files
+from opt_neurons.weights import safetensors_files
 
 from conftest import save_tiny_opt
 

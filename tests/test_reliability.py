@@ -322,3 +322,12 @@ def test_report_out_pointing_at_a_file_is_one_line(saved_run, tmp_path, capsys):
 def test_every_error_is_an_opt_neurons_error():
     for cls in (CheckpointError, DataError, NonFiniteActivationError, OptionError, OutputError, RunFolderError):
         assert issubclass(cls, OptNeuronsError)
+
+
+def test_a_damaged_weight_file_in_layer_major_is_a_model_error(model_dir, tokens, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    f = folder / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # an interrupted download
+    code, err = run_cli(["analyze", folder, "--execution", "layer", "--out", tmp_path / "o", "--no-progress"], capsys)
+    assert_one_line(code, err, f"the weight file {f} cannot be read")

@@ -112,7 +112,7 @@ def supported() -> list[str]:
 
 def for_config(config: Any, what: str = "the model") -> Architecture:
     """The family entry of a config; ModelError naming the supported ones when there is none."""
-    model_type = getattr(config, "model_type", None)
+    model_type = str(getattr(config, "model_type", None))
     arch = REGISTRY.get(model_type)
     if arch is None:
         raise ModelError(
@@ -215,7 +215,7 @@ def start_token_id(config: Any, tokenizer: Any) -> int:
     """The token that starts every sequence and separates documents: the family's BOS (Llama `<s>`, OPT
     `</s>`) or end-of-text (GPT-2, Pythia: they prepend nothing and were trained with it between
     documents), falling back to the other, then to OPT's 2."""
-    arch = REGISTRY.get(getattr(config, "model_type", None))
+    arch = REGISTRY.get(str(getattr(config, "model_type", None)))
     order = ("eos", "bos") if arch is not None and arch.start == "eos" else ("bos", "eos")
     for kind in order:
         for source in (tokenizer, config):

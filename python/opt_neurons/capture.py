@@ -8,7 +8,6 @@ count per neuron, summed there until the next checkpoint; float activations are 
 
 from __future__ import annotations
 
-import ctypes
 import queue
 import threading
 import time
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from .finite import FiniteCheck
+from .heap import TRIM_EVERY, release_free_heap
 from .schedule import Cursor
 from .stats import NeuronStats
 
@@ -27,8 +27,7 @@ GATHER_BYTE = 0x0102040810204080
 
 
 # Committed batches are counted in blocks of at least this many rows (the default batch: 8 x 2048): a
-# core call visits each neuron's tables once, so 16,384 rows per call count ~1.3x faster than 4,096
-# (benches/RESULTS.md). Smaller batches wait for the next ones; the result is the same, row for row.
+# core call visits each neuron's tables once, so larger calls count faster (benches/RESULTS.md). Smaller batches wait for the next ones; the result is the same, row for row.
 BLOCK_ROWS = 16384
 
 
@@ -36,7 +35,7 @@ def pack_bits(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     """(rows, F) neuron output -> (rows, ceil(F/64)) int64 words; bit j of word w = neuron 64w + j is
     set when the output is > threshold (the firing rule). Bytes are assembled little-endian, as the
     host reads them."""
-    if not x.is_cuda:  # numpy's packbits is ~15x faster than tensor ops on the CPU
+    if not x.is_cuda:  # numpy's packbits beats tensor ops on the CPU (RESULTS.md)
         words = -(-x.shape[1] // 64)
         bits = np.packbits((x > threshold).numpy(), axis=1, bitorder="little")
         if bits.shape[1] != words * 8:
@@ -59,35 +58,9 @@ def pack_bits_tensor(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
 def count_active(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     """(rows, F) neuron output -> (F,) int64: rows where each neuron's output is > threshold (the rows
     that count towards frequency and dead neurons only)."""
-    if not x.is_cuda:  # numpy's byte sum is ~5x faster than torch's bool sum on the CPU
+    if not x.is_cuda:  # numpy's byte sum beats torch's bool sum on the CPU (RESULTS.md)
         return torch.from_numpy((x > threshold).numpy().view(np.uint8).sum(0, dtype=np.int64))
     return (x > threshold).sum(0)
-
-
-def _find_malloc_trim() -> Any:
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc
-    except Exception:  # other C libraries (musl, macOS, Windows) have none
-        return None
-
-
-_MALLOC_TRIM = _find_malloc_trim()
-# Seconds between two trims at most (a trim walks the heap's free chunks: ~50 ms for a bloated heap).
-TRIM_EVERY = 5.0
-
-
-def release_free_heap() -> bool:
-    """Give the heap's free pages back to the OS (glibc's malloc_trim; False where there is none).
-
-    A CPU forward pass allocates its temporaries on the heap, and glibc returns freed heap memory only
-    from the top, which small long-lived allocations made in between (the bits and rows of batches
-    waiting for the counting thread, among others) keep occupied. At the end of an OPT-125m CPU run's
-    forward phase the heap held 1.76 GB, 168 MB of it in use; a trim per block sent about halved the
-    run's peak RSS above its start (benches/RESULTS.md section 4)."""
-    if _MALLOC_TRIM is None:
-        return False
-    _MALLOC_TRIM(0)
-    return True
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
@@ -106,8 +79,8 @@ class BitCapture:
     def __init__(self, neuron_modules: list[Any], stats: NeuronStats, threshold: float = 0.0, examples: Any = None) -> None:
         self.stats = stats
         self.threshold = threshold
+        self.rows: tuple[np.ndarray, np.ndarray, int] = (np.empty(0, np.uint32), np.empty(0, np.uint32), 0)  # detail tokens, positions, other rows
         self.examples = examples  # an ExampleTracker (example_tracker.py), or None
-        self.rows: tuple[np.ndarray, np.ndarray, int] | None = None  # detail tokens, positions, other rows
         self.batch: list = []  # (layer, host bits, copy event) of the forward pass running
         self.batch_counts: list = []  # (layer, activation counts on the device) of its other rows
         self.sums: dict[int, torch.Tensor] = {}  # committed activation counts per layer, not yet in stats
@@ -235,7 +208,7 @@ class BitCapture:
                 tokens, positions = _joined([b[1] for b in block]), _joined([b[2] for b in block])
                 # Every layer of the block in one call: one parallel pass over every layer's neurons. The
                 # bits stay where they were copied to (joining a block's bits cost a copy of all of them,
-                # which slowed a 1.3b forward on an H200 by ~40%: benches/RESULTS.md section 5a).
+                # which slowed a 1.3b forward on an H200: benches/RESULTS.md section 5a).
                 self.stats.update_layers(parts, tokens, positions)
                 if self.examples is not None:
                     self.examples.count(parts, _joined([b[3] for b in block]), positions)

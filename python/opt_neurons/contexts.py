@@ -52,7 +52,9 @@ def context_table(rows: pl.DataFrame, tokens: TokenData, tokenizer: Any, context
     in `tokens`)."""
     if context < 0 or after < 0:
         raise OptNeuronsError(f"context and after must be >= 0, got {context} and {after}")
-    out: dict[str, list] = {k: [] for k in ("token", "token_string", "left", "right", "context", "tokens", "firing_index")}
+    out: dict[str, list] = {
+        k: [] for k in ("token", "token_string", "left", "right", "context", "tokens", "firing_index")
+    }
     for seq, pos in rows.select("sequence", "position").iter_rows():
         if seq >= len(tokens.lengths) or pos >= tokens.lengths[seq]:
             raise DataMismatchError(f"example (sequence {seq}, position {pos}) is outside the data given: pass the "
@@ -81,4 +83,5 @@ def neuron_examples(table: pl.DataFrame | None, layer: int, neuron: int) -> pl.D
         raise OptNeuronsError("this run kept no examples (examples=0, or a run of an earlier version): rerun "
                               "analyze() with examples=16")  # fmt: skip
     return table.filter((pl.col("layer") == layer) & (pl.col("neuron") == neuron)).sort(
-        pl.col("kind").replace_strict({"top": 0, "random": 1}, return_dtype=pl.UInt8), "rank")
+        pl.col("kind").replace_strict({"top": 0, "random": 1}, return_dtype=pl.UInt8), "rank"
+    )

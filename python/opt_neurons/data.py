@@ -123,8 +123,7 @@ def text_documents(data: Any, text_column: str = "text", source_column: str | No
     if data is None:
         from . import corpus
 
-        docs = (text for _, text in corpus.iter_documents())
-        return docs, [{"name": "opt_neurons bundled corpus", "sha256": corpus.content_hash()}]
+        return (text for _, text in corpus.iter_documents()), [{"name": "opt_neurons bundled corpus", "sha256": corpus.content_hash()}]
     if isinstance(data, (str, Path)):
         path = Path(data)
         if path.is_dir():

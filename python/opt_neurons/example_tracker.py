@@ -131,4 +131,3 @@ def load(folder: Path, rows: int, detail_rows: int) -> Any:
         found.append(f"{name} holds {state.summed_rows} rows")
     raise ExamplesStateError(f"the checkpoint in {folder} has no examples state of its {rows} rows "
                              f"({'; '.join(found) or 'none saved'}): delete that folder to start over")  # fmt: skip
-

@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from . import schedule
-from .capture import BitCapture, release_free_heap
+from .capture import BitCapture
 from .data import TokenData
 from .errors import ModelError, OutOfMemoryError
-from . import architectures, weights
-from .architectures import decoder_layers
+from .params import EXECUTIONS
+from . import architectures
 from .model import LoadedModel
 
-EXECUTIONS = ("auto", "memory", "offload", "layer")
 
 
 def rows_of(data: TokenData, begin: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -102,50 +100,6 @@ def run_memory(lm: LoadedModel, data: TokenData, capture: BitCapture, *, start: 
     capture.flush()
 
 
-class ResidentLayers:
-    """Layer weights held in host memory (the loaded model), moved to the device once per block."""
-
-    def __init__(self, lm: LoadedModel, device: torch.device) -> None:
-        self.layers = decoder_layers(lm.model)
-        self.device = device
-
-    @contextlib.contextmanager
-    def on_device(self, index: int) -> Iterator[Any]:
-        layer = self.layers[index]
-        layer.to(self.device, non_blocking=True)
-        try:
-            yield layer
-        finally:
-            layer.to("cpu")
-
-
-class StreamedLayers:
-    """Layer weights read from the checkpoint's files (safetensors or .bin shards) straight to the device
-    once per block: host memory holds only the hidden states, so models larger than RAM run (OPT-66b)."""
-
-    def __init__(self, model: Any, tensors: weights.CheckpointTensors, device: torch.device) -> None:
-        self.model = model
-        self.layers = decoder_layers(model)
-        self.prefix = architectures.for_config(model.config).layers
-        self.tensors = tensors
-        self.device = device
-
-    @contextlib.contextmanager
-    def on_device(self, index: int) -> Iterator[Any]:
-        prefix = f"{self.prefix}.{index}."
-        weights.load_into(self.model, self.tensors, self.device, lambda n: n.startswith(prefix))
-        try:
-            yield self.layers[index]
-        finally:
-            weights.move(self.model, "meta", lambda n: n.startswith(prefix))
-            if self.device.type == "cpu":  # glibc would keep the freed layer's heap pages: host memory grew
-                release_free_heap()  # by ~half a layer per layer streamed (measured, test_families)
-
-
-def safetensors_files(model_dir: Path) -> list[Path]:
-    return [f for f in weights.checkpoint_files(model_dir) if f.suffix == ".safetensors"]
-
-
 class _InputsRecorded(Exception):
     """Raised by the last layer's recorder: every layer's arguments are in."""
 
@@ -213,7 +167,8 @@ def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, sourc
     with torch.inference_mode(), out_of_memory_hint(batch_size), \
             ending_at(last, enabled=not has_accelerate_hooks(lm.model)) as run:  # fmt: skip
         for block in schedule.blocks(data, start, batch_size, block_size):
-            hidden, arguments = [], {}
+            hidden: list[torch.Tensor] = []
+            arguments: dict[tuple, list] = {}
             for begin, end, _ in block:
                 ids = torch.from_numpy(rows_of(data, begin, end)[0]).to(device)
                 h, calls = layer_arguments(body, source.layers, ids)
@@ -258,23 +213,3 @@ def choose(requested: str, *, config: Any, dtype: torch.dtype, device: torch.dev
     if need < 0.8 * free:
         return "memory", f"weights ({need / 1e9:.1f} GB) fit in the GPU's {free / 1e9:.1f} GB free"
     return "layer", f"weights ({need / 1e9:.1f} GB) exceed 80% of the GPU's {free / 1e9:.1f} GB free: layer-major"
-
-
-def prepare_layer_major(model: Any, *, dtype: Any, revision: str | None, device: torch.device) -> tuple[LoadedModel, Any]:
-    """The model with everything but its decoder layers on the device, and where its layers come from:
-    streamed from the checkpoint's files (safetensors or .bin) when there are any, else held in host
-    memory."""
-    from .model import load_model, skeleton_model
-
-    if isinstance(model, (str, Path)):
-        lm, files = skeleton_model(str(model), dtype=dtype, revision=revision, device=device)
-        if files:
-            layers = architectures.for_config(lm.model.config).layers + "."
-            tensors = weights.CheckpointTensors(files, lm.model.base_model_prefix, weights.key_renamer(lm.model))
-            weights.load_into(lm.model, tensors, device, lambda n: not n.startswith(layers))
-            return lm, StreamedLayers(lm.model, tensors, device)
-    lm = load_model(model, dtype=dtype, revision=revision, device=device, on_host=True)
-    layers = architectures.for_config(lm.model.config).layers + "."
-    weights.move(lm.model, device, lambda n: not n.startswith(layers))
-    lm.device = device
-    return lm, ResidentLayers(lm, device)

@@ -12,6 +12,8 @@ import torch
 
 from . import architectures
 from .errors import ModelError
+from .weights import (CheckpointTensors, ResidentLayers, StreamedLayers, checkpoint_files, key_renamer, load_into,
+                      move)  # fmt: skip
 
 DEMO_DIR = Path(__file__).parent / "demo"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
@@ -93,7 +95,8 @@ def model_dir(name: str, revision: str | None) -> Path | None:
     try:
         from transformers.utils import cached_file
 
-        return Path(cached_file(name, "config.json", revision=revision)).parent
+        found = cached_file(name, "config.json", revision=revision)
+        return Path(found).parent if found else None
     except Exception:
         return None
 
@@ -125,7 +128,7 @@ def from_pretrained(name: str, **kwargs: Any) -> Any:
         raise ModelError(f"cannot load the weights of {name!r}: {type(e).__name__}: {e}") from e
 
 
-def load_model(model: Any, *, dtype: Any = None, device_map: Any = None, revision: str | None = None,
+def load_model(model: Any, config: Any = None, *, dtype: Any = None, device_map: Any = None, revision: str | None = None,
                device: torch.device | None = None, on_host: bool = False, **load_kwargs: Any) -> LoadedModel:  # fmt: skip
     """`model`: hub id, local directory, "demo", or an already loaded transformers model.
     on_host: keep the weights in host memory (layer-major execution moves them per block)."""
@@ -136,8 +139,11 @@ def load_model(model: Any, *, dtype: Any = None, device_map: Any = None, revisio
         tok = load_tokenizer(name) if name else None
         dev = next(model.parameters()).device
         return LoadedModel(model, tok, name, getattr(model.config, "_commit_hash", None), dev)
-    config, name = load_config(model, revision)
-    kwargs: dict = {"revision": revision, "dtype": resolve_dtype(dtype, device), **load_kwargs}
+    if config is None:
+        config, name = load_config(str(model), revision)
+    else:
+        name = resolve_name(str(model))
+    kwargs: dict = {"revision": revision, "dtype": resolve_dtype(dtype, device), "config": config, **load_kwargs}
     if device_map is not None:
         kwargs["device_map"] = device_map
     hf = from_pretrained(name, **kwargs)
@@ -151,7 +157,7 @@ def load_model(model: Any, *, dtype: Any = None, device_map: Any = None, revisio
                        device)  # fmt: skip
 
 
-def skeleton_model(model: str, *, dtype: Any = None, revision: str | None = None,
+def skeleton_model(model: str, config: Any = None, *, dtype: Any = None, revision: str | None = None,
                    device: torch.device | None = None) -> tuple[LoadedModel, list[Path]]:  # fmt: skip
     """The model with its parameters on the meta device (no weights in memory; buffers such as rotary
     frequencies computed on the host) and its weight files (safetensors, else .bin); the layer-major
@@ -159,10 +165,11 @@ def skeleton_model(model: str, *, dtype: Any = None, revision: str | None = None
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    from .weights import checkpoint_files
-
     device = device or default_device()
-    config, name = load_config(model, revision)
+    if config is None:
+        config, name = load_config(model, revision)
+    else:
+        name = resolve_name(str(model))
     folder = model_dir(name, revision)
     files = checkpoint_files(folder) if folder is not None else []
     with init_empty_weights(include_buffers=False):
@@ -173,3 +180,35 @@ def skeleton_model(model: str, *, dtype: Any = None, revision: str | None = None
     lm = LoadedModel(hf, load_tokenizer(name, revision=revision), str(model), commit_of(config, name, revision),
                      device)  # fmt: skip
     return lm, files
+
+
+def prepare_layer_major(model: Any, config: Any = None, *, dtype: Any, revision: str | None, device: torch.device) -> tuple[LoadedModel, Any]:
+    """The model with everything but its decoder layers on the device, and where its layers come from:
+    streamed from the checkpoint's files (safetensors or .bin) when there are any, else held in host
+    memory."""
+    if isinstance(model, (str, Path)):
+        lm, files = skeleton_model(str(model), config, dtype=dtype, revision=revision, device=device)
+        if files:
+            layers = architectures.for_config(lm.model.config).layers + "."
+            tensors = CheckpointTensors(files, lm.model.base_model_prefix, key_renamer(lm.model))
+            load_into(lm.model, tensors, device, lambda n: not n.startswith(layers))
+            return lm, StreamedLayers(lm.model, tensors, device)
+    lm = load_model(model, config, dtype=dtype, revision=revision, device=device, on_host=True)
+    layers = architectures.for_config(lm.model.config).layers + "."
+    move(lm.model, device, lambda n: not n.startswith(layers))
+    lm.device = device
+    return lm, ResidentLayers(lm.model, device)
+
+
+def load_for(mode: str, model: Any, config: Any, *, dtype: Any, device_map: Any, revision: str | None, device: torch.device,
+             max_memory: Any, offload_folder: Any) -> tuple[LoadedModel, Any]:  # fmt: skip
+    """The model loaded the way `mode` runs it, and (layer-major) where its layers come from. config: the one
+    `load_config` read (None for a model object), so it is read once."""
+    if mode == "layer":
+        return prepare_layer_major(model, config, dtype=dtype, revision=revision, device=device)
+    extra: dict = {}
+    if mode == "offload":
+        device_map = device_map or "auto"
+        extra = {k: v for k, v in {"max_memory": max_memory, "offload_folder": offload_folder}.items() if v}
+    return load_model(model, config, dtype=dtype, device_map=device_map, revision=revision, device=device,
+                      **extra), None

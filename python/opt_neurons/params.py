@@ -24,7 +24,7 @@ def _rule(lo: float | None = None, hi: float | None = None, *, lo_open: bool = F
     return {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "help": help, "flag": flag, "cli": cli}
 
 
-def _range_text(m: dict) -> str:
+def _range_text(m: Any) -> str:
     lo = "-inf" if m["lo"] is None else m["lo"]
     hi = "inf" if m["hi"] is None else m["hi"]
     return f"{'(' if m['lo_open'] or m['lo'] is None else '['}{lo}, {hi}{')' if m['hi_open'] or m['hi'] is None else ']'}"
@@ -62,7 +62,7 @@ def _from_overrides(cls: Any, overrides: dict, what: str) -> Any:
     return cls(**overrides)
 
 
-SHARE = {"lo": 0.0, "hi": 1.0, "lo_open": True}
+SHARE: dict[str, Any] = {"lo": 0.0, "hi": 1.0, "lo_open": True}
 _CORE: dict[str, Any] = _core.DEFAULT_THRESHOLDS
 
 

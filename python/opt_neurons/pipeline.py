@@ -10,36 +10,35 @@ from typing import Any
 
 import torch
 
-from . import (architectures, checkpoint, distributed, example_tables, example_tracker, executors, fingerprint,
-               host_memory, outdir, schedule)  # fmt: skip
+from . import (
+    architectures,
+    checkpoint,
+    distributed,
+    example_tables,
+    example_tracker,
+    executors,
+    fingerprint,
+    host_memory,  # fmt: skip
+    outdir,
+    schedule,
+)
 from ._core import __version__
 from .analysis import Analysis
 from .architectures import decoder_layers
 from .capture import BitCapture
 from .data import check_data_kind, prepare_data, warn_if_exhausted
 from .errors import OptionError
-from .model import LoadedModel, default_device, load_config, load_model, model_dir, resolve_dtype, resolve_name
+from .model import LoadedModel, default_device, load_config, load_for, model_dir, resolve_dtype, resolve_name
 from .params import RunOptions, Thresholds
 from .report import write_report
 from .stats import NeuronStats
 from .tables import build_tables
+from .weights import StreamedLayers
 
 
 def bos_id_of(lm: LoadedModel) -> int:
     """The token starting each sequence and separating documents, by the family's convention."""
     return architectures.start_token_id(lm.model.config, lm.tokenizer)
-
-
-def load_for(mode: str, model: Any, *, dtype: Any, device_map: Any, revision: str | None, device: torch.device,
-             max_memory: Any, offload_folder: Any) -> tuple[LoadedModel, Any]:  # fmt: skip
-    """The model loaded the way `mode` runs it, and (layer-major) where its layers come from."""
-    if mode == "layer":
-        return executors.prepare_layer_major(model, dtype=dtype, revision=revision, device=device)
-    extra: dict = {}
-    if mode == "offload":
-        device_map = device_map or "auto"
-        extra = {k: v for k, v in {"max_memory": max_memory, "offload_folder": offload_folder}.items() if v}
-    return load_model(model, dtype=dtype, device_map=device_map, revision=revision, device=device, **extra), None
 
 
 def analyze(
@@ -127,22 +126,20 @@ def analyze(
 
 def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path | None, rank: int, world: int,
              report: bool) -> Analysis | None:  # fmt: skip
-    n_tokens, detail_tokens, seq_len, batch_size, dtype = o.n_tokens, o.detail_tokens, o.seq_len, o.batch_size, o.dtype
-    device_map, progress, revision, ngram_capacity = o.device_map, o.progress, o.revision, o.ngram_capacity
-    checkpoint_every, execution, block_size = o.checkpoint_every, o.execution, o.block_size
-    max_memory, offload_folder, threshold = o.max_memory, o.offload_folder, float(o.activation_threshold)
+    threshold = float(o.activation_threshold)
     started = time.time()
     device = distributed.device_for_rank() or default_device()
     if isinstance(model, (str, Path)):
-        config, _ = load_config(str(model), revision)
+        config, _ = load_config(str(model), o.revision)
         architectures.check_threshold(threshold, architectures.for_config(config, repr(str(model))))
-        mode, why = execution_choice(execution, config, dtype, device, device_map)
+        mode, why = execution_choice(o.execution, config, o.dtype, device, o.device_map)
     else:
-        mode, why = ("memory", "a loaded model runs where it is") if execution == "auto" else (execution, "requested")
-    if progress and rank == 0:
+        config = None
+        mode, why = ("memory", "a loaded model runs where it is") if o.execution == "auto" else (o.execution, "requested")
+    if o.progress and rank == 0:
         print(f"opt-neurons: execution {mode!r}: {why}")
-    lm, source = load_for(mode, model, dtype=dtype, device_map=device_map, revision=revision, device=device,
-                          max_memory=max_memory, offload_folder=offload_folder)  # fmt: skip
+    lm, source = load_for(mode, model, config, dtype=o.dtype, device_map=o.device_map, revision=o.revision, device=device,
+                          max_memory=o.max_memory, offload_folder=o.offload_folder)  # fmt: skip
     cfg = lm.model.config
     arch = architectures.for_config(cfg)
     architectures.check_threshold(threshold, arch)
@@ -151,9 +148,9 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
     vocab = max(int(cfg.vocab_size), len(lm.tokenizer) if lm.tokenizer is not None else 0)
     # Ids past the embedding's rows would fail inside the forward pass (a device-side assert on a GPU).
     embedding_rows = int(lm.model.get_input_embeddings().num_embeddings)
-    tokens = prepare_data(data, lm.tokenizer, seq_len=seq_len or architectures.default_seq_len(cfg),
-                          max_positions=max_pos or 2**31 - 1, n_tokens=n_tokens, bos_id=bos, vocab_size=embedding_rows,
-                          text_column=o.text_column, source_column=o.source_column).with_detail_tokens(detail_tokens)  # fmt: skip
+    tokens = prepare_data(data, lm.tokenizer, seq_len=o.seq_len or architectures.default_seq_len(cfg),
+                          max_positions=max_pos or 2**31 - 1, n_tokens=o.n_tokens, bos_id=bos, vocab_size=embedding_rows,
+                          text_column=o.text_column, source_column=o.source_column).with_detail_tokens(o.detail_tokens)  # fmt: skip
     mine = distributed.shard(tokens, rank, world) if world > 1 else tokens
     n_layers, n_neurons, T = len(decoder_layers(lm.model)), architectures.n_neurons(lm.model), int(tokens.tokens.shape[1])
     dtype_name = str(next(lm.model.parameters()).dtype).replace("torch.", "")
@@ -162,20 +159,20 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
     weights = None
     if out_dir is not None:  # only checkpoints need it
         weights = fingerprint.of_model(model, None if isinstance(model, torch.nn.Module) else
-                                       model_dir(resolve_name(str(model)), revision))  # fmt: skip
+                                       model_dir(resolve_name(str(model)), o.revision))  # fmt: skip
     run_id = {"model": lm.model_id, "revision": lm.revision, "weights": weights, "data": data_sha256, "T": T,
-              "ngram_capacity": ngram_capacity, "dtype": dtype_name, "rank": rank, "world": world,
+              "ngram_capacity": o.ngram_capacity, "dtype": dtype_name, "rank": rank, "world": world,
               "detail_sequences": tokens.detail, "activation_threshold": threshold, "examples": o.examples,
               "examples_seed": o.examples_seed}  # fmt: skip
     resumed = checkpoint.load(out_dir, run_id, mine, ckpt) if out_dir is not None else None
     if out_dir is not None and resumed is None:
         checkpoint.set_aside(out_dir, ckpt)
     stats, start = resumed or (
-        NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=ngram_capacity), schedule.Cursor()
+        NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=o.ngram_capacity), schedule.Cursor()
     )
     tracker = None
     if o.examples:
-        state = example_tracker.load(out_dir / ckpt, stats.rows, stats.detail_rows) if resumed else None
+        state = example_tracker.load(out_dir / ckpt, stats.rows, stats.detail_rows) if resumed and out_dir else None
         tracker = example_tracker.ExampleTracker(n_layers, n_neurons, o.examples, o.examples_seed, state=state,
                                                  threshold=threshold,
                                                  sequence_offset=distributed.first_detail_sequence(tokens, rank, world))  # fmt: skip
@@ -183,22 +180,23 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         warn_if_exhausted(tokens)
         host_memory.warn_if_short(stats, tokens.n_tokens, host_memory.available_bytes())
     forward_started, forward_cpu_started = time.time(), time.process_time()
-    counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=batch_size,
-                  block_size=block_size, out_dir=out_dir, ckpt=ckpt, run_id=run_id,
-                  checkpoint_every=checkpoint_every, progress=progress and rank == 0, threshold=threshold,
+    counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=o.batch_size,
+                  block_size=o.block_size, out_dir=out_dir, ckpt=ckpt, run_id=run_id,
+                  checkpoint_every=o.checkpoint_every, progress=o.progress and rank == 0, threshold=threshold,
                   examples=tracker)  # fmt: skip
     ex = tracker.sync() if tracker is not None else None
     forward_s, forward_cpu_s = time.time() - forward_started, time.process_time() - forward_cpu_started
-    if progress and rank == 0 and counting_s > 0.8 * forward_s:
+    if o.progress and rank == 0 and counting_s > 0.8 * forward_s:
         print(f"opt-neurons: counting took {counting_s:.0f} s of the {forward_s:.0f} s forward phase: the host's "
               f"counting, not the device, set the speed"
               + ("" if tokens.detail is not None else " (detail_tokens, the paper's protocol, counts only "
                  "activations past the first tokens, on the device)"))  # fmt: skip
     if world > 1:
-        stats = distributed.gather_to_rank0(stats, rank, world, spool_dir=out_dir, examples=ex)
-        if stats is None:
+        merged = distributed.gather_to_rank0(stats, rank, world, spool_dir=out_dir, examples=ex)
+        if merged is None:
             return None
-    materialize = source.on_device if isinstance(source, executors.StreamedLayers) else None
+        stats = merged
+    materialize = source.on_device if isinstance(source, StreamedLayers) else None
     tables = build_tables(stats, tokenizer=lm.tokenizer, model=lm.model, materialize=materialize, **t.to_dict())
     tables.neurons = example_tables.with_activation_columns(tables.neurons, ex)
     metadata = {
@@ -206,7 +204,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "revision": lm.revision,
         "dtype": dtype_name,
         "device": str(lm.device),
-        "device_map": getattr(lm.model, "hf_device_map", None) or (str(device_map) if device_map else None),
+        "device_map": getattr(lm.model, "hf_device_map", None) or (str(o.device_map) if o.device_map else None),
         "execution": mode,
         "execution_reason": why,
         "world_size": world,
@@ -220,7 +218,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "firing_rule": arch.firing_rule(cfg, threshold),
         "activation_threshold": threshold,
         "max_positions": max_pos,
-        "T_source": "seq_len" if seq_len else "min(max positions, 2048)",
+        "T_source": "seq_len" if o.seq_len else "min(max positions, 2048)",
         "n_tokens": tokens.n_tokens,  # analysed
         "requested_tokens": tokens.requested,  # None for a token array, used as given
         "data_exhausted": tokens.exhausted,
@@ -230,7 +228,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "data_sources": tokens.sources,
         "data_sha256": data_sha256,
         "thresholds": t.to_dict(),
-        "ngram_capacity": ngram_capacity,
+        "ngram_capacity": o.ngram_capacity,
         "accumulator_bytes": stats.memory_bytes(),
         "accumulator_bound_bytes": host_memory.statistics_bound(stats, tokens.n_tokens),
         "resumed_sequences": start.total,  # already counted when this call started (from a checkpoint)

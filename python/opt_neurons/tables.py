@@ -56,7 +56,7 @@ def build_tables(stats: NeuronStats, *, tokenizer: Any = None, model: Any = None
     starts = ragged(f["interval_start"], f["intervals_offsets"], pos)
     ends = ragged(f["interval_end"], f["intervals_offsets"], pos)
     intervals = [None if s is None else [{"start": a, "end": b} for a, b in zip(s, e)] for s, e in zip(starts, ends)]
-    strings = [None] * n
+    strings: list[list[str] | None] = [None] * n
     if tokenizer is not None:
         strings = [None if d is None else decode_tokens(tokenizer, d) for d in detected]
     neurons = pl.DataFrame(

@@ -112,7 +112,7 @@ def _layer_values(layers: pl.DataFrame, column: str) -> np.ndarray:
 
 def _n_neurons_per_layer(a: Analysis) -> int:
     if a.layers.height:
-        return int(a.layers["n_neurons"].max())
+        return int(a.layers["n_neurons"].max())  # type: ignore[arg-type]
     return int(a.metadata.get("n_neurons") or 0)
 
 

@@ -76,7 +76,7 @@ def headline(a: Analysis, folder: str | Path | None = None) -> dict:
         "mean_frequency_alive": _num(alive["frequency"].mean()) if alive.height else None,
         "token_detectors": det.height,
         "tokens_covered": len(covered),
-        "max_tokens_covered_per_layer": int(l["n_tokens_covered"].max() or 0) if n_layers else 0,
+        "max_tokens_covered_per_layer": int(l["n_tokens_covered"].max() or 0) if n_layers else 0,  # type: ignore[arg-type]
         "trigram_detectors": int(n["trigram_detector"].sum()),
         "positional": int(n["positional"].sum()),
         "oscillatory": kind_n["oscillatory"],

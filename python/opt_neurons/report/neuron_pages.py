@@ -132,7 +132,7 @@ def write_neuron_pages(a: Analysis, out: Path, *, model: Any = None, tokenizer: 
         except (LookupError, ValueError) as e:  # DataMismatchError and others are ValueErrors
             note = f"Example contexts are not shown: {e}."
     examples = None
-    if tokens is not None:
+    if tokens is not None and a.example_table is not None:
         examples = a.example_table.join(chosen.select("layer", "neuron"), on=["layer", "neuron"], how="semi")
         examples = examples.sort("layer", "neuron", pl.col("kind") == "random", "rank")
     cache: dict = {}
@@ -142,7 +142,7 @@ def write_neuron_pages(a: Analysis, out: Path, *, model: Any = None, tokenizer: 
     for r in chosen.iter_rows(named=True):
         layer, neuron = int(r["layer"]), int(r["neuron"])
         card = neuron_card(a, layer, neuron, model, tokenizer)
-        body = [f'<p><a href="index.html">All neuron pages</a> · <a href="../report.html">Report</a></p>',
+        body = ['<p><a href="index.html">All neuron pages</a> · <a href="../report.html">Report</a></p>',
                 _card_html(card, None).replace('<div class="card">', '<div class="card" style="max-width:900px">')]  # fmt: skip
         stats = [f"max activation {r['max_activation']:.4g}" if r.get("max_activation") is not None else None,
                  f"mean {r['mean_activation']:.4g}" if r.get("mean_activation") is not None else None]  # fmt: skip

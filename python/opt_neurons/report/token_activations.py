@@ -39,11 +39,10 @@ def window_activations(model: Any, tokens: Any, examples: pl.DataFrame, context:
             needed = {int(l): sorted(set(g["neuron"].to_list())) for (l,), g in rows.group_by("layer")}
             got: dict[int, np.ndarray] = {}
 
-            def hook(layer: int):
+            def hook(layer: int, needed: dict = needed, got: dict = got, shape: tuple = (len(chunk), int(length))):
                 def keep(module: Any, inputs: Any, output: torch.Tensor) -> None:
                     if layer in needed:
-                        x = output.reshape(len(chunk), int(length), -1)[:, :, needed[layer]]
-                        got[layer] = x.float().cpu().numpy()
+                        got[layer] = output.reshape(*shape, -1)[:, :, needed[layer]].float().cpu().numpy()
 
                 return keep
 

@@ -36,7 +36,10 @@ impl PyExamples {
         if bits.iter().flatten().any(|b| b.shape()[1] != n_words) {
             return Err(PyValueError::new_err("bitmasks of different widths in one update"));
         }
-        let chunks: Vec<Vec<&[u64]>> = bits.iter().map(|c| c.iter().map(|a| slice(a, "bits")).collect::<PyResult<_>>()).collect::<PyResult<_>>()?;
+        let chunks: Vec<Vec<&[u64]>> = bits
+            .iter()
+            .map(|c| c.iter().map(|a| slice(a, "bits")).collect::<PyResult<_>>())
+            .collect::<PyResult<_>>()?;
         let pairs: Vec<(usize, &[&[u64]])> = layers.iter().copied().zip(chunks.iter().map(|c| c.as_slice())).collect();
         let s = slice(&sequences, "sequences")?;
         let p = slice(&positions, "positions")?;
@@ -54,7 +57,13 @@ impl PyExamples {
         maxima: PyReadonlyArray1<'_, f32>,
     ) -> PyResult<()> {
         self.inner
-            .set_device_state(layer, slice(&values, "values")?, slice(&ids, "ids")?, slice(&sums, "sums")?, slice(&maxima, "maxima")?)
+            .set_device_state(
+                layer,
+                slice(&values, "values")?,
+                slice(&ids, "ids")?,
+                slice(&sums, "sums")?,
+                slice(&maxima, "maxima")?,
+            )
             .map_err(err)
     }
 
@@ -64,7 +73,12 @@ impl PyExamples {
         &self,
         py: Python<'py>,
         layer: usize,
-    ) -> PyResult<(Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f32>>)> {
+    ) -> PyResult<(
+        Bound<'py, PyArray1<f32>>,
+        Bound<'py, PyArray1<u64>>,
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<f32>>,
+    )> {
         let (v, i, s, m) = self.inner.device_state(layer).map_err(err)?;
         Ok((PyArray1::from_vec(py, v), PyArray1::from_vec(py, i), PyArray1::from_vec(py, s), PyArray1::from_vec(py, m)))
     }

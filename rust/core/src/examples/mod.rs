@@ -147,8 +147,17 @@ fn top_before(a: (f32, u64), b: (f32, u64)) -> bool {
 
 /// The best `k` of two top-k lists (each ordered, empty slots last), ordered.
 pub fn merge_top(a: &[(f32, u64)], b: &[(f32, u64)], k: usize) -> Vec<(f32, u64)> {
-    let mut all: Vec<(f32, u64)> = a.iter().chain(b).copied().filter(|&(v, id)| id != NO_ID && v > f32::NEG_INFINITY).collect();
-    all.sort_by(|x, y| if top_before(*x, *y) { std::cmp::Ordering::Less } else if top_before(*y, *x) { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Equal });
+    let mut all: Vec<(f32, u64)> =
+        a.iter().chain(b).copied().filter(|&(v, id)| id != NO_ID && v > f32::NEG_INFINITY).collect();
+    all.sort_by(|x, y| {
+        if top_before(*x, *y) {
+            std::cmp::Ordering::Less
+        } else if top_before(*y, *x) {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    });
     all.dedup_by(|x, y| x.1 == y.1);
     all.truncate(k);
     all.resize(k, (f32::NEG_INFINITY, NO_ID));
@@ -158,7 +167,9 @@ pub fn merge_top(a: &[(f32, u64)], b: &[(f32, u64)], k: usize) -> Vec<(f32, u64)
 impl Examples {
     pub fn new(config: ExamplesConfig) -> Result<Self, StatsError> {
         if config.n_layers == 0 || config.n_neurons == 0 || config.k == 0 {
-            return Err(StatsError::Value(format!("Examples needs positive n_layers, n_neurons and k, got {config:?}")));
+            return Err(StatsError::Value(format!(
+                "Examples needs positive n_layers, n_neurons and k, got {config:?}"
+            )));
         }
         if config.k > u32::MAX as usize {
             return Err(StatsError::Value("k must fit in 32 bits".into()));
@@ -198,10 +209,20 @@ impl Examples {
     /// Offer every firing position of a block of rows to the sample of its neuron. `layers`: each
     /// layer's bits in chunks of whole rows (bit j of word w = neuron 64w + j), the same rows for
     /// every layer; `sequences` / `positions`: each row's sequence index in the data and position.
-    pub fn update_layers(&mut self, layers: &[(usize, &[&[u64]])], n_words: usize, sequences: &[u32], positions: &[u32]) -> Result<(), StatsError> {
+    pub fn update_layers(
+        &mut self,
+        layers: &[(usize, &[&[u64]])],
+        n_words: usize,
+        sequences: &[u32],
+        positions: &[u32],
+    ) -> Result<(), StatsError> {
         let c = self.config.clone();
         if n_words != c.n_neurons.div_ceil(64) {
-            return Err(StatsError::Shape(format!("bitmask has {n_words} words per row but {} neurons need {}", c.n_neurons, c.n_neurons.div_ceil(64))));
+            return Err(StatsError::Shape(format!(
+                "bitmask has {n_words} words per row but {} neurons need {}",
+                c.n_neurons,
+                c.n_neurons.div_ceil(64)
+            )));
         }
         if sequences.len() != positions.len() {
             return Err(StatsError::Shape(format!("{} sequences but {} positions", sequences.len(), positions.len())));
@@ -215,7 +236,9 @@ impl Examples {
             }
             let rows: usize = chunks.iter().map(|ch| ch.len() / n_words).sum();
             if rows != n_rows || chunks.iter().any(|ch| !ch.len().is_multiple_of(n_words)) {
-                return Err(StatsError::Shape(format!("layer {layer} has {rows} bitmask rows for {n_rows} sequences / positions")));
+                return Err(StatsError::Shape(format!(
+                    "layer {layer} has {rows} bitmask rows for {n_rows} sequences / positions"
+                )));
             }
         }
         if layers.is_empty() {
@@ -273,11 +296,20 @@ impl Examples {
 
     /// Replace one layer's top-k, sums and maxima with the caller's (reduced on the device):
     /// values / ids are (k, n_neurons) row-major (row r = the r-th best of every neuron).
-    pub fn set_device_state(&mut self, layer: usize, values: &[f32], ids: &[u64], sums: &[f64], maxima: &[f32]) -> Result<(), StatsError> {
+    pub fn set_device_state(
+        &mut self,
+        layer: usize,
+        values: &[f32],
+        ids: &[u64],
+        sums: &[f64],
+        maxima: &[f32],
+    ) -> Result<(), StatsError> {
         self.check_layer(layer)?;
         let (n, k) = (self.config.n_neurons, self.config.k);
         if values.len() != n * k || ids.len() != n * k || sums.len() != n || maxima.len() != n {
-            return Err(StatsError::Shape(format!("device state of layer {layer} must be (k={k}, {n}) values and ids and ({n},) sums and maxima")));
+            return Err(StatsError::Shape(format!(
+                "device state of layer {layer} must be (k={k}, {n}) values and ids and ({n},) sums and maxima"
+            )));
         }
         let st = &mut self.layers[layer];
         for r in 0..k {
@@ -314,7 +346,10 @@ impl Examples {
     /// Add another state (a shard, or a saved state) of the same settings.
     pub fn merge(&mut self, o: &Examples) -> Result<(), StatsError> {
         if self.config != o.config {
-            return Err(StatsError::Incompatible(format!("cannot merge Examples with different settings: {:?} vs {:?}", self.config, o.config)));
+            return Err(StatsError::Incompatible(format!(
+                "cannot merge Examples with different settings: {:?} vs {:?}",
+                self.config, o.config
+            )));
         }
         let k = self.config.k;
         let n = self.config.n_neurons;
@@ -415,87 +450,9 @@ impl Examples {
             })
             .sum()
     }
-
-    /// The state, then a checksum of everything before it.
-    pub fn write_to<W: std::io::Write>(&self, w: W) -> Result<(), StatsError> {
-        let io = |e: std::io::Error| StatsError::Io(format!("cannot write the examples state: {e}"));
-        let mut hw = Checksummed::new(w);
-        std::io::Write::write_all(&mut hw, MAGIC).map_err(io)?;
-        bincode::serialize_into(&mut hw, self).map_err(|e| StatsError::Io(format!("cannot write the examples state: {e}")))?;
-        let (sum, mut w) = (hw.crc.finalize(), hw.inner);
-        w.write_all(&sum.to_le_bytes()).map_err(io)?;
-        w.flush().map_err(io)
-    }
-
-    pub fn read_from<R: std::io::Read>(r: R) -> Result<Self, StatsError> {
-        let mut hr = Checksummed::new(r);
-        let mut magic = [0u8; 8];
-        if std::io::Read::read_exact(&mut hr, &mut magic).is_err() || &magic != MAGIC {
-            return Err(StatsError::Decode("not an examples state (bad header); was it written by this version?".into()));
-        }
-        let state: Examples = bincode::deserialize_from(&mut hr).map_err(|e| StatsError::Decode(format!("damaged examples state: {e}")))?;
-        let (sum, mut r) = (hr.crc.finalize(), hr.inner);
-        let mut stored = [0u8; 4];
-        r.read_exact(&mut stored).map_err(|_| StatsError::Decode("damaged examples state: its checksum is missing (truncated file)".into()))?;
-        if u32::from_le_bytes(stored) != sum {
-            return Err(StatsError::Decode("damaged examples state: checksum mismatch".into()));
-        }
-        let c = &state.config;
-        let (n, k) = (c.n_neurons, c.k);
-        if state.layers.len() != c.n_layers
-            || state.layers.iter().any(|l| l.sample.len() != n.div_ceil(CHUNK) || l.top_values.len() != n * k || l.top_ids.len() != n * k || l.sums.len() != n || l.maxima.len() != n)
-        {
-            return Err(StatsError::Decode("damaged examples state: sizes disagree with its settings".into()));
-        }
-        Ok(state)
-    }
-
-    pub fn save(&self, path: &std::path::Path) -> Result<(), StatsError> {
-        let f = std::fs::File::create(path).map_err(|e| StatsError::Io(format!("cannot create {}: {e}", path.display())))?;
-        self.write_to(std::io::BufWriter::with_capacity(1 << 20, f))
-    }
-
-    pub fn load(path: &std::path::Path) -> Result<Self, StatsError> {
-        let f = std::fs::File::open(path).map_err(|e| StatsError::Io(format!("cannot open {}: {e}", path.display())))?;
-        Self::read_from(std::io::BufReader::with_capacity(1 << 20, f))
-    }
 }
 
-/// A reader or writer that folds every byte through it into a CRC-32 (as the statistics' state file).
-struct Checksummed<T> {
-    inner: T,
-    crc: crc32fast::Hasher,
-}
-
-impl<T> Checksummed<T> {
-    fn new(inner: T) -> Self {
-        Checksummed { inner, crc: crc32fast::Hasher::new() }
-    }
-
-    fn add(&mut self, bytes: &[u8]) {
-        self.crc.update(bytes);
-    }
-}
-
-impl<W: std::io::Write> std::io::Write for Checksummed<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.add(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<R: std::io::Read> std::io::Read for Checksummed<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.add(&buf[..n]);
-        Ok(n)
-    }
-}
+mod state_file;
 
 #[cfg(test)]
 mod tests;

@@ -16,7 +16,16 @@ fn random_bits(rng: &mut rand::rngs::StdRng, rows: usize, n_neurons: usize, p: f
 }
 
 /// Plain reference: every firing position's priority, sorted, the k smallest.
-fn reference(bits: &[u64], n_neurons: usize, seqs: &[u32], pos: &[u32], seed: u64, layer: usize, j: usize, k: usize) -> Vec<u64> {
+fn reference(
+    bits: &[u64],
+    n_neurons: usize,
+    seqs: &[u32],
+    pos: &[u32],
+    seed: u64,
+    layer: usize,
+    j: usize,
+    k: usize,
+) -> Vec<u64> {
     let words = n_neurons.div_ceil(64);
     let key = neuron_key(seed, layer, j);
     let mut all: Vec<(u64, u64)> = (0..seqs.len())
@@ -55,7 +64,8 @@ fn sample_equals_plain_reference_and_merges_exactly() {
     let cut = 137;
     let mut a = Examples::new(cfg.clone()).unwrap();
     let mut b = Examples::new(cfg.clone()).unwrap();
-    b.update_layers(&[(1, &[&bits1[cut * words..]]), (0, &[&bits0[cut * words..]])], words, &seqs[cut..], &pos[cut..]).unwrap();
+    b.update_layers(&[(1, &[&bits1[cut * words..]]), (0, &[&bits0[cut * words..]])], words, &seqs[cut..], &pos[cut..])
+        .unwrap();
     let (p, q) = bits0[..cut * words].split_at(60 * words);
     let (p1, q1) = bits1[..cut * words].split_at(60 * words);
     a.update_layers(&[(0, &[p, q]), (1, &[p1, q1])], words, &seqs[..cut], &pos[..cut]).unwrap();
