@@ -28,7 +28,12 @@ So:
    20 M tokens nearly every live neuron's summaries are full, so a 'spread' set of neurons with A
    log-uniform from 1 to `--rows` also checks the model where they are not.
 
-    python benches/bench_66b_memory.py [--rows 65536] [--sample 1024] [--ngram-capacity 256]
+4. the examples state (issue 18, `--examples k`, default 16): per neuron k (priority, id) sample slots,
+   k top (value, id) pairs, a sum and a maximum; measured on one whole 66b layer whose every neuron has
+   fired (all sample chunks allocated, the most it takes) and counted for all 64 layers, plus a second
+   copy on rank 0 while it merges another rank's (distributed.gather_to_rank0).
+
+    python benches/bench_66b_memory.py [--rows 65536] [--sample 1024] [--ngram-capacity 256] [--examples 16]
 """
 
 from __future__ import annotations
@@ -148,6 +153,23 @@ def simulate(f: np.ndarray, rows: int, capacity: int, rng: np.random.Generator) 
     return stats.memory_bytes() - data_only.memory_bytes(), chunks, fed
 
 
+def examples_bytes(k: int) -> int:
+    """Bytes of one 66b layer's examples state at its largest: every neuron fired (so every sample chunk
+    is allocated) k times; checked against the core's bound and the process's RSS."""
+    if k == 0:
+        return 0
+    before = rss_bytes()
+    e = opt_neurons._core.Examples(1, NEURONS, k, 0)
+    words = -(-NEURONS // 64)
+    bits = np.full((k, words), np.iinfo(np.uint64).max, np.uint64)
+    e.update_layers([0], [[bits]], np.arange(k, dtype=np.uint32), np.zeros(k, np.uint32))
+    measured, bound = int(e.memory_bytes()), int(e.memory_bound())
+    grown = rss_bytes() - before
+    assert measured <= bound, (measured, bound)
+    print(f"examples, one 66b layer at k={k}: {measured:,} bytes accounted (bound {bound:,}), RSS grew {grown:,}")
+    return max(measured, grown)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=65_536, help="rows of the direct simulation (multiple of 2048)")
@@ -155,6 +177,7 @@ def main() -> None:
     ap.add_argument("--layers", default="0,3,16,31,spread",
                     help="layers of the direct simulation; 'spread': neurons with A log-uniform from 1 to --rows")
     ap.add_argument("--ngram-capacity", type=int, default=opt_neurons._core.DEFAULT_CAPACITY)
+    ap.add_argument("--examples", type=int, default=16, help="examples per neuron and kind (0: none)")
     args = ap.parse_args()
     cap = args.ngram_capacity
     t_start = time.time()
@@ -207,7 +230,9 @@ def main() -> None:
     # counts them as hashbrown buckets of 17 bytes).
     data_tables = T * 8 + VOCAB * 8 + 2 * hashmap_heap_bytes(TOKENS)
     data_accounted = T * 8 + VOCAB * 8 + 2 * hashmap_accounted_bytes(TOKENS)
-    total = summaries + positions + pointers + data_tables
+    examples_layer = examples_bytes(args.examples)
+    examples = LAYERS * examples_layer * 2  # rank 0 holds a second state while it merges another rank's
+    total = summaries + positions + pointers + data_tables + examples
     verdict = "met" if total <= TARGET_BYTES else "MISSED"
     grid_note = ", ".join(f"{d:,}: {m / 1024:.1f}" + ("" if m == fm else f" (formula {fm / 1024:.1f})")
                           for d, m, fm in formula_checks)  # fmt: skip
@@ -230,14 +255,16 @@ def main() -> None:
                f"{full:,.0f}), position counts {positions / 2**30:.1f} GiB ({n_chunks:,} chunks of "
                f"{chunk_bytes(T) / 2**20:g} MiB, {2 * T:,} bytes per neuron), neuron pointers "
                f"{pointers / 2**30:.2f} GiB, data tables {data_tables / 2**30:.2f} GiB (bound; memory_bytes() "
-               f"would report {data_accounted / 2**30:.2f}). Per live neuron all in: "
+               f"would report {data_accounted / 2**30:.2f}), examples (k = {args.examples}) {examples / 2**30:.2f} GiB "
+               f"({examples_layer / NEURONS:,.0f} bytes per neuron, twice: rank 0 merging another rank's). "
+               f"Per live neuron all in: "
                f"{(summaries + positions + pointers) / max(n_live, 1):,.0f} bytes.\n"
                f"Layout formula vs core, bytes per neuron by distinct tokens fired on (KiB): {grid_note}"
                f"{' (all exact)' if exact else ''}.\n"
                f"Model vs direct simulation ({args.rows:,} rows): {check_note}. "
                f"RSS now {rss_bytes() / 2**30:.2f} GiB; {time.time() - t_start:.0f} s."),
         extra={"total_bytes": total, "summaries_bytes": summaries, "positions_bytes": positions,
-               "pointer_bytes": pointers, "data_bytes": data_tables, "live_neurons": n_live, "chunks": n_chunks,
+               "pointer_bytes": pointers, "data_bytes": data_tables, "examples_bytes": examples, "examples_k": args.examples, "live_neurons": n_live, "chunks": n_chunks,
                "full_neuron_bytes": full, "formula_checks": formula_checks, "checks": checks,
                "a_grid": a_grid.tolist(), "a_bytes": a_bytes.tolist()},  # fmt: skip
     )

@@ -35,6 +35,7 @@ for 6.7b (524 k neurons).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -162,9 +163,12 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, help="default: float16 on a GPU, float32 on the CPU")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, runs anywhere in seconds")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--examples", type=int, default=None, help="examples= of every analyze() call (default: the package's, 16; 0: off)")
     ap.add_argument("--host-threads", type=int, default=None, help="threads of the host's counting (RAYON_NUM_THREADS)")
     ap.add_argument("--torch-threads", type=int, default=None, help="torch's CPU threads (a CPU forward's share)")
     a = ap.parse_args()
+    if a.examples is not None:  # every analyze() call below: the on / off pair of issue 18
+        opt_neurons.analyze = functools.partial(opt_neurons.analyze, examples=a.examples)
     if a.host_threads:
         os.environ["RAYON_NUM_THREADS"] = str(a.host_threads)  # read when the core first counts
     if a.torch_threads:
@@ -182,7 +186,7 @@ def main() -> None:
             "host counting events/s", "analyze total tok/s", "activity-only forward-phase tok/s", "activity-only / bare",
             "paper protocol, data order / bare", "paper protocol, interleaved / bare", "accumulators MiB (activity run)"],
            rows, machine_info=info,
-           notes="random weights; 'analyze / bare' = forward-phase throughput with analysis relative to the bare "
+           notes=f"examples={a.examples if a.examples is not None else 'default (16)'}; random weights; 'analyze / bare' = forward-phase throughput with analysis relative to the bare "
                  "forward (target >= 90%); the total includes finalisation (tables, suppression scores).")  # fmt: skip
 
 

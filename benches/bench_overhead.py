@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--density", default="0.05", help="target fraction of fc1 outputs > 0; 'paper': per layer, "
                     "shaped like trained OPT's (_common.paper_densities); 'none': as initialised")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--examples", type=int, default=16, help="examples= of analyze() (0: off; issue 18's on / off pair)")
     a = ap.parse_args()
     info = machine()
     model = random_opt(seed=a.seed)
@@ -82,7 +83,7 @@ def main() -> None:
             bare_forward(model, tokens, a.batch_size, to_last_fc1=True)
         short.append(ts.wall)
         with Timer() as ta:
-            an = opt_neurons.analyze(model, tokens, batch_size=a.batch_size, progress=False)
+            an = opt_neurons.analyze(model, tokens, batch_size=a.batch_size, progress=False, examples=a.examples)
         m = an.metadata
         for key, value in [("total", ta.wall), ("fwd", m["forward_seconds"]), ("fwd_cpu", m["forward_cpu_seconds"]),
                            ("count", m["counting_seconds"])]:  # fmt: skip

@@ -5,7 +5,8 @@
 #   device run, carry [".whl", "python/opt_neurons/_core.abi3.so"], timeout_s 580:  bash benches/gpu_check.sh
 #
 # About 8-9 minutes on an H200 (the families step ~1 minute of it; ONLY=families for that step alone) plus ~30 s to start the machine: a session's 15 minutes of device time
-# leave room for one more call. Every step has its own time limit and writes its output under $OUT,
+# leave room for one more call. ONLY=examples runs just issue 18's examples on / off pair (~3 minutes: a
+# second call, as it does not fit in the first). Every step has its own time limit and writes its output under $OUT,
 # so a step cut short still returns what the others measured. Then copy the new runs of
 # $OUT/gpu.json into benches/results/gpu.json and write them up in benches/RESULTS.md section 5.
 set -uo pipefail
@@ -15,6 +16,13 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/polars*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/python HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu_info.txt"
+if [ "${ONLY:-}" = examples ]; then
+    # Examples on and off (issue 18: at most +3% at OPT-like densities), same shapes and tokens.
+    timeout 120 python3 benches/bench_gpu.py --shapes 125m,1.3b --seqs 32 --density paper --examples 0 2>&1 | tee "$OUT/gpu_examples_off.log"
+    timeout 120 python3 benches/bench_gpu.py --shapes 125m,1.3b --seqs 32 --density paper --examples 16 2>&1 | tee "$OUT/gpu_examples_on.log"
+    cp benches/results/gpu.json "$OUT/"
+    exit 0
+fi
 # Other families (issue 17): GPT-2-small, Pythia-410m and Llama-1B shapes at their firing rule's density
 # (~50% on random weights), analyze() vs the bare forward. About a minute; `ONLY=families` runs just this.
 timeout 150 python3 benches/bench_families.py --seqs 16 2>&1 | tee "$OUT/families.log"

@@ -27,6 +27,8 @@ def assert_same(a, b):
         assert x.columns == y.columns, name
         differ = [c for c in x.columns if not x.select(c).equals(y.select(c))]
         assert not differ, f"{name} differs in {differ}"
+    # Examples too (top k by value, random sample, max / mean activation in `neurons`): issue 18.
+    assert a.example_table.height and a.example_table.equals(b.example_table)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,7 @@ def test_detail_tokens_counts_dead_over_all_and_the_rest_over_the_first(model_an
                             execution=execution)  # fmt: skip
     first = opt_neurons.analyze(d, tokens[:6], batch_size=2, progress=False, execution="memory")
     assert a.metadata["detail_tokens"] == 6 * 32 and a.metadata["n_tokens"] == 12 * 32
-    activity = ["n_active", "frequency", "frequency_upper", "dead"]
+    activity = ["n_active", "frequency", "frequency_upper", "dead", "max_activation", "mean_activation"]  # every token
     assert a.neurons.select(activity).equals(plain.neurons.select(activity))
     assert not a.neurons.select(activity).equals(first.neurons.select(activity))  # the test can tell them apart
     rest = [c for c in a.neurons.columns if c not in activity]
@@ -295,7 +297,7 @@ def test_interleaved_detail_and_activity_batches_give_the_same_tables(model_and_
     in_order = opt_neurons.analyze(d, tokens, batch_size=1, detail_tokens=5 * 32, progress=False)
     ran = []
     original = BitCapture.set_rows
-    monkeypatch.setattr(BitCapture, "set_rows", lambda self, t, p, n=None: (ran.append(n), original(self, t, p, n)))
+    monkeypatch.setattr(BitCapture, "set_rows", lambda self, t, p, n=None, **kw: (ran.append(n), original(self, t, p, n, **kw)))
     monkeypatch.setattr(BitCapture, "busy", busy_every([False, True, True]))
     mixed = opt_neurons.analyze(d, tokens, batch_size=1, detail_tokens=5 * 32, progress=False)
     assert [n > 0 for n in ran] == [True, False, False] * 3 + [True, False, True]  # 5 detail batches, 7 others

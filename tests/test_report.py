@@ -546,3 +546,40 @@ def test_report_in_browser(browser, runs, tmp_path):
     assert res["errors"] == []
     assert len(res["images"]) == len(report.COMPARE_FILES)
     assert all(i["data"] and i["complete"] and i["w"] > 50 for i in res["images"])
+
+
+def test_neuron_pages_in_browser(browser, runs, tiny_opt, tiny_tokens, tmp_path):
+    """Issue 18: a page per neuron with its example contexts, and an index that filters them (its script
+    runs: the count it writes is there), with no console errors; the report's cards link to the pages."""
+    a = opt_neurons.analyze(tiny_opt, tiny_tokens, batch_size=2, progress=False, examples=4)
+    page = report.write_report(a, tmp_path / "rep", model=None)
+    index = tmp_path / "rep" / "neurons" / "index.html"
+    res = browser.open(index.as_uri())
+    assert res["errors"] == []
+    pages = sorted((tmp_path / "rep" / "neurons").glob("L*_N*.html"))
+    from opt_neurons.report.neuron_pages import select_neurons
+
+    assert len(pages) == select_neurons(a).height > 0
+    assert f"{len(pages)} of {len(pages)} neurons" in res["html"]
+    res = browser.open((tmp_path / "rep" / "neurons" / "L1_N3.html").as_uri())
+    assert res["errors"] == [] and "Top examples by activation" in res["h2"] and "Random examples" in res["h2"]
+    n_examples = a.example_table.filter((pl.col("layer") == 1) & (pl.col("neuron") == 3)).height
+    assert res["html"].count('class="t fire"') == n_examples == 8
+    assert 'href="neurons/index.html"' in page.read_text()
+    # With the model at hand every context token is shaded by its own activation (Neuroscope style); the
+    # firing token's, from that second forward pass, equals the value the run kept.
+    report.write_report(a, tmp_path / "rep2", model=tiny_opt)
+    html = (tmp_path / "rep2" / "neurons" / "L1_N3.html").read_text()
+    assert html.count("background:rgba") > n_examples
+    top = a.example_table.filter((pl.col("layer") == 1) & (pl.col("neuron") == 3) & (pl.col("kind") == "top"))
+    shown = [float(v) for v in re.findall(r'title="position \d+, token \d+, ([-0-9.]+)"', html)]
+    assert shown[: top.height] == pytest.approx([round(v, 3) for v in top["value"].to_list()], abs=1.5e-3)
+    assert browser.open((tmp_path / "rep2" / "neurons" / "L1_N3.html").as_uri())["errors"] == []
+    # Synthetic runs (no examples kept): every detector and positional neuron still gets a page, with a note.
+    syn = runs[1]
+    report.write_report(syn.analysis, tmp_path / "syn", model=None)
+    names = {p.name for p in (tmp_path / "syn" / "neurons").glob("L*_N*.html")}
+    assert {f"L{l}_N{n}.html" for l, n in [*syn.detectors, *syn.positional, syn.trigram]} <= names
+    res = browser.open((tmp_path / "syn" / "neurons" / "index.html").as_uri())
+    assert res["errors"] == [] and "kept no examples" in res["html"]
+    assert 'href="neurons/L' in (tmp_path / "syn" / "report.html").read_text()  # cards link to their pages

@@ -7,6 +7,8 @@ from .architectures import register_architecture
 from .errors import (
     CheckpointError,
     DataError,
+    DataMismatchError,
+    ExamplesStateError,
     IncompatibleStateError,
     ModelError,
     NonFiniteActivationError,
@@ -31,6 +33,8 @@ __all__ = [
     "Analysis",
     "CheckpointError",
     "DataError",
+    "DataMismatchError",
+    "ExamplesStateError",
     "IncompatibleStateError",
     "ModelError",
     "NeuronStats",

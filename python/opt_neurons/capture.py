@@ -76,10 +76,11 @@ class BitCapture:
     the device. `flush` puts everything committed into the statistics.
     """
 
-    def __init__(self, neuron_modules: list[Any], stats: NeuronStats, threshold: float = 0.0) -> None:
+    def __init__(self, neuron_modules: list[Any], stats: NeuronStats, threshold: float = 0.0, examples: Any = None) -> None:
         self.stats = stats
         self.threshold = threshold
         self.rows: tuple[np.ndarray, np.ndarray, int] = (np.empty(0, np.uint32), np.empty(0, np.uint32), 0)  # detail tokens, positions, other rows
+        self.examples = examples  # an ExampleTracker (example_tracker.py), or None
         self.batch: list = []  # (layer, host bits, copy event) of the forward pass running
         self.batch_counts: list = []  # (layer, activation counts on the device) of its other rows
         self.sums: dict[int, torch.Tensor] = {}  # committed activation counts per layer, not yet in stats
@@ -103,13 +104,17 @@ class BitCapture:
         self.worker = threading.Thread(target=self._consume, daemon=True, name="opt-neurons-counter")
         self.worker.start()
 
-    def set_rows(self, token_ids: np.ndarray, positions: np.ndarray, detail_rows: int | None = None) -> None:
+    def set_rows(self, token_ids: np.ndarray, positions: np.ndarray, detail_rows: int | None = None,
+                 first_sequence: int | None = None) -> None:  # fmt: skip
         """Token ids and positions of the rows of the next forward pass (row-major over the batch); the
-        first `detail_rows` (default: all) get every statistic, the rest activation counts only."""
+        first `detail_rows` (default: all) get every statistic, the rest activation counts only.
+        `first_sequence`: the data index of the batch's first sequence (examples need it)."""
         n = len(token_ids) if detail_rows is None else detail_rows
         self.rows = (np.ascontiguousarray(token_ids[:n], np.uint32), np.ascontiguousarray(positions[:n], np.uint32),
                      len(token_ids) - n)  # fmt: skip
         self.batch, self.batch_counts = [], []
+        if self.examples is not None:
+            self.examples.set_rows(self.rows[1], first_sequence)
 
     def _hook(self, layer: int):
         def hook(module: Any, inputs: Any, output: torch.Tensor) -> None:
@@ -121,6 +126,8 @@ class BitCapture:
                 self.batch.append((layer, *self._to_host(pack_bits(x[:n], self.threshold))))
             if n < len(x):
                 self.batch_counts.append((layer, count_active(x[n:], self.threshold)))
+            if self.examples is not None:
+                self.examples.observe(layer, x, n)
 
         return hook
 
@@ -157,10 +164,12 @@ class BitCapture:
         if self.batch:
             if self.block and [b[0] for b in self.batch] != [b[0] for b in self.block[0][0]]:
                 self.send_block()  # a block's batches cover the same layers (one core call counts them)
-            self.block.append((self.batch, *self.rows[:2]))
+            self.block.append((self.batch, *self.rows[:2], self.examples and self.examples.sequences))
             self.block_rows += len(self.rows[0])
             if self.block_rows >= BLOCK_ROWS:
                 self.send_block()
+        if self.examples is not None:
+            self.examples.commit(len(self.rows[0]) + self.rows[2])
         self.batch, self.batch_counts = [], []
         self.finite.commit()
         if done is not None:
@@ -190,17 +199,19 @@ class BitCapture:
                 if self.error is not None:
                     continue
                 parts: dict[int, list] = {layer: [] for layer, _, _ in block[0][0]}
-                for batch, _, _ in block:
+                for batch, *_ in block:
                     for layer, packed, event in batch:
                         if event is not None:
                             event.synchronize()
                         parts[layer].append(packed.numpy().view(np.uint64))
                 t0 = time.perf_counter()
-                tokens, positions = _joined([t for _, t, _ in block]), _joined([p for _, _, p in block])
+                tokens, positions = _joined([b[1] for b in block]), _joined([b[2] for b in block])
                 # Every layer of the block in one call: one parallel pass over every layer's neurons. The
                 # bits stay where they were copied to (joining a block's bits cost a copy of all of them,
                 # which slowed a 1.3b forward on an H200: benches/RESULTS.md section 5a).
                 self.stats.update_layers(parts, tokens, positions)
+                if self.examples is not None:
+                    self.examples.count(parts, _joined([b[3] for b in block]), positions)
                 self.count_seconds += time.perf_counter() - t0
             except BaseException as e:  # surfaced on the main thread
                 self.error = e
@@ -236,6 +247,8 @@ class BitCapture:
         for h in self.handles:
             h.remove()
         self.batch, self.batch_counts = [], []
+        if self.examples is not None:
+            self.examples.drop()
         self.finite.drop()
         if self.error is None:
             self.send_block()

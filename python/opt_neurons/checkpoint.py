@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .data import TokenData
 from .errors import CheckpointError, DataError
@@ -30,9 +31,11 @@ def _paths(out: Path, name: str) -> tuple[Path, Path]:
     return d / "state.bin", d / "progress.json"
 
 
-def save(out: Path, stats: NeuronStats, done: Cursor, fingerprint: dict, name: str = DIR) -> None:
+def save(out: Path, stats: NeuronStats, done: Cursor, fingerprint: dict, name: str = DIR, examples: Any = None) -> None:
     state, progress = _paths(out, name)
     state.parent.mkdir(parents=True, exist_ok=True)
+    if examples is not None:  # before the state, keeping the previous one (example_tracker.load)
+        examples.save(state.parent)
     tmp = state.with_suffix(f".{os.getpid()}.tmp")  # never another process's half-written file
     stats.save(tmp)
     os.replace(tmp, state)
@@ -83,7 +86,7 @@ def set_aside(out: Path, name: str = DIR) -> None:
 
 def clear(out: Path, name: str = DIR) -> None:
     state, progress = _paths(out, name)
-    for f in (state, progress):
+    for f in (state, progress, state.parent / "examples.bin", state.parent / "examples.prev.bin"):
         f.unlink(missing_ok=True)
     if state.parent.exists() and not any(state.parent.iterdir()):
         state.parent.rmdir()

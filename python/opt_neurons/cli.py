@@ -1,4 +1,4 @@
-"""`opt-neurons` command line: analyze, report, compare, demo."""
+"""`opt-neurons` command line: analyze, report, show, compare, demo."""
 
 from __future__ import annotations
 
@@ -90,6 +90,17 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(compare(args.dirs, args.out))
 
 
+def cmd_show(args: argparse.Namespace) -> None:
+    import sys
+
+    from .analysis import load
+    from .show import card_text
+
+    a = load(args.dir)
+    print(card_text(a, args.layer, args.neuron, model=args.model or "auto", data=args.data, context=args.context,
+                    color=sys.stdout.isatty()))  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="opt-neurons", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -108,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir")
     p.add_argument("--out", help="where to write (default: the run's folder)")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("show", help="print one neuron's card and example contexts")
+    p.add_argument("dir", help="a saved run's folder")
+    p.add_argument("layer", type=int)
+    p.add_argument("neuron", type=int)
+    p.add_argument("--data", help="the data the run analysed (default: the bundled corpus or the run's one file)")
+    p.add_argument("--model", help="model for the top promoted / suppressed tokens (default: the run's, if local and small)")
+    p.add_argument("--context", type=int, default=12, help="tokens shown before the firing one (default 12)")
+    p.set_defaults(func=cmd_show)
     p = sub.add_parser("compare", help="overlay several runs on relative depth, with a summary table")
     p.add_argument("dirs", nargs="+")
     p.add_argument("--out", default="runs/compare")

@@ -8,6 +8,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,17 +49,24 @@ def shard(data: TokenData, rank: int, world: int) -> TokenData:
     return TokenData(data.tokens[take], data.lengths[take], data.sources, detail)
 
 
+def first_detail_sequence(data: TokenData, rank: int, world: int) -> int:
+    """The data index of this rank's first detail sequence (`shard`'s slice): example ids are global."""
+    return rank * data.n_detail // world
+
+
 CHUNK_BYTES = 64 << 20  # a saved state travels in pieces of this size
 SPOOL = "opt-neurons-gather"  # folder of the output folder that the states travel through
 
 
-def gather_to_rank0(stats: NeuronStats, rank: int, world: int, spool_dir: str | Path | None = None) -> NeuronStats | None:
+def gather_to_rank0(stats: NeuronStats, rank: int, world: int, spool_dir: str | Path | None = None,
+                    examples: Any = None) -> NeuronStats | None:  # fmt: skip
     """Rank 0 gets every rank's accumulators merged in rank order; other ranks get None.
 
     Each rank's state travels as its saved file, in CHUNK_BYTES pieces, one rank at a time, and rank 0
     merges it from its own copy one layer at a time: a sender holds its state and one piece, rank 0 its
     state and one layer of another's (a big model's state is tens of GB; pickling it would hold two or
     three copies). `spool_dir`: where the files go (the run's output folder; default: the temp folder).
+    `examples` (a `_core.Examples`, or None): merged into rank 0's the same way, after the statistics.
     """
     import torch.distributed as dist
 
@@ -68,10 +76,16 @@ def gather_to_rank0(stats: NeuronStats, rank: int, world: int, spool_dir: str | 
         if rank != 0:
             stats.save(path)
             _send_file(path, 0, device)
+            if examples is not None:
+                examples.save(str(path))
+                _send_file(path, 0, device)
             return None
         for r in range(1, world):
             _recv_file(path, r, device)
             stats.merge_file(path)
+            if examples is not None:
+                _recv_file(path, r, device)
+                examples.merge(type(examples).load(str(path)))
         return stats
     finally:
         path.unlink(missing_ok=True)

@@ -6,10 +6,12 @@ working). The Rust core's error kinds map onto these one to one (rust/python/src
     OptNeuronsError
     ├── ModelError
     ├── DataError                   core Value: a token id, position, layer or neuron out of range; no rows yet
-    │   └── ShapeError              core Shape: arrays of the wrong shape, length or layout
+    │   ├── ShapeError              core Shape: arrays of the wrong shape, length or layout
+    │   └── DataMismatchError       data given to render example contexts is not the run's (hash differs)
     ├── OptionError                 core Config: a threshold, run option or NeuronStats setting out of range
     ├── OutputError
     ├── CheckpointError
+    │   └── ExamplesStateError      a checkpoint's examples state is damaged or does not fit its statistics
     ├── NonFiniteActivationError
     ├── RunFolderError
     ├── StateError                  a NeuronStats state that cannot be used as asked
@@ -79,3 +81,11 @@ class NonFiniteActivationError(OptNeuronsError):
 
 class RunFolderError(OptNeuronsError):
     """A saved run folder is missing files, or they are damaged or of another version."""
+
+
+class ExamplesStateError(CheckpointError):
+    """A checkpoint's examples state is damaged (checksum) or does not fit its statistics."""
+
+
+class DataMismatchError(DataError):
+    """The data given to render example contexts is not the data the run analysed (its hash differs)."""

@@ -130,6 +130,8 @@ class RunOptions:
     checkpoint_every: int = field(default=256, metadata=_rule(1, help="sequences between checkpoints"))
     execution: str = field(default="auto", metadata={"choices": EXECUTIONS, "help": "memory: whole model on the device; offload: accelerate device_map; layer: layer-major (one layer on the device at a time, for models larger than the GPU); auto: by size"})
     block_size: int = field(default=64, metadata=_rule(1, help="sequences per block in layer-major execution"))
+    examples: int = field(default=16, metadata=_rule(0, 4096, help="example positions kept per neuron and kind (top by value, uniform random) over the detail tokens; 0: none"))
+    examples_seed: int = field(default=0, metadata=_rule(0, 2**63 - 1, help="seed of the random examples"))
     offload_folder: Any = field(default=None, metadata={"help": "folder for weights accelerate offloads to disk"})
     text_column: str = field(default="text", metadata={"help": "a dataset's text column"})
     source_column: str | None = field(default=None, metadata={"help": "a dataset's column naming each document's source (dotted for a nested field)"})

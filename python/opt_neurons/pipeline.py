@@ -10,7 +10,18 @@ from typing import Any
 
 import torch
 
-from . import architectures, checkpoint, distributed, executors, fingerprint, host_memory, outdir, schedule
+from . import (
+    architectures,
+    checkpoint,
+    distributed,
+    example_tables,
+    example_tracker,
+    executors,
+    fingerprint,
+    host_memory,  # fmt: skip
+    outdir,
+    schedule,
+)
 from ._core import __version__
 from .analysis import Analysis
 from .architectures import decoder_layers
@@ -19,10 +30,10 @@ from .data import check_data_kind, prepare_data, warn_if_exhausted
 from .errors import OptionError
 from .model import LoadedModel, default_device, load_config, load_for, model_dir, resolve_dtype, resolve_name
 from .params import RunOptions, Thresholds
-from .weights import StreamedLayers
 from .report import write_report
 from .stats import NeuronStats
 from .tables import build_tables
+from .weights import StreamedLayers
 
 
 def bos_id_of(lm: LoadedModel) -> int:
@@ -53,6 +64,8 @@ def analyze(
     text_column: str = RunOptions.text_column,
     source_column: str | None = RunOptions.source_column,
     activation_threshold: float = RunOptions.activation_threshold,
+    examples: int = RunOptions.examples,
+    examples_seed: int = RunOptions.examples_seed,
     **thresholds: Any,
 ) -> Analysis | None:
     """Find dead, n-gram-detecting and positional neurons of a decoder LM (OPT, GPT-2, Pythia, Llama, ...:
@@ -80,6 +93,9 @@ def analyze(
         max_memory / offload_folder), "layer" (layer-major: blocks of `block_size` sequences through
         one layer at a time), or "auto" (chosen from the model size and free GPU memory).
     activation_threshold: a neuron fires on a token when its activation output is > this (METHOD.md).
+    examples: example positions kept per neuron and kind (the top ones by activation value and a
+        uniform random sample, seeded by examples_seed) over the detail tokens; 0 turns them off
+        (and the max / mean activation columns). `Analysis.examples(layer, neuron)` renders them.
     thresholds: any field of `Thresholds` (coverage, max_tokens, mi_threshold, ...).
     Every option and threshold is checked (`params.py`) before anything is loaded.
     Under torchrun with several processes, each counts a shard; rank 0 returns the merged Analysis,
@@ -90,7 +106,8 @@ def analyze(
                          ngram_capacity=ngram_capacity, checkpoint_every=checkpoint_every, execution=execution,
                          block_size=block_size, max_memory=max_memory, offload_folder=offload_folder,
                          text_column=text_column, source_column=source_column,
-                         activation_threshold=activation_threshold)  # fmt: skip
+                         activation_threshold=activation_threshold, examples=examples,
+                         examples_seed=examples_seed)  # fmt: skip
     t = Thresholds.from_overrides(thresholds)
     if report and out is None:
         raise OptionError("report=True writes the report into `out`: pass out= as well")
@@ -145,20 +162,29 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
                                        model_dir(resolve_name(str(model)), o.revision))  # fmt: skip
     run_id = {"model": lm.model_id, "revision": lm.revision, "weights": weights, "data": data_sha256, "T": T,
               "ngram_capacity": o.ngram_capacity, "dtype": dtype_name, "rank": rank, "world": world,
-              "detail_sequences": tokens.detail, "activation_threshold": threshold}  # fmt: skip
+              "detail_sequences": tokens.detail, "activation_threshold": threshold, "examples": o.examples,
+              "examples_seed": o.examples_seed}  # fmt: skip
     resumed = checkpoint.load(out_dir, run_id, mine, ckpt) if out_dir is not None else None
     if out_dir is not None and resumed is None:
         checkpoint.set_aside(out_dir, ckpt)
     stats, start = resumed or (
         NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=o.ngram_capacity), schedule.Cursor()
     )
+    tracker = None
+    if o.examples:
+        state = example_tracker.load(out_dir / ckpt, stats.rows, stats.detail_rows) if resumed and out_dir else None
+        tracker = example_tracker.ExampleTracker(n_layers, n_neurons, o.examples, o.examples_seed, state=state,
+                                                 threshold=threshold,
+                                                 sequence_offset=distributed.first_detail_sequence(tokens, rank, world))  # fmt: skip
     if rank == 0:
         warn_if_exhausted(tokens)
         host_memory.warn_if_short(stats, tokens.n_tokens, host_memory.available_bytes())
     forward_started, forward_cpu_started = time.time(), time.process_time()
     counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=o.batch_size,
                   block_size=o.block_size, out_dir=out_dir, ckpt=ckpt, run_id=run_id,
-                  checkpoint_every=o.checkpoint_every, progress=o.progress and rank == 0, threshold=threshold)  # fmt: skip
+                  checkpoint_every=o.checkpoint_every, progress=o.progress and rank == 0, threshold=threshold,
+                  examples=tracker)  # fmt: skip
+    ex = tracker.sync() if tracker is not None else None
     forward_s, forward_cpu_s = time.time() - forward_started, time.process_time() - forward_cpu_started
     if o.progress and rank == 0 and counting_s > 0.8 * forward_s:
         print(f"opt-neurons: counting took {counting_s:.0f} s of the {forward_s:.0f} s forward phase: the host's "
@@ -166,12 +192,13 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
               + ("" if tokens.detail is not None else " (detail_tokens, the paper's protocol, counts only "
                  "activations past the first tokens, on the device)"))  # fmt: skip
     if world > 1:
-        merged = distributed.gather_to_rank0(stats, rank, world, spool_dir=out_dir)
+        merged = distributed.gather_to_rank0(stats, rank, world, spool_dir=out_dir, examples=ex)
         if merged is None:
             return None
         stats = merged
     materialize = source.on_device if isinstance(source, StreamedLayers) else None
     tables = build_tables(stats, tokenizer=lm.tokenizer, model=lm.model, materialize=materialize, **t.to_dict())
+    tables.neurons = example_tables.with_activation_columns(tables.neurons, ex)
     metadata = {
         "model_id": lm.model_id,
         "revision": lm.revision,
@@ -214,8 +241,12 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "wall_seconds": time.time() - started,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "position_totals": stats.position_totals().tolist(),
+        "examples": {"k": o.examples, "seed": o.examples_seed, "threshold": threshold,
+                     "bytes": ex.memory_bytes() if ex is not None else 0},  # fmt: skip
     }
-    analysis = Analysis(tables.neurons, tables.layers, tables.tokens, tables.positions, metadata)
+    analysis = Analysis(tables.neurons, tables.layers, tables.tokens, tables.positions, metadata,
+                        example_table=example_tables.examples_table(ex))  # fmt: skip
+    analysis.keep_data(tokens, lm.tokenizer)
     if out_dir is not None:
         metadata["out"] = str(out_dir)
         analysis.save(out_dir)
@@ -233,7 +264,7 @@ def execution_choice(requested: str, config: Any, dtype: Any, device: torch.devi
 
 def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str, source: Any, start: schedule.Cursor,
                   batch_size: int, block_size: int, out_dir: Path | None, ckpt: str, run_id: dict,
-                  checkpoint_every: int, progress: bool, threshold: float = 0.0) -> float:  # fmt: skip
+                  checkpoint_every: int, progress: bool, threshold: float = 0.0, examples: Any = None) -> float:  # fmt: skip
     """Run the forward pass from `start` with bit capture, checkpointing as it goes; on any
     interruption, save what is counted up to the last resumable point, then re-raise. Returns the
     seconds the host spent counting."""
@@ -241,7 +272,7 @@ def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str
     seen = [schedule.tokens_done(tokens, start, before)]
     bar = _progress_bar(progress, int(before[-1]), seen[0], lm.model_id)
     saved = [start]
-    capture = BitCapture(architectures.neuron_modules(lm.model), stats, threshold)
+    capture = BitCapture(architectures.neuron_modules(lm.model), stats, threshold, examples)
     capture.done = start
 
     def on_progress(done: schedule.Cursor) -> None:
@@ -250,7 +281,7 @@ def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str
         seen[0] = now
         if out_dir is not None and done.total - saved[0].total >= checkpoint_every:
             capture.flush()
-            checkpoint.save(out_dir, stats, done, run_id, ckpt)
+            checkpoint.save(out_dir, stats, done, run_id, ckpt, examples)
             saved[0] = done
 
     try:
@@ -263,7 +294,7 @@ def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str
         capture.close()  # counts what was handed over; a partial batch never was
         done = capture.done
         if out_dir is not None and capture.error is None and capture.consistent and done.total > saved[0].total:
-            checkpoint.save(out_dir, stats, done, run_id, ckpt)
+            checkpoint.save(out_dir, stats, done, run_id, ckpt, examples)
         raise
     finally:
         capture.close()

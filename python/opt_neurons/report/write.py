@@ -23,6 +23,7 @@ from .figures import (
 )
 from .format import _esc, _save, run_title
 from .headline import _headline_rows, headline
+from .neuron_pages import FOLDER, MAX_PAGES, page_name, select_neurons, write_neuron_pages
 from .page import _df_table, _figure_html, _kv_table, _note, _page
 
 FIGURE_FILES = (
@@ -85,12 +86,15 @@ def _clean(figdir: Path, names: Iterable[str]) -> None:
 
 
 def write_report(analysis: Analysis, out: str | Path, *, cards: Sequence[tuple[int, int]] | None = None,
-                 model: Any = "auto", tokenizer: Any = None) -> Path:  # fmt: skip
+                 model: Any = "auto", tokenizer: Any = None, data: Any = None,
+                 max_neuron_pages: int = MAX_PAGES) -> Path:  # fmt: skip
     """Write `out/figures/*.png` and the self-contained page `out/report.html`; return the page's path.
 
     cards: the (layer, neuron)s to describe (default `default_cards`).
     model: for the cards' top suppressed / promoted tokens: a loaded OPT model, a path / hub id, None,
         or "auto" (the run's model when its weights are on this machine and take at most 2 GiB).
+    data: the run's data, for the neuron pages' example contexts (default: kept by analyze(), or the
+        bundled corpus / the run's one file); max_neuron_pages: at most this many neuron pages (0: none).
     """
     out = Path(out)
     check_writable(out)
@@ -108,10 +112,18 @@ def write_report(analysis: Analysis, out: str | Path, *, cards: Sequence[tuple[i
 
     body.append("<h2>Neuron cards</h2>")
     selected = list(cards) if cards is not None else default_cards(analysis)
+    paged: set = set()
+    if selected or max_neuron_pages:
+        model_obj, tok, note = _resolve_model(analysis, model, tokenizer)
+    if max_neuron_pages:
+        index = write_neuron_pages(analysis, out, model=model_obj, tokenizer=tok, data=data, max_pages=max_neuron_pages)
+        if index is not None:
+            paged = set(select_neurons(analysis, max_neuron_pages).select("layer", "neuron").iter_rows())
+            body.append(f'<p>A page per neuron with its example contexts: <a href="{FOLDER}/index.html">neuron '
+                        f"pages</a> ({len(paged):,}; filter by layer, kind and token).</p>")  # fmt: skip
     if not selected:
         body.append(_note("No token detectors or positional neurons to describe."))
     else:
-        model_obj, tok, note = _resolve_model(analysis, model, tokenizer)
         if note:
             body.append(_note(note))
         html_cards = []
@@ -119,7 +131,10 @@ def write_report(analysis: Analysis, out: str | Path, *, cards: Sequence[tuple[i
             card = neuron_card(analysis, layer, neuron, model_obj, tok)
             fig = fig_card_curve(card)
             img = _save(fig, figdir / f"card_L{layer}_N{neuron}.png") if fig is not None else None
-            html_cards.append(_card_html(card, img))
+            html = _card_html(card, img)
+            if (layer, neuron) in paged:
+                html = html.replace("</h3>", f' <a href="{FOLDER}/{page_name(layer, neuron)}">page</a></h3>', 1)
+            html_cards.append(html)
         body.append('<div class="cards">' + "\n".join(html_cards) + "</div>")
 
     body.append("<h2>Per layer</h2>")

@@ -13,6 +13,7 @@
 pub mod count_table;
 pub mod coverage;
 pub mod error;
+pub mod examples;
 pub mod position_counts;
 pub mod positional_analysis;
 pub mod stats;

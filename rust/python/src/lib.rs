@@ -9,6 +9,8 @@ use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+mod examples;
+
 // The exception classes live in Python (opt_neurons/errors.py), where their hierarchy is documented.
 pyo3::import_exception!(opt_neurons.errors, DataError);
 pyo3::import_exception!(opt_neurons.errors, ShapeError);
@@ -368,6 +370,7 @@ fn default_thresholds(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyNeuronStats>()?;
+    m.add_class::<examples::PyExamples>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_CAPACITY", DEFAULT_CAPACITY)?;
     m.add("DEFAULT_THRESHOLDS", default_thresholds(m.py())?)?;
