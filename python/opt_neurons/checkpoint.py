@@ -7,7 +7,6 @@ run's model and data by a fingerprint; files are replaced atomically (write, the
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from .data import TokenData
 from .errors import CheckpointError, DataError
+from .outdir import write_atomically
 from .schedule import Cursor, cursor_of
 from .stats import NeuronStats
 
@@ -36,14 +36,11 @@ def save(out: Path, stats: NeuronStats, done: Cursor, fingerprint: dict, name: s
     state.parent.mkdir(parents=True, exist_ok=True)
     if examples is not None:  # before the state, keeping the previous one (example_tracker.load)
         examples.save(state.parent)
-    tmp = state.with_suffix(f".{os.getpid()}.tmp")  # never another process's half-written file
-    stats.save(tmp)
-    os.replace(tmp, state)
-    tmp = progress.with_suffix(f".{os.getpid()}.tmp")
+    write_atomically(state, stats.save)
     # For people reading the folder: resume goes by the state's own rows (see load).
-    tmp.write_text(json.dumps({"sequences_done": done.total, "detail_sequences_done": done.detail,
-                               "other_sequences_done": done.other, "fingerprint": fingerprint}, sort_keys=True))  # fmt: skip
-    os.replace(tmp, progress)
+    progress_json = json.dumps({"sequences_done": done.total, "detail_sequences_done": done.detail,
+                                "other_sequences_done": done.other, "fingerprint": fingerprint}, sort_keys=True)  # fmt: skip
+    write_atomically(progress, lambda tmp: tmp.write_text(progress_json))
 
 
 def load(out: Path, fingerprint: dict, data: TokenData, name: str = DIR) -> tuple[NeuronStats, Cursor] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import OutputError
@@ -24,6 +25,14 @@ def check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise OutputError(f"cannot write to the output folder {out} ({e.strerror or e}): pass a writable folder") from None
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` to a temp file of this process's own, then rename it over `path`: a reader (a resumed run)
+    sees the old file or the new one, never half of one, and two processes never share a temp file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 class RunLock:
