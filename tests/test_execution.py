@@ -235,7 +235,17 @@ print("RESULT", a is not None)
 """
 
 
-def torchrun(n: int, model: Path, tokens: Path, out: Path, port: int) -> list[str]:
+def free_port() -> int:
+    """A port no one listens on now: fixed ports collide when two test runs share a machine."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(n: int, model: Path, tokens: Path, out: Path) -> list[str]:
+    port = free_port()
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}", f"--master-port={port}",
                         "--no-python", sys.executable, "-c", DIST, str(model), str(tokens), str(out)],
                        capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -251,8 +261,8 @@ def test_two_processes_equal_one(model_and_tokens, tmp_path):
     stale = tmp_path / "two" / "opt-neurons-gather" / "rank1.state"  # as a crashed run would leave it
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"x" * 10_000)
-    assert torchrun(2, d, tmp_path / "t.npy", tmp_path / "two", 29533) == ["RESULT False", "RESULT True"]
-    assert torchrun(1, d, tmp_path / "t.npy", tmp_path / "one", 29534) == ["RESULT True"]
+    assert torchrun(2, d, tmp_path / "t.npy", tmp_path / "two") == ["RESULT False", "RESULT True"]
+    assert torchrun(1, d, tmp_path / "t.npy", tmp_path / "one") == ["RESULT True"]
     merged, single = opt_neurons.load(tmp_path / "two"), opt_neurons.load(tmp_path / "one")
     assert merged.metadata["world_size"] == 2 and single.metadata["world_size"] == 1
     assert merged.metadata["detail_tokens"] == 5 * 32 and merged.metadata["n_tokens"] == tokens.size
