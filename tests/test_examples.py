@@ -291,3 +291,37 @@ def test_a_run_killed_between_the_examples_and_the_state_resumes_exactly(planted
     resumed = opt_neurons.analyze(planted.model_dir, planted.tokens, out=out, **kw)
     assert resumed.metadata["resumed_sequences"] == 2 * BATCH
     assert resumed.example_table.equals(run.example_table) and resumed.neurons.equals(run.neurons)
+
+
+def test_the_counting_thread_and_the_forward_share_the_tracker_safely():
+    """The counting thread's sample update runs with the GIL released while the forward pass fetches a
+    layer's device state: both at once must wait for each other, not fail (CI once raised
+    "Already mutably borrowed" here)."""
+    import threading
+
+    n_layers, n_neurons = 4, 4096
+    tracker = ExampleTracker(n_layers, n_neurons, 16, 0)
+    rng = np.random.default_rng(0)
+    rows = 4096
+    bits = {layer: [pack(rng.random((rows, n_neurons)) < 0.3)] for layer in range(n_layers)}
+    sequences = np.repeat(np.arange(rows // 512, dtype=np.uint32), 512)
+    positions = np.tile(np.arange(512, dtype=np.uint32), rows // 512)
+    errors: list[BaseException] = []
+
+    def count() -> None:
+        try:
+            for _ in range(20):
+                tracker.count(bits, sequences, positions)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    thread = threading.Thread(target=count)
+    thread.start()
+    fetched = 0
+    while thread.is_alive():
+        tracker.device.clear()
+        tracker._state(fetched % n_layers, torch.device("cpu"))
+        fetched += 1
+    thread.join()
+    assert not errors, errors
+    assert fetched > 1 and tracker.core.sampled_rows == 20 * rows

@@ -11,6 +11,7 @@ nothing; the device state is copied to the host only at checkpoints and at the e
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ class ExampleTracker:
     def __init__(self, n_layers: int, n_neurons: int, k: int, seed: int, *, threshold: float = 0.0,
                  sequence_offset: int = 0, state: Any = None) -> None:  # fmt: skip
         self.core = state if state is not None else _core.Examples(n_layers, n_neurons, k, seed)
+        # The counting thread's update holds the core mutably with the GIL released; any other use of the
+        # core meanwhile would fail ("Already mutably borrowed"), so every use takes this lock, whose wait
+        # releases the GIL.
+        self.lock = threading.Lock()
         self.n_layers, self.n_neurons, self.k = n_layers, n_neurons, k
         self.threshold = float(threshold)  # fires: value > threshold (METHOD.md)
         self.sequence_offset = sequence_offset  # this shard's first detail sequence in the whole data
@@ -68,7 +73,8 @@ class ExampleTracker:
 
     def _state(self, layer: int, device: torch.device) -> list[torch.Tensor]:
         if layer not in self.device:
-            v, i, s, m = self.core.device_state(layer)
+            with self.lock:
+                v, i, s, m = self.core.device_state(layer)
             shape = (self.k, self.n_neurons)
             dtype64 = torch.float64 if device.type != "mps" else torch.float32
             self.device[layer] = [torch.from_numpy(v.reshape(shape)).to(device),
@@ -93,22 +99,25 @@ class ExampleTracker:
 
     def count(self, bits_by_layer: dict[int, list[np.ndarray]], sequences: np.ndarray, positions: np.ndarray) -> None:
         """The random sample: the same detail bits the statistics count (counting thread)."""
-        self.core.update_layers(list(bits_by_layer), list(bits_by_layer.values()), sequences, positions)
+        with self.lock:
+            self.core.update_layers(list(bits_by_layer), list(bits_by_layer.values()), sequences, positions)
 
     def sync(self) -> Any:
         """Copy the device state into the host state (at checkpoints and at the end); returns it."""
-        for layer, (v, i, s, m) in self.device.items():
-            self.core.set_device_state(layer, np.ascontiguousarray(v.cpu().numpy()),
-                                       np.ascontiguousarray(i.cpu().numpy().view(np.uint64)),
-                                       s.double().cpu().numpy(), m.cpu().numpy())  # fmt: skip
-        self.core.set_summed_rows(self.rows)
+        with self.lock:
+            for layer, (v, i, s, m) in self.device.items():
+                self.core.set_device_state(layer, np.ascontiguousarray(v.cpu().numpy()),
+                                           np.ascontiguousarray(i.cpu().numpy().view(np.uint64)),
+                                           s.double().cpu().numpy(), m.cpu().numpy())  # fmt: skip
+            self.core.set_summed_rows(self.rows)
         return self.core
 
     def save(self, folder: Path) -> None:
         """Write the state beside the checkpoint's state.bin (before it: see `load`), atomically."""
         self.sync()
         tmp = folder / f"{FILE}.{os.getpid()}.tmp"
-        self.core.save(os.fspath(tmp))
+        with self.lock:
+            self.core.save(os.fspath(tmp))
         if (folder / FILE).exists():
             os.replace(folder / FILE, folder / PREVIOUS)
         os.replace(tmp, folder / FILE)
