@@ -63,8 +63,12 @@ def neuron_bytes(d_tokens: Any, d_bigrams: Any, d_trigrams: Any, capacity: int) 
     def table(slots: np.ndarray, slot_bytes: int) -> np.ndarray:
         return np.where(slots > 0, (slot_bytes + 1) * slots + GROUP, 0)
 
-    return (ACC_BYTES + table(table_slots(cap(d_tokens)), 8) + table(table_slots(cap(d_bigrams)), 12)
-            + table(table_slots(cap(d_trigrams)), 12))
+    return (
+        ACC_BYTES
+        + table(table_slots(cap(d_tokens)), 8)
+        + table(table_slots(cap(d_bigrams)), 12)
+        + table(table_slots(cap(d_trigrams)), 12)
+    )
 
 
 def hashmap_buckets(n_items: int) -> int:
@@ -125,7 +129,9 @@ def command() -> str:
 
 def git_commit() -> str | None:
     try:
-        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=False)
+        r = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=False
+        )
     except OSError:
         return None
     return r.stdout.strip() or None

@@ -46,10 +46,23 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (BOS, CHUNK, PTR_BYTES, T, VOCAB, chunk_bytes, hashmap_accounted_bytes,  # noqa: E402
-                     hashmap_heap_bytes, neuron_bytes, pack_rows, record, rss_bytes, zipf_tokens)
-
 import opt_neurons  # noqa: E402
+
+from _common import (  # noqa: E402
+    BOS,
+    CHUNK,
+    PTR_BYTES,
+    VOCAB,
+    T,
+    chunk_bytes,
+    hashmap_accounted_bytes,
+    hashmap_heap_bytes,
+    neuron_bytes,
+    pack_rows,
+    record,
+    rss_bytes,
+    zipf_tokens,
+)
 
 LAYERS, NEURONS, TOKENS = 64, 36_864, 20_000_000
 TARGET_BYTES = 64e9
@@ -174,8 +187,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=65_536, help="rows of the direct simulation (multiple of 2048)")
     ap.add_argument("--sample", type=int, default=1024, help="neurons directly simulated per sampled layer")
-    ap.add_argument("--layers", default="0,3,16,31,spread",
-                    help="layers of the direct simulation; 'spread': neurons with A log-uniform from 1 to --rows")
+    ap.add_argument(
+        "--layers",
+        default="0,3,16,31,spread",
+        help="layers of the direct simulation; 'spread': neurons with A log-uniform from 1 to --rows",
+    )
     ap.add_argument("--ngram-capacity", type=int, default=opt_neurons._core.DEFAULT_CAPACITY)
     ap.add_argument("--examples", type=int, default=16, help="examples per neuron and kind (0: none)")
     args = ap.parse_args()
@@ -245,28 +261,49 @@ def main() -> None:
         for c in checks)  # fmt: skip
     record(
         "66b_memory",
-        ["layer", "dead", "mean live freq", "live neurons", "KiB / live neuron (summaries)", "position chunks",
-         "GiB (layer)"],
+        [
+            "layer",
+            "dead",
+            "mean live freq",
+            "live neurons",
+            "KiB / live neuron (summaries)",
+            "position chunks",
+            "GiB (layer)",
+        ],
         rows_out,
-        notes=(f"OPT-66b, 20 M tokens, ngram_capacity {cap}: accumulators {total / 2**30:.1f} GiB "
-               f"({total / 1e9:.1f} GB) for all 64 layers (worst case: neurons fire independently of the token); "
-               f"target <= 64 GB {verdict}. Of which: {n_live:,} live neurons' summaries "
-               f"{summaries / 2**30:.1f} GiB ({summaries / max(n_live, 1):,.0f} bytes per live neuron, full: "
-               f"{full:,.0f}), position counts {positions / 2**30:.1f} GiB ({n_chunks:,} chunks of "
-               f"{chunk_bytes(T) / 2**20:g} MiB, {2 * T:,} bytes per neuron), neuron pointers "
-               f"{pointers / 2**30:.2f} GiB, data tables {data_tables / 2**30:.2f} GiB (bound; memory_bytes() "
-               f"would report {data_accounted / 2**30:.2f}), examples (k = {args.examples}) {examples / 2**30:.2f} GiB "
-               f"({examples_layer / NEURONS:,.0f} bytes per neuron, twice: rank 0 merging another rank's). "
-               f"Per live neuron all in: "
-               f"{(summaries + positions + pointers) / max(n_live, 1):,.0f} bytes.\n"
-               f"Layout formula vs core, bytes per neuron by distinct tokens fired on (KiB): {grid_note}"
-               f"{' (all exact)' if exact else ''}.\n"
-               f"Model vs direct simulation ({args.rows:,} rows): {check_note}. "
-               f"RSS now {rss_bytes() / 2**30:.2f} GiB; {time.time() - t_start:.0f} s."),
-        extra={"total_bytes": total, "summaries_bytes": summaries, "positions_bytes": positions,
-               "pointer_bytes": pointers, "data_bytes": data_tables, "examples_bytes": examples, "examples_k": args.examples, "live_neurons": n_live, "chunks": n_chunks,
-               "full_neuron_bytes": full, "formula_checks": formula_checks, "checks": checks,
-               "a_grid": a_grid.tolist(), "a_bytes": a_bytes.tolist()},  # fmt: skip
+        notes=(
+            f"OPT-66b, 20 M tokens, ngram_capacity {cap}: accumulators {total / 2**30:.1f} GiB "
+            f"({total / 1e9:.1f} GB) for all 64 layers (worst case: neurons fire independently of the token); "
+            f"target <= 64 GB {verdict}. Of which: {n_live:,} live neurons' summaries "
+            f"{summaries / 2**30:.1f} GiB ({summaries / max(n_live, 1):,.0f} bytes per live neuron, full: "
+            f"{full:,.0f}), position counts {positions / 2**30:.1f} GiB ({n_chunks:,} chunks of "
+            f"{chunk_bytes(T) / 2**20:g} MiB, {2 * T:,} bytes per neuron), neuron pointers "
+            f"{pointers / 2**30:.2f} GiB, data tables {data_tables / 2**30:.2f} GiB (bound; memory_bytes() "
+            f"would report {data_accounted / 2**30:.2f}), examples (k = {args.examples}) {examples / 2**30:.2f} GiB "
+            f"({examples_layer / NEURONS:,.0f} bytes per neuron, twice: rank 0 merging another rank's). "
+            f"Per live neuron all in: "
+            f"{(summaries + positions + pointers) / max(n_live, 1):,.0f} bytes.\n"
+            f"Layout formula vs core, bytes per neuron by distinct tokens fired on (KiB): {grid_note}"
+            f"{' (all exact)' if exact else ''}.\n"
+            f"Model vs direct simulation ({args.rows:,} rows): {check_note}. "
+            f"RSS now {rss_bytes() / 2**30:.2f} GiB; {time.time() - t_start:.0f} s."
+        ),
+        extra={
+            "total_bytes": total,
+            "summaries_bytes": summaries,
+            "positions_bytes": positions,
+            "pointer_bytes": pointers,
+            "data_bytes": data_tables,
+            "examples_bytes": examples,
+            "examples_k": args.examples,
+            "live_neurons": n_live,
+            "chunks": n_chunks,
+            "full_neuron_bytes": full,
+            "formula_checks": formula_checks,
+            "checks": checks,
+            "a_grid": a_grid.tolist(),
+            "a_bytes": a_bytes.tolist(),
+        },  # fmt: skip
     )
 
 

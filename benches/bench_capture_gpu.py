@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import calibrate_density, random_opt, zipf_tokens  # noqa: E402
+import opt_neurons.capture as capture  # noqa: E402
 from bench_gpu import SHAPES, NullStats, bare, capture_only  # noqa: E402
 
-import opt_neurons.capture as capture  # noqa: E402
+from _common import calibrate_density, random_opt, zipf_tokens  # noqa: E402
 
 
 def copy_rate(n_bytes: int, pinned: bool, reps: int = 5) -> float:

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BOS, T, VOCAB, Timer, machine, record, uniform_bits, zipf_tokens  # noqa: E402
-
 import opt_neurons  # noqa: E402
+
+from _common import BOS, VOCAB, T, Timer, machine, record, uniform_bits, zipf_tokens  # noqa: E402
 
 N = 3072
 
@@ -131,8 +131,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--densities", default="0.005,0.05,0.5")
     ap.add_argument("--rows", type=int, default=4096, help="rows per update (multiple of 2048)")
-    ap.add_argument("--blocks", type=int, default=32,
-                    help="blocks per density, the first quarter untimed (a quarter as many at 50%%)")
+    ap.add_argument(
+        "--blocks",
+        type=int,
+        default=32,
+        help="blocks per density, the first quarter untimed (a quarter as many at 50%%)",
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()

@@ -31,26 +31,68 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import machine, record  # noqa: E402
-
 import opt_neurons  # noqa: E402
 from opt_neurons import architectures  # noqa: E402
 
+from _common import machine, record  # noqa: E402
+
 SHAPES = {
-    "gpt2-small": ("GPT2Config", dict(n_layer=12, n_embd=768, n_inner=3072, n_head=12, n_positions=1024,
-                                      vocab_size=50257)),  # fmt: skip
-    "pythia-410m": ("GPTNeoXConfig", dict(num_hidden_layers=24, hidden_size=1024, intermediate_size=4096,
-                                          num_attention_heads=16, max_position_embeddings=2048, vocab_size=50304)),  # fmt: skip
-    "llama-1b": ("LlamaConfig", dict(num_hidden_layers=16, hidden_size=2048, intermediate_size=8192,
-                                     num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
-                                     vocab_size=128256, tie_word_embeddings=True)),  # fmt: skip
+    "gpt2-small": (
+        "GPT2Config",
+        dict(n_layer=12, n_embd=768, n_inner=3072, n_head=12, n_positions=1024, vocab_size=50257),
+    ),  # fmt: skip
+    "pythia-410m": (
+        "GPTNeoXConfig",
+        dict(
+            num_hidden_layers=24,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_attention_heads=16,
+            max_position_embeddings=2048,
+            vocab_size=50304,
+        ),
+    ),  # fmt: skip
+    "llama-1b": (
+        "LlamaConfig",
+        dict(
+            num_hidden_layers=16,
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            max_position_embeddings=131072,
+            vocab_size=128256,
+            tie_word_embeddings=True,
+        ),
+    ),  # fmt: skip
 }
 SMOKE = {
-    "gpt2-smoke": ("GPT2Config", dict(n_layer=2, n_embd=64, n_inner=256, n_head=4, n_positions=128, vocab_size=1000,
-                                      bos_token_id=1, eos_token_id=2)),
-    "llama-smoke": ("LlamaConfig", dict(num_hidden_layers=2, hidden_size=64, intermediate_size=256,
-                                        num_attention_heads=4, max_position_embeddings=128, vocab_size=1000,
-                                        bos_token_id=1, eos_token_id=2)),  # fmt: skip
+    "gpt2-smoke": (
+        "GPT2Config",
+        dict(
+            n_layer=2,
+            n_embd=64,
+            n_inner=256,
+            n_head=4,
+            n_positions=128,
+            vocab_size=1000,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+    ),
+    "llama-smoke": (
+        "LlamaConfig",
+        dict(
+            num_hidden_layers=2,
+            hidden_size=64,
+            intermediate_size=256,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+            vocab_size=1000,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+    ),  # fmt: skip
 }
 
 

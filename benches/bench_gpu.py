@@ -47,21 +47,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import calibrate_density, density_targets, machine, random_opt, record, zipf_tokens  # noqa: E402
-
 import opt_neurons  # noqa: E402
 from opt_neurons.capture import BitCapture  # noqa: E402
 
+from _common import calibrate_density, density_targets, machine, random_opt, record, zipf_tokens  # noqa: E402
+
 SHAPES = {
     "125m": dict(num_hidden_layers=12, hidden_size=768, ffn_dim=3072, num_attention_heads=12, word_embed_proj_dim=768),
-    "1.3b": dict(num_hidden_layers=24, hidden_size=2048, ffn_dim=8192, num_attention_heads=32, word_embed_proj_dim=2048),
-    "6.7b": dict(num_hidden_layers=32, hidden_size=4096, ffn_dim=16384, num_attention_heads=32, word_embed_proj_dim=4096),
+    "1.3b": dict(
+        num_hidden_layers=24, hidden_size=2048, ffn_dim=8192, num_attention_heads=32, word_embed_proj_dim=2048
+    ),
+    "6.7b": dict(
+        num_hidden_layers=32, hidden_size=4096, ffn_dim=16384, num_attention_heads=32, word_embed_proj_dim=4096
+    ),
 }
 SMOKE = {
-    "smoke-a": dict(num_hidden_layers=2, hidden_size=64, ffn_dim=256, num_attention_heads=4, word_embed_proj_dim=64,
-                    max_position_embeddings=128),
-    "smoke-b": dict(num_hidden_layers=3, hidden_size=96, ffn_dim=384, num_attention_heads=4, word_embed_proj_dim=96,
-                    max_position_embeddings=128),
+    "smoke-a": dict(
+        num_hidden_layers=2,
+        hidden_size=64,
+        ffn_dim=256,
+        num_attention_heads=4,
+        word_embed_proj_dim=64,
+        max_position_embeddings=128,
+    ),
+    "smoke-b": dict(
+        num_hidden_layers=3,
+        hidden_size=96,
+        ffn_dim=384,
+        num_attention_heads=4,
+        word_embed_proj_dim=96,
+        max_position_embeddings=128,
+    ),
 }
 
 
@@ -163,7 +179,12 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, help="default: float16 on a GPU, float32 on the CPU")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, runs anywhere in seconds")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--examples", type=int, default=None, help="examples= of every analyze() call (default: the package's, 16; 0: off)")
+    ap.add_argument(
+        "--examples",
+        type=int,
+        default=None,
+        help="examples= of every analyze() call (default: the package's, 16; 0: off)",
+    )
     ap.add_argument("--host-threads", type=int, default=None, help="threads of the host's counting (RAYON_NUM_THREADS)")
     ap.add_argument("--torch-threads", type=int, default=None, help="torch's CPU threads (a CPU forward's share)")
     a = ap.parse_args()

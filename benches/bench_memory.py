@@ -39,10 +39,24 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (BOS, CHUNK, PTR_BYTES, T, VOCAB, chunk_bytes, hashmap_accounted_bytes, machine,  # noqa: E402
-                     neuron_bytes, pack_rows, peak_rss_bytes, record, rss_bytes, zipf_tokens)
-
 import opt_neurons  # noqa: E402
+
+from _common import (  # noqa: E402
+    BOS,
+    CHUNK,
+    PTR_BYTES,
+    VOCAB,
+    T,
+    chunk_bytes,
+    hashmap_accounted_bytes,
+    machine,
+    neuron_bytes,
+    pack_rows,
+    peak_rss_bytes,
+    record,
+    rss_bytes,
+    zipf_tokens,
+)
 
 LAYERS, N = 12, 3072
 DEAD = [0.02, 0.15, 0.30, 0.41, 0.30, 0.20, 0.10, 0.05, 0.02, 0.01, 0.01, 0.01]

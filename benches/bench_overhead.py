@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import Timer, calibrate_density, density_targets, machine, random_opt, record, zipf_tokens  # noqa: E402
-
 import opt_neurons  # noqa: E402
 from opt_neurons.executors import ending_at  # noqa: E402
+
+from _common import Timer, calibrate_density, density_targets, machine, random_opt, record, zipf_tokens  # noqa: E402
 
 
 def bare_forward(model, tokens: np.ndarray, batch_size: int, to_last_fc1: bool = False) -> None:
@@ -50,7 +50,7 @@ def bare_forward(model, tokens: np.ndarray, batch_size: int, to_last_fc1: bool =
     decoder = model.model.decoder
     with torch.inference_mode(), ending_at(decoder.layers[-1].fc1, enabled=to_last_fc1) as run:
         for b in range(0, len(tokens), batch_size):
-            run(lambda: decoder(input_ids=torch.from_numpy(tokens[b : b + batch_size]), use_cache=False))
+            run(lambda b=b: decoder(input_ids=torch.from_numpy(tokens[b : b + batch_size]), use_cache=False))
 
 
 def main() -> None:
@@ -61,7 +61,9 @@ def main() -> None:
     ap.add_argument("--density", default="0.05", help="target fraction of fc1 outputs > 0; 'paper': per layer, "
                     "shaped like trained OPT's (_common.paper_densities); 'none': as initialised")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--examples", type=int, default=16, help="examples= of analyze() (0: off; issue 18's on / off pair)")
+    ap.add_argument(
+        "--examples", type=int, default=16, help="examples= of analyze() (0: off; issue 18's on / off pair)"
+    )
     a = ap.parse_args()
     info = machine()
     model = random_opt(seed=a.seed)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _common import BOS, T, VOCAB, Timer, machine, peak_rss_bytes, record, rss_bytes  # noqa: E402
+from _common import BOS, VOCAB, T, Timer, machine, peak_rss_bytes, record, rss_bytes  # noqa: E402
 
 
 class FloatHookCounts:

@@ -81,8 +81,10 @@ def write_jsonl_gz(path: Path, docs: list[dict]) -> None:
             gz.write(line.encode("utf-8") + b"\n")
     path.write_bytes(buf.getvalue())
     raw = sum(len(d["text"].encode("utf-8")) for d in docs)
-    print(f"{path.name}: {len(docs)} docs, {raw} raw text bytes, {len(buf.getvalue())} bytes gz, "
-          f"sha256 {hashlib.sha256(buf.getvalue()).hexdigest()}")
+    print(
+        f"{path.name}: {len(docs)} docs, {raw} raw text bytes, {len(buf.getvalue())} bytes gz, "
+        f"sha256 {hashlib.sha256(buf.getvalue()).hexdigest()}"
+    )
 
 
 # ---------------------------------------------------------------- prose (Brown)
@@ -146,8 +148,18 @@ def build_prose() -> list[dict]:
 
 # ---------------------------------------------------------------- code (stdlib)
 
-_CODE_SKIP_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__", "encodings",
-                   "pydoc_data", "lib-dynload", "ensurepip", "turtledemo"}
+_CODE_SKIP_DIRS = {
+    "site-packages",
+    "test",
+    "tests",
+    "idle_test",
+    "__pycache__",
+    "encodings",
+    "pydoc_data",
+    "lib-dynload",
+    "ensurepip",
+    "turtledemo",
+}
 
 
 def pick_subset(cands: list[tuple[str, str]], budget: int) -> list[dict]:
@@ -190,7 +202,7 @@ def build_code() -> list[dict]:
 # modules crash), and Entity hashes by creation order (the generator iterates a
 # set of Entity objects, whose default id-based hashes made the order of
 # "Let ... " clauses differ run to run).
-_MATH_RUNNER = r'''
+_MATH_RUNNER = r"""
 import importlib, itertools, random, runpy, sys, textwrap
 import numpy as np
 _compat = importlib.import_module("sympy.core.compatibility")
@@ -212,7 +224,7 @@ class _NoWrap(textwrap.TextWrapper):
 textwrap.TextWrapper = _NoWrap
 sys.argv = ["mathematics_dataset.generate"] + sys.argv[1:]
 runpy.run_module("mathematics_dataset.generate", run_name="__main__", alter_sys=True)
-'''
+"""
 
 _HEADER = re.compile(r"^\x1b\[1m(.+?)\x1b\[0m$")
 _QA = re.compile(r"^ (.*?)\s*\x1b\[92m(.*)\x1b\[0m$")
@@ -234,9 +246,12 @@ def build_math(venv: Path) -> list[dict]:
     try:
         env = dict(os.environ, PYTHONHASHSEED="0")
         out = subprocess.run(
-            [str(py), runner, f"--per_train_module={MATH_PER_TRAIN}",
-             f"--per_test_module={MATH_PER_TEST}"],
-            check=True, capture_output=True, text=True, env=env).stdout
+            [str(py), runner, f"--per_train_module={MATH_PER_TRAIN}", f"--per_test_module={MATH_PER_TEST}"],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        ).stdout
     finally:
         os.unlink(runner)
     groups: dict[str, list[tuple[str, str]]] = {}
@@ -252,7 +267,7 @@ def build_math(venv: Path) -> list[dict]:
     docs = []
     for module, pairs in groups.items():
         for i in range(0, len(pairs), MATH_PAIRS_PER_DOC):
-            chunk = pairs[i:i + MATH_PAIRS_PER_DOC]
+            chunk = pairs[i : i + MATH_PAIRS_PER_DOC]
             text = "\n\n".join(f"Question: {q}\nAnswer: {a}" for q, a in chunk)
             docs.append({"text": text, "source": f"dm_math/{module}/{i // MATH_PAIRS_PER_DOC}"})
     return docs
@@ -260,13 +275,15 @@ def build_math(venv: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- docs
 
+
 def build_docs(deb: Path | None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         if deb is None:
             subprocess.run(["apt-get", "download", DOCS_PKG], cwd=tmp, check=True)
             deb = Path(sorted(glob.glob(os.path.join(tmp, f"{DOCS_PKG}_*.deb")))[0])
-        version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], check=True,
-                                 capture_output=True, text=True).stdout.strip()
+        version = subprocess.run(
+            ["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True, text=True
+        ).stdout.strip()
         print(f"docs: {deb.name} version {version}")
         root = Path(tmp) / "x"
         subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
@@ -282,12 +299,17 @@ def build_docs(deb: Path | None) -> list[dict]:
 
 # ---------------------------------------------------------------- main
 
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="prose,code,math,docs", help="comma-separated sources to build")
     ap.add_argument("--docs-deb", type=Path, help="use this python3.11-doc .deb instead of apt-get download")
-    ap.add_argument("--math-venv", type=Path, default=Path("/tmp/mathvenv"),
-                    help="throwaway venv for mathematics_dataset (created if missing)")
+    ap.add_argument(
+        "--math-venv",
+        type=Path,
+        default=Path("/tmp/mathvenv"),
+        help="throwaway venv for mathematics_dataset (created if missing)",
+    )
     args = ap.parse_args()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     builders = {

@@ -36,6 +36,7 @@ def _kind(p: inspect.Parameter) -> str:
 def _params(obj: object, drop_first: bool) -> list[Param]:
     sig = inspect.signature(obj)  # type: ignore[arg-type]
     ps = list(sig.parameters.values())[1 if drop_first else 0 :]
+
     def default(p: inspect.Parameter) -> str:
         if p.default is inspect.Parameter.empty:
             return REQUIRED
@@ -139,7 +140,10 @@ def stub_members(text: str) -> dict[str, Member]:
 def problems(module: ModuleType, stub_text: str) -> list[str]:
     """Every difference between the module and the stub, one line each (empty: they match)."""
     have, declared = runtime_members(module), stub_members(stub_text)
-    out = [f"{k}: exposed by the extension ({have[k][0]}) but missing from the stub" for k in sorted(have.keys() - declared.keys())]
+    out = [
+        f"{k}: exposed by the extension ({have[k][0]}) but missing from the stub"
+        for k in sorted(have.keys() - declared.keys())
+    ]
     out += [f"{k}: in the stub but not exposed by the extension" for k in sorted(declared.keys() - have.keys())]
     for k in sorted(have.keys() & declared.keys()):
         (kind, params), (stub_kind, stub_params) = have[k], declared[k]

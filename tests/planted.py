@@ -69,9 +69,19 @@ LN_EPS = 1e-5
 
 # planted tokens (GPT-2 ids, each a single BPE token with a leading space)
 SPECIAL_WORDS = {
-    "cat": 3797, "dog": 3290, "river": 7850, "piano": 19132,
-    "red": 2266, "green": 4077, "blue": 4171, "mouse": 10211, "bird": 6512,
-    "New": 968, "York": 1971, "City": 2254, "violin": 38283,
+    "cat": 3797,
+    "dog": 3290,
+    "river": 7850,
+    "piano": 19132,
+    "red": 2266,
+    "green": 4077,
+    "blue": 4171,
+    "mouse": 10211,
+    "bird": 6512,
+    "New": 968,
+    "York": 1971,
+    "City": 2254,
+    "violin": 38283,
 }
 
 # residual-stream layout (all features are (+f, -f) pairs; pair k occupies dims 2k, 2k+1)
@@ -220,8 +230,15 @@ def method_positional(active: np.ndarray, mode: str = "truncate") -> dict:
     else:
         kind = "other"
         strong = False
-    return dict(mi=mi, positional=mi > 0.05, kind=kind, strong=strong,
-                intervals=[(int(a), int(b)) for a, b in merged], lo=lo, hi=hi)
+    return dict(
+        mi=mi,
+        positional=mi > 0.05,
+        kind=kind,
+        strong=strong,
+        intervals=[(int(a), int(b)) for a, b in merged],
+        lo=lo,
+        hi=hi,
+    )
 
 
 _GRAM_CACHE: dict = {}
@@ -280,21 +297,32 @@ class _Layout:
         self.d = d
         self.n_freq = max(1, int(math.ceil(math.log2(seq_len))) - 1 + 1)  # m = 0..M, 2^(M+1) >= T
         k = 0
-        self.special = list(range(k, k + N_SPECIAL_PAIRS)); k += N_SPECIAL_PAIRS
-        self.bits = {b: k + i for i, b in enumerate(BIT_NAMES)}; k += len(BIT_NAMES)
-        self.generic = list(range(k, k + N_GENERIC)); k += N_GENERIC
+        self.special = list(range(k, k + N_SPECIAL_PAIRS))
+        k += N_SPECIAL_PAIRS
+        self.bits = {b: k + i for i, b in enumerate(BIT_NAMES)}
+        k += len(BIT_NAMES)
+        self.generic = list(range(k, k + N_GENERIC))
+        k += N_GENERIC
         self.token_pairs_end = k
         # sinusoids: m=0 has only cos (sin(pi p) == 0)
-        self.sin_cos = [(0, "cos", k)]; k += 1
+        self.sin_cos = [(0, "cos", k)]
+        k += 1
         for m in range(1, self.n_freq):
-            self.sin_cos.append((m, "cos", k)); k += 1
-            self.sin_cos.append((m, "sin", k)); k += 1
-        self.const = k; k += 1
-        self.ind = {name: k + i for i, name in enumerate(("start", "end", "mid", "osc"))}; k += 4
+            self.sin_cos.append((m, "cos", k))
+            k += 1
+            self.sin_cos.append((m, "sin", k))
+            k += 1
+        self.const = k
+        k += 1
+        self.ind = {name: k + i for i, name in enumerate(("start", "end", "mid", "osc"))}
+        k += 4
         self.pos_pairs = (self.token_pairs_end, k)
-        self.prev_b = k; k += 1
-        self.prev2_a = k; k += 1
-        self.prev_generic = list(range(k, k + N_PREV_GENERIC)); k += N_PREV_GENERIC
+        self.prev_b = k
+        k += 1
+        self.prev2_a = k
+        k += 1
+        self.prev_generic = list(range(k, k + N_PREV_GENERIC))
+        k += N_PREV_GENERIC
         self.n_pairs = k
         if 2 * k > d:
             raise ValueError(f"d_model={d} too small for seq_len={seq_len}: need >= {2 * k}")
@@ -332,8 +360,14 @@ def _neuron_plan(n_layers: int, f: int) -> dict:
     plan: dict = {}
     l0 = {
         "dead": [0, 13, f - 1] + ([63, 64] if f > 66 else []),
-        "det": {5: ["cat"], 17: ["dog"], 21: ["river"], f - 2: ["piano"],
-                25: ["red", "green", "blue"], 29: ["cat", "mouse", "bird"]},
+        "det": {
+            5: ["cat"],
+            17: ["dog"],
+            21: ["river"],
+            f - 2: ["piano"],
+            25: ["red", "green", "blue"],
+            29: ["cat", "mouse", "bird"],
+        },
         "promote": {17},  # fc2 column promotes (does not suppress) its trigger
         "trigram": {7: ("New", "York", "City")},
         "bos_only": [3],
@@ -341,12 +375,16 @@ def _neuron_plan(n_layers: int, f: int) -> dict:
     }
     plan[0] = l0
     if n_layers > 1:
-        plan[1] = {"dead": [1, 2, f - 1] + ([64] if f > 66 else []),
-                   "det": {9: ["violin"], 12: ["piano"]}, "promote": set(), "trigram": {},
-                   "bos_only": [], "pos": {}}
+        plan[1] = {
+            "dead": [1, 2, f - 1] + ([64] if f > 66 else []),
+            "det": {9: ["violin"], 12: ["piano"]},
+            "promote": set(),
+            "trigram": {},
+            "bos_only": [],
+            "pos": {},
+        }
     for layer in range(2, n_layers):
-        plan[layer] = {"dead": [0, f - 1], "det": {}, "promote": set(), "trigram": {},
-                       "bos_only": [], "pos": {}}
+        plan[layer] = {"dead": [0, f - 1], "det": {}, "promote": set(), "trigram": {}, "bos_only": [], "pos": {}}
     return plan
 
 
@@ -363,7 +401,8 @@ def _make_tokens(rng, n_seq: int, seq_len: int, special: dict) -> tuple[np.ndarr
     sizes = {0: 50, 1: 30, 2: 190, 3: 50}
     pools, k = {}, 0
     for g in range(4):
-        pools[g] = np.sort(pool_ids[k:k + sizes[g]]); k += sizes[g]
+        pools[g] = np.sort(pool_ids[k : k + sizes[g]])
+        k += sizes[g]
     weights = {}
     for g, ids in pools.items():
         wz = 1.0 / (np.arange(len(ids)) + 1.0) ** 0.8
@@ -375,7 +414,7 @@ def _make_tokens(rng, n_seq: int, seq_len: int, special: dict) -> tuple[np.ndarr
         perm = rng.permutation(n_seq)
         o = 0
         for g in range(4):
-            groups[perm[o:o + n_counts[g]], p] = g
+            groups[perm[o : o + n_counts[g]], p] = g
             o += n_counts[g]
     tokens = np.empty((n_seq, t), np.int64)
     tokens[:, 0] = BOS_ID
@@ -423,8 +462,18 @@ def _make_tokens(rng, n_seq: int, seq_len: int, special: dict) -> tuple[np.ndarr
     place([(0, None), (1, c)], cnt(20))  # c alone
     place([(0, None), (1, b)], cnt(8))
     place([(0, None), (1, a)], cnt(8))
-    for word, n in (("cat", 60), ("dog", 25), ("river", 8), ("piano", 30), ("red", 20),
-                    ("green", 15), ("blue", 10), ("mouse", 12), ("bird", 9), ("violin", 20)):
+    for word, n in (
+        ("cat", 60),
+        ("dog", 25),
+        ("river", 8),
+        ("piano", 30),
+        ("red", 20),
+        ("green", 15),
+        ("blue", 10),
+        ("mouse", 12),
+        ("bird", 9),
+        ("violin", 20),
+    ):
         place([(0, special[word])], cnt(n))
     return tokens, {g: sorted(int(i) for i in pools[g]) for g in pools}, groups
 
@@ -449,8 +498,9 @@ def _layer_norm(x: np.ndarray) -> np.ndarray:
     return (x - mu) / np.sqrt(var + LN_EPS)
 
 
-def _choose_ordinary(rng, x: np.ndarray, tokens: np.ndarray, dims: np.ndarray, dim_scale: np.ndarray,
-                     d: int, n_seq: int, t: int):
+def _choose_ordinary(
+    rng, x: np.ndarray, tokens: np.ndarray, dims: np.ndarray, dim_scale: np.ndarray, d: int, n_seq: int, t: int
+):
     """Random fc1 row over `dims` plus a bias giving a moderate, context-dependent firing rate."""
     reasons: dict = {}
     for _ in range(200):
@@ -492,9 +542,19 @@ def _commit_hash(args: dict) -> str:
     return hashlib.sha1(json.dumps(args, sort_keys=True).encode()).hexdigest()
 
 
-def build_planted_opt(root: Path, *, seq_len: int = 256, n_layers: int = 2, ffn_dim: int = 200,
-                      vocab_size: int = 50272, seed: int = 0, name: str = "planted/opt-tiny",
-                      n_seq: int = 32, d_model: int = 128, validate: bool = True) -> Planted:
+def build_planted_opt(
+    root: Path,
+    *,
+    seq_len: int = 256,
+    n_layers: int = 2,
+    ffn_dim: int = 200,
+    vocab_size: int = 50272,
+    seed: int = 0,
+    name: str = "planted/opt-tiny",
+    n_seq: int = 32,
+    d_model: int = 128,
+    validate: bool = True,
+) -> Planted:
     """Build, save and describe a planted OPT model (see the module docstring).
 
     ``Planted.positional[(l, n)]`` = dict(kind, strong, intervals, mi, pure, rule) where ``kind`` /
@@ -542,7 +602,7 @@ def build_planted_opt(root: Path, *, seq_len: int = 256, n_layers: int = 2, ffn_
     p = np.arange(t)
     pos = np.zeros((t, d))
     for m, kind, k in lay.sin_cos:
-        th = math.pi / 2.0 ** m
+        th = math.pi / 2.0**m
         _pair(pos, k, POS_A * (np.cos(th * p) if kind == "cos" else np.sin(th * p)))
     _pair(pos, lay.const, K_CONST)
     for nm, k in lay.ind.items():
@@ -558,7 +618,11 @@ def build_planted_opt(root: Path, *, seq_len: int = 256, n_layers: int = 2, ffn_
     zeros_dd = lambda: np.zeros((d, d))  # noqa: E731
     for layer in range(L):
         sd[f"l{layer}.q.w"], sd[f"l{layer}.k.w"], sd[f"l{layer}.v.w"], sd[f"l{layer}.o.w"] = (
-            zeros_dd(), zeros_dd(), zeros_dd(), zeros_dd())
+            zeros_dd(),
+            zeros_dd(),
+            zeros_dd(),
+            zeros_dd(),
+        )
         for nm in "qkvo":
             sd[f"l{layer}.{nm}.b"] = np.zeros(d)
     qw, kw, vw, ow = sd["l0.q.w"], sd["l0.k.w"], sd["l0.v.w"], sd["l0.o.w"]
@@ -571,7 +635,7 @@ def build_planted_opt(root: Path, *, seq_len: int = 256, n_layers: int = 2, ffn_
         for m, kind, k in lay.sin_cos:
             freqs.setdefault(m, {})[kind] = k
         for m, ks in sorted(freqs.items()):
-            th = math.pi / 2.0 ** m
+            th = math.pi / 2.0**m
             ct, st = math.cos(th * target), math.sin(th * target)
             rc = _reader(d, ks["cos"], 1.0 / (c0 * POS_A))
             if "sin" in ks:
@@ -607,11 +671,24 @@ def build_planted_opt(root: Path, *, seq_len: int = 256, n_layers: int = 2, ffn_
     fc2_b = [np.zeros(d) for _ in range(L)]
     noise_dims = lay.pair_dims(list(lay.bits.values()) + lay.generic)
     const_r = _reader(d, lay.const, 1.0 / K_CONST)  # reads 1
-    planted = Planted(root=root, model_dir=root / "local", hub_id=name, hub_cache=root / "hub",
-                      revision="", seq_len=t, n_layers=L, ffn_dim=f, d_model=d, n_heads=N_HEADS,
-                      vocab_size=vocab_size, bos_id=BOS_ID, tokenizer_prepends_bos=False,
-                      tokens=tokens, special_tokens={" " + w: i for w, i in special.items()},
-                      group_tokens=group_tokens)
+    planted = Planted(
+        root=root,
+        model_dir=root / "local",
+        hub_id=name,
+        hub_cache=root / "hub",
+        revision="",
+        seq_len=t,
+        n_layers=L,
+        ffn_dim=f,
+        d_model=d,
+        n_heads=N_HEADS,
+        vocab_size=vocab_size,
+        bos_id=BOS_ID,
+        tokenizer_prepends_bos=False,
+        tokens=tokens,
+        special_tokens={" " + w: i for w, i in special.items()},
+        group_tokens=group_tokens,
+    )
     bit_r = {nm: _reader(d, lay.bits[nm], 1.0 / V) for nm in BIT_NAMES}  # reads +-1
     ind_r = {nm: _reader(d, k, 1.0 / MI_IND) for nm, k in lay.ind.items()}  # reads +-1
 
@@ -640,8 +717,12 @@ def build_planted_opt(root: Path, *, seq_len: int = 256, n_layers: int = 2, ffn_
             planted.suppresses[(layer, n)] = sign < 0
         for n, (wa, wb, wc) in pl["trigram"].items():
             a, b, c = special[wa], special[wb], special[wc]
-            row = (_reader(d, sp_pair[c], 1.0 / S) + _reader(d, lay.prev_b, 1.0 / B_IND)
-                   + _reader(d, lay.prev2_a, 1.0 / B_IND) - 2.5 * const_r)
+            row = (
+                _reader(d, sp_pair[c], 1.0 / S)
+                + _reader(d, lay.prev_b, 1.0 / B_IND)
+                + _reader(d, lay.prev2_a, 1.0 / B_IND)
+                - 2.5 * const_r
+            )
             W[n] = 2.0 * row
             planted.trigram_detectors[(layer, n)] = (a, b, c)
             W2[:, n] = 0.0
@@ -657,25 +738,39 @@ def build_planted_opt(root: Path, *, seq_len: int = 256, n_layers: int = 2, ffn_
                 rule = dict(intervals=list(ivs[kind]), tokens_inside=None, tokens_outside=[])
             elif kind == "one_sided":  # start interval, or a group-0 token anywhere
                 W[n] = 2.0 * (ind_r["start"] + bit_r["A"] + const_r)
-                rule = dict(intervals=list(ivs["start"]), tokens_inside=None,
-                            tokens_outside=list(group_tokens[0]))
+                rule = dict(intervals=list(ivs["start"]), tokens_inside=None, tokens_outside=list(group_tokens[0]))
             elif kind == "other":  # inside mid: I-bit tokens; outside: O-bit tokens
                 W[n] = 2.0 * (ind_r["mid"] + bit_r["I"] + 2.0 * bit_r["O"] + const_r)
-                in_set = sorted(group_tokens[0] + group_tokens[1] + group_tokens[2]
-                                + list(special.values()))
-                rule = dict(intervals=list(ivs["mid"]), tokens_inside=in_set,
-                            tokens_outside=sorted(group_tokens[0] + group_tokens[1]))
+                in_set = sorted(group_tokens[0] + group_tokens[1] + group_tokens[2] + list(special.values()))
+                rule = dict(
+                    intervals=list(ivs["mid"]),
+                    tokens_inside=in_set,
+                    tokens_outside=sorted(group_tokens[0] + group_tokens[1]),
+                )
             else:
                 raise AssertionError(kind)
             planted.positional[(layer, n)] = dict(pure=kind in ivs, design=kind, rule=rule)
 
     # ---- assemble the HF model
-    cfg = OPTConfig(vocab_size=vocab_size, hidden_size=d, num_hidden_layers=L, ffn_dim=f,
-                    num_attention_heads=N_HEADS, max_position_embeddings=t,
-                    word_embed_proj_dim=d, do_layer_norm_before=True, activation_function="relu",
-                    dropout=0.0, attention_dropout=0.0, layerdrop=0.0, enable_bias=True,
-                    pad_token_id=BOS_ID, bos_token_id=BOS_ID, eos_token_id=BOS_ID,
-                    tie_word_embeddings=True)
+    cfg = OPTConfig(
+        vocab_size=vocab_size,
+        hidden_size=d,
+        num_hidden_layers=L,
+        ffn_dim=f,
+        num_attention_heads=N_HEADS,
+        max_position_embeddings=t,
+        word_embed_proj_dim=d,
+        do_layer_norm_before=True,
+        activation_function="relu",
+        dropout=0.0,
+        attention_dropout=0.0,
+        layerdrop=0.0,
+        enable_bias=True,
+        pad_token_id=BOS_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=BOS_ID,
+        tie_word_embeddings=True,
+    )
     cfg.architectures = ["OPTForCausalLM"]
     torch.manual_seed(seed)
     model = OPTForCausalLM(cfg).eval()
@@ -703,8 +798,14 @@ def build_planted_opt(root: Path, *, seq_len: int = 256, n_layers: int = 2, ffn_
         setp(lyr.fc2.bias, fc2_b[layer])
 
     # ---- ordinary neurons, layer by layer (their fc1 input depends on earlier layers)
-    planted_idx = {layer: set(plan[layer]["dead"]) | set(plan[layer]["det"]) | set(plan[layer]["trigram"])
-                   | set(plan[layer]["bos_only"]) | set(plan[layer]["pos"]) for layer in range(L)}
+    planted_idx = {
+        layer: set(plan[layer]["dead"])
+        | set(plan[layer]["det"])
+        | set(plan[layer]["trigram"])
+        | set(plan[layer]["bos_only"])
+        | set(plan[layer]["pos"])
+        for layer in range(L)
+    }
     gen_dims = lay.pair_dims(lay.generic)
     prev_dims = lay.pair_dims(lay.prev_generic)
     dims = np.concatenate([gen_dims, prev_dims])
@@ -733,8 +834,19 @@ def build_planted_opt(root: Path, *, seq_len: int = 256, n_layers: int = 2, ffn_
         shutil.rmtree(local)
     model.save_pretrained(str(local))
     tok.save_pretrained(str(local))
-    commit = _commit_hash(dict(seq_len=t, n_layers=L, ffn_dim=f, vocab_size=vocab_size, seed=seed,
-                               name=name, n_seq=n_seq, d_model=d, v="planted-1"))
+    commit = _commit_hash(
+        dict(
+            seq_len=t,
+            n_layers=L,
+            ffn_dim=f,
+            vocab_size=vocab_size,
+            seed=seed,
+            name=name,
+            n_seq=n_seq,
+            d_model=d,
+            v="planted-1",
+        )
+    )
     planted.revision = commit
     repo_dir = root / "hub" / ("models--" + name.replace("/", "--"))
     snap = repo_dir / "snapshots" / commit
@@ -759,8 +871,12 @@ def build_planted_opt(root: Path, *, seq_len: int = 256, n_layers: int = 2, ffn_
     for key, m in exp.items():
         r = method_positional(m)
         planted.method_expect[key] = dict(
-            n_active=int(m.sum()), token_detector=method_token_detector(m, tokens, 1),
-            trigram_detector=method_token_detector(m, tokens, 3), mi=r["mi"], positional=r["positional"])
+            n_active=int(m.sum()),
+            token_detector=method_token_detector(m, tokens, 1),
+            trigram_detector=method_token_detector(m, tokens, 3),
+            mi=r["mi"],
+            positional=r["positional"],
+        )
     if validate:
         act = float_reference(planted, tokens)
         for (layer, n), m in exp.items():
@@ -775,11 +891,13 @@ def _fc1_inputs(model, ids, layer: int) -> np.ndarray:
 
     captured = []
     lyr = model.model.decoder.layers[layer]
-    h = lyr.fc1.register_forward_pre_hook(lambda mod, args: captured.append(args[0].detach().reshape(-1, args[0].shape[-1])))
+    h = lyr.fc1.register_forward_pre_hook(
+        lambda mod, args: captured.append(args[0].detach().reshape(-1, args[0].shape[-1]))
+    )
     try:
         with torch.no_grad():
             for i in range(0, ids.shape[0], 16):
-                model.model.decoder(input_ids=ids[i:i + 16])
+                model.model.decoder(input_ids=ids[i : i + 16])
     finally:
         h.remove()
     return torch.cat(captured).double().numpy()
@@ -810,14 +928,16 @@ def fc1_active(model, tokens: np.ndarray, batch: int = 16) -> np.ndarray:
     cur = {}
     hooks = []
     for layer, lyr in enumerate(dec.layers):
+
         def hook(mod, args, output, layer=layer):
             b = cur["n"]
-            out[layer, cur["i"]:cur["i"] + b] = (output.detach() > 0).reshape(b, t, f).cpu().numpy()
+            out[layer, cur["i"] : cur["i"] + b] = (output.detach() > 0).reshape(b, t, f).cpu().numpy()
+
         hooks.append(lyr.fc1.register_forward_hook(hook))
     try:
         with torch.no_grad():
             for i in range(0, n, batch):
-                ids = torch.as_tensor(tokens[i:i + batch], dtype=torch.long)
+                ids = torch.as_tensor(tokens[i : i + batch], dtype=torch.long)
                 cur["i"], cur["n"] = i, ids.shape[0]
                 dec(input_ids=ids, attention_mask=torch.ones_like(ids))
     finally:

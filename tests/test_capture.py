@@ -57,10 +57,11 @@ def test_analyze_on_cuda_equals_cpu(tmp_path, detail_sequences) -> None:
     stream into pinned memory) counts what the CPU path counts: same planted model in float32, same
     tokens, same tables."""
     import polars as pl
-    from planted import build_planted_opt
     from transformers import OPTForCausalLM
 
     import opt_neurons
+
+    from planted import build_planted_opt
 
     p = build_planted_opt(tmp_path)
     model = OPTForCausalLM.from_pretrained(p.model_dir, dtype=torch.float32).eval()

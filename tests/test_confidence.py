@@ -53,4 +53,7 @@ def test_column_and_headline(tiny_opt, tiny_tokens):
     assert (n["frequency_upper"] >= n["frequency"]).all()
     dead_bound = 1 - 0.05 ** (1 / total)
     row = dict(_headline_rows(headline(a), a.metadata))["Dead neurons"]
-    assert f"a dead neuron fires on under {dead_bound:.2g} of tokens (one-sided 95% Clopper-Pearson bound over {total:,}" in row
+    assert (
+        f"a dead neuron fires on under {dead_bound:.2g} of tokens (one-sided 95% Clopper-Pearson bound over {total:,}"
+        in row
+    )

@@ -28,7 +28,9 @@ def test_stub_check_finds_what_the_stub_lacks_or_gets_wrong():
     assert check_stub.problems(_core, no_merge_file) == [
         "NeuronStats.merge_file: exposed by the extension (method) but missing from the stub"
     ]
-    renamed = stub.replace("def position_counts(self, layer: int, neuron: int)", "def position_counts(self, layer: int, n: int)")
+    renamed = stub.replace(
+        "def position_counts(self, layer: int, neuron: int)", "def position_counts(self, layer: int, n: int)"
+    )
     assert [p.split(":")[0] for p in check_stub.problems(_core, renamed)] == ["NeuronStats.position_counts"]
     extra = stub + "\ndef gone() -> None: ...\n"
     assert check_stub.problems(_core, extra) == ["gone: in the stub but not exposed by the extension"]

@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from opt_neurons import NeuronStats
 from opt_neurons.confidence import frequency_upper
 from opt_neurons.tables import build_tables
+
 from reference import Reference, pack
 
 EXACT = 1 << 22  # an n-gram capacity no test reaches: n-gram counts are exact
@@ -106,7 +108,11 @@ def feed(stats: NeuronStats, s: Stream, rng, *, layer_major: bool | None = None)
 
 def _kinds_etc(row: dict):
     ivs = row["active_intervals"]
-    return row["positional_kind"], row["positional_strong"], None if ivs is None else [(d["start"], d["end"]) for d in ivs]
+    return (
+        row["positional_kind"],
+        row["positional_strong"],
+        None if ivs is None else [(d["start"], d["end"]) for d in ivs],
+    )
 
 
 def check_tokens_and_ngrams(row: dict, ref: Reference, l: int, n: int, capacity: int, seen: dict) -> None:
@@ -259,7 +265,9 @@ def test_activity_rows_count_only_towards_frequency(n_neurons, split, seed):
     got = build_tables(stats).neurons
     np.testing.assert_array_equal(got["n_active"].to_numpy(), ref.n_active.reshape(-1))
     np.testing.assert_array_equal(got["frequency"].to_numpy(), ref.frequency.reshape(-1))
-    np.testing.assert_array_equal(got["frequency_upper"].to_numpy(), frequency_upper(ref.n_active.reshape(-1), ref.rows))
+    np.testing.assert_array_equal(
+        got["frequency_upper"].to_numpy(), frequency_upper(ref.n_active.reshape(-1), ref.rows)
+    )
     if split:
         only_head = head.new_stats()
         feed(only_head, head, rng)
@@ -636,7 +644,9 @@ def test_positional_on_random_ragged_data(T, n_seqs, gap, seed):
     s = Stream(toks, pos, bounds, acts, 50, T, 2)
     if gap:
         starts = np.concatenate([[0], np.cumsum(keep)])
-        s = Stream(toks[keep], pos[keep], [(int(starts[a]), int(starts[b])) for a, b in bounds], acts[:, keep], 50, T, 2)
+        s = Stream(
+            toks[keep], pos[keep], [(int(starts[a]), int(starts[b])) for a, b in bounds], acts[:, keep], 50, T, 2
+        )
     stats = s.new_stats()
     feed(stats, s, rng)
     seen = check_against_reference(stats, s.reference())
@@ -742,7 +752,9 @@ def test_errors_name_the_problem():
         s.update(0, bits[:, :1], t, p)
     with pytest.raises(ValueError, match=r"3 words per row but 65 neurons need 2"):
         s.update(0, np.zeros((4, 3), np.uint64), t, p)
-    with pytest.raises(ValueError, match=r"bitmask rows \(4\), token_ids \(3\) and positions \(4\) must have the same length"):
+    with pytest.raises(
+        ValueError, match=r"bitmask rows \(4\), token_ids \(3\) and positions \(4\) must have the same length"
+    ):
         s.update(0, bits, t[:3], p)
     with pytest.raises(ValueError, match=r"token_ids \(4\) and positions \(3\)"):
         s.update(0, bits, t, p[:3])

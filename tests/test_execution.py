@@ -106,7 +106,9 @@ def test_layer_major_from_host_memory_is_identical(model_and_tokens, plain):
     assert_same(a, plain)
 
 
-@pytest.mark.parametrize("execution", ["memory", "layer", "memory with accelerate hooks", "layer with accelerate hooks"])
+@pytest.mark.parametrize(
+    "execution", ["memory", "layer", "memory with accelerate hooks", "layer with accelerate hooks"]
+)
 def test_forward_passes_end_at_the_last_fc1(model_and_tokens, plain, execution):
     """Nothing after the last layer's fc1 feeds a statistic: its fc2 and the final LayerNorm never run,
     and the tables are those of whole forward passes. Not under accelerate's hooks (offload), whose
@@ -307,7 +309,9 @@ def test_interleaved_detail_and_activity_batches_give_the_same_tables(model_and_
     in_order = opt_neurons.analyze(d, tokens, batch_size=1, detail_tokens=5 * 32, progress=False)
     ran = []
     original = BitCapture.set_rows
-    monkeypatch.setattr(BitCapture, "set_rows", lambda self, t, p, n=None, **kw: (ran.append(n), original(self, t, p, n, **kw)))
+    monkeypatch.setattr(
+        BitCapture, "set_rows", lambda self, t, p, n=None, **kw: (ran.append(n), original(self, t, p, n, **kw))
+    )
     monkeypatch.setattr(BitCapture, "busy", busy_every([False, True, True]))
     mixed = opt_neurons.analyze(d, tokens, batch_size=1, detail_tokens=5 * 32, progress=False)
     assert [n > 0 for n in ran] == [True, False, False] * 3 + [True, False, True]  # 5 detail batches, 7 others

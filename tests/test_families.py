@@ -14,9 +14,9 @@ import torch
 
 import opt_neurons
 from opt_neurons import ModelError, architectures
+from test_execution import assert_same
 
 import planted_families as P
-from test_execution import assert_same
 
 NAMES = [f.name for f in P.FAMILIES]
 
@@ -231,8 +231,9 @@ def test_default_sequence_length_is_capped_at_2048(hub, tmp_path):
 
 def test_gpt2_text_starts_and_separates_with_end_of_text(hub, tmp_path):
     """Text is packed with the family's start token: GPT-2's <|endoftext|>, as it was trained."""
-    from conftest import gpt2_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from conftest import gpt2_tokenizer
 
     tok = gpt2_tokenizer()
     GPT2LMHeadModel(GPT2Config(n_embd=16, n_inner=32, n_layer=1, n_head=2, n_positions=32, vocab_size=len(tok),

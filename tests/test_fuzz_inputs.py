@@ -96,10 +96,14 @@ def test_fuzz_analyze_options(model, kwargs):
 # ------------------------------------------------------------------------------------------ data
 
 arrays = st.builds(
-    lambda shape, dtype, lo, span, seed: np.random.default_rng(seed).integers(lo, lo + span + 1, size=shape).astype(dtype),
+    lambda shape, dtype, lo, span, seed: (
+        np.random.default_rng(seed).integers(lo, lo + span + 1, size=shape).astype(dtype)
+    ),
     shape=st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple),
     dtype=st.sampled_from([np.int64, np.int32, np.uint16, np.float32, np.bool_]),
-    lo=st.integers(-5, 60000), span=st.integers(0, 60000), seed=st.integers(0, 9),
+    lo=st.integers(-5, 60000),
+    span=st.integers(0, 60000),
+    seed=st.integers(0, 9),
 )
 texts = st.lists(st.one_of(st.text(max_size=30), st.none(), st.integers(), st.binary(max_size=4)), max_size=4)
 data_values = st.one_of(

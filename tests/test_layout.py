@@ -93,5 +93,7 @@ def test_no_module_imports_the_package_root():
 
 def test_modules_are_small():
     big = [(p.relative_to(ROOT), n) for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 420]
-    big += [(p.relative_to(ROOT), n) for p in (ROOT / "rust").rglob("*.rs") if (n := len(p.read_text().splitlines())) > 520]
+    big += [
+        (p.relative_to(ROOT), n) for p in (ROOT / "rust").rglob("*.rs") if (n := len(p.read_text().splitlines())) > 520
+    ]
     assert big == []

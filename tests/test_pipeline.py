@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import opt_neurons
-from opt_neurons.tables import build_tables
 from opt_neurons import DataError, ModelError, NeuronStats
 from opt_neurons.report import run_time
+from opt_neurons.tables import build_tables
 
 from conftest import save_tiny_opt
 

@@ -50,7 +50,9 @@ def test_resolved_by_hub_id(run, planted):
 def test_dead_set_exact(run, planted):
     found = {(r["layer"], r["neuron"]) for r in run.neurons.filter(pl.col("dead")).iter_rows(named=True)}
     assert found == planted.dead
-    assert run.layers["n_dead"].to_list() == [sum(1 for l, _ in planted.dead if l == i) for i in range(planted.n_layers)]
+    assert run.layers["n_dead"].to_list() == [
+        sum(1 for l, _ in planted.dead if l == i) for i in range(planted.n_layers)
+    ]
 
 
 def test_counts_equal_float_hooks(run, planted):
@@ -79,7 +81,11 @@ def test_coverage_counts_exact(run, planted):
     for key, mask in exp.items():
         r = row(run, key)
         for k in (1, 2, 3):
-            grams = [tuple(toks[s, p - k + 1 : p + 1]) for s, p in zip(*np.nonzero(mask)) if p >= k - 1 and toks[s, p] != planted.bos_id]
+            grams = [
+                tuple(toks[s, p - k + 1 : p + 1])
+                for s, p in zip(*np.nonzero(mask))
+                if p >= k - 1 and toks[s, p] != planted.bos_id
+            ]
             counts = sorted(__import__("collections").Counter(grams).values(), reverse=True)
             need, cum, cover = 0.95 * len(grams), 0, 0
             for c in counts:
@@ -117,7 +123,9 @@ def test_suppression_flags(run, planted):
         assert 0.0 <= r["suppression_baseline"] <= 1.0
     layers = run.layers.filter(pl.col("n_token_detectors") > 0)
     for l, frac in zip(layers["layer"], layers["suppressing_fraction"]):
-        mine = [v for (layer, n), v in planted.suppresses.items() if layer == l and (layer, n) in planted.token_detectors]
+        mine = [
+            v for (layer, n), v in planted.suppresses.items() if layer == l and (layer, n) in planted.token_detectors
+        ]
         assert frac == pytest.approx(sum(mine) / len(mine))
 
 
@@ -130,14 +138,17 @@ def test_positional_neurons_kinds_and_intervals(run, planted):
         assert [(i["start"], i["end"]) for i in r["active_intervals"]] == [tuple(i) for i in info["intervals"]], key
         assert r["mi_position"] == pytest.approx(info["mi"], rel=1e-9)
         if info["pure"]:
-            assert [(i["start"], i["end"]) for i in r["active_intervals"]] == [tuple(i) for i in info["rule"]["intervals"]]
+            assert [(i["start"], i["end"]) for i in r["active_intervals"]] == [
+                tuple(i) for i in info["rule"]["intervals"]
+            ]
     for key in planted.token_detectors:
         assert not row(run, key)["positional"], key
     curves = run.positions
     assert {(a, b) for a, b in curves.select("layer", "neuron").iter_rows()} == {
-        (r["layer"], r["neuron"]) for r in run.neurons.filter(pl.col("positional")).iter_rows(named=True)}
+        (r["layer"], r["neuron"]) for r in run.neurons.filter(pl.col("positional")).iter_rows(named=True)
+    }
     exp = planted.expected()
-    for key, info in planted.positional.items():
+    for key in planted.positional:
         fr = curves.filter((pl.col("layer") == key[0]) & (pl.col("neuron") == key[1]))["fr"][0].to_numpy()
         np.testing.assert_allclose(fr, exp[key].mean(axis=0))
 
@@ -148,7 +159,9 @@ def test_layer_coverage_and_tokens_table(run, planted):
         per_layer[l] |= set(ids)
     L = run.layers
     assert L["n_tokens_covered"].to_list() == [len(s) for s in per_layer]
-    assert L["n_new_tokens_vs_previous"].to_list() == [len(per_layer[0])] + [len(per_layer[i] - per_layer[i - 1]) for i in range(1, planted.n_layers)]
+    assert L["n_new_tokens_vs_previous"].to_list() == [len(per_layer[0])] + [
+        len(per_layer[i] - per_layer[i - 1]) for i in range(1, planted.n_layers)
+    ]
     seen, new = set(), []
     for s in per_layer:
         new.append(len(s - seen))

@@ -64,12 +64,18 @@ def hub_run(planted, tmp_path_factory):
     d = tmp_path_factory.mktemp("hubrun")
     np.save(d / "tokens.npy", planted.tokens)
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(planted.hub_cache), TRANSFORMERS_OFFLINE="1",
-               HF_HOME=str(d / "hf_home"))
+    env.update(
+        HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(planted.hub_cache), TRANSFORMERS_OFFLINE="1", HF_HOME=str(d / "hf_home")
+    )
     env.pop("HF_HUB_ENABLE_HF_TRANSFER", None)
-    res = subprocess.run([sys.executable, "-c", HUB_SCRIPT, planted.hub_id, str(d / "tokens.npy"),
-                          str(d / "act.npy")], env=env, capture_output=True, text=True, timeout=300,
-                         cwd=str(d))
+    res = subprocess.run(
+        [sys.executable, "-c", HUB_SCRIPT, planted.hub_id, str(d / "tokens.npy"), str(d / "act.npy")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(d),
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     info = json.loads(res.stdout.strip().splitlines()[-1])
     return info, np.load(d / "act.npy")
@@ -107,10 +113,8 @@ def test_hub_load_offline(planted, hub_run):
 def test_in_process_cache_dir(planted):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    m = AutoModelForCausalLM.from_pretrained(planted.hub_id, cache_dir=planted.hub_cache,
-                                             local_files_only=True)
-    tok = AutoTokenizer.from_pretrained(planted.hub_id, cache_dir=planted.hub_cache,
-                                        local_files_only=True)
+    m = AutoModelForCausalLM.from_pretrained(planted.hub_id, cache_dir=planted.hub_cache, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(planted.hub_id, cache_dir=planted.hub_cache, local_files_only=True)
     assert m.config.ffn_dim == planted.ffn_dim and tok.bos_token_id == planted.bos_id
     tok2 = AutoTokenizer.from_pretrained(str(planted.model_dir))
     assert tok2("hello")["input_ids"][0] == planted.bos_id
@@ -162,8 +166,9 @@ def test_trigram_detector(planted, act):
         c_occ = tok == c
         assert (c_occ & ~got).sum() >= 0.3 * c_occ.sum()
         near = np.zeros(tok.shape, bool)  # (x, b, c) with x != a, and (a, x, c) with x != b
-        near[:, 2:] = (tok[:, 2:] == c) & (((tok[:, 1:-1] == b) & (tok[:, :-2] != a))
-                                           | ((tok[:, 1:-1] != b) & (tok[:, :-2] == a)))
+        near[:, 2:] = (tok[:, 2:] == c) & (
+            ((tok[:, 1:-1] == b) & (tok[:, :-2] != a)) | ((tok[:, 1:-1] != b) & (tok[:, :-2] == a))
+        )
         assert near.sum() >= 10 and not got[near].any()
         assert not P.method_token_detector(got, tok, 1)
         assert P.method_token_detector(got, tok, 3)
@@ -192,8 +197,14 @@ def test_positional(planted, act):
 
 def test_expected_matches_everything(planted, act):
     exp = planted.expected()
-    assert set(exp) == planted.dead | set(planted.token_detectors) | set(planted.trigram_detectors) \
-        | set(planted.positional) | planted.bos_only
+    assert (
+        set(exp)
+        == planted.dead
+        | set(planted.token_detectors)
+        | set(planted.trigram_detectors)
+        | set(planted.positional)
+        | planted.bos_only
+    )
     for (layer, n), m in exp.items():
         assert np.array_equal(act[layer, :, :, n], m), (layer, n)
         me = planted.method_expect[(layer, n)]
@@ -209,8 +220,13 @@ def test_expected_matches_everything(planted, act):
 def test_ordinary(planted, act):
     tok = planted.tokens
     f, L = planted.ffn_dim, planted.n_layers
-    special = planted.dead | set(planted.token_detectors) | set(planted.trigram_detectors) \
-        | set(planted.positional) | planted.bos_only
+    special = (
+        planted.dead
+        | set(planted.token_detectors)
+        | set(planted.trigram_detectors)
+        | set(planted.positional)
+        | planted.bos_only
+    )
     assert planted.ordinary == {(l, n) for l in range(L) for n in range(f)} - special
     body_tok = tok[:, 1:].reshape(-1)
     for layer, n in sorted(planted.ordinary):

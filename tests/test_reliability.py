@@ -18,11 +18,19 @@ import torch
 
 import opt_neurons
 from opt_neurons.cli import main
-from opt_neurons.errors import (CheckpointError, DataError, NonFiniteActivationError, OptionError, OptNeuronsError,
-                                OutputError, RunFolderError, StateFileError)  # fmt: skip
+from opt_neurons.errors import (
+    CheckpointError,
+    DataError,
+    NonFiniteActivationError,
+    OptionError,
+    OptNeuronsError,
+    OutputError,  # fmt: skip
+    RunFolderError,
+    StateFileError,
+)
+from test_execution import assert_same, interrupt_at_update
 
 from conftest import save_tiny_opt
-from test_execution import assert_same, interrupt_at_update
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +105,9 @@ def test_nan_activations_stop_the_run_naming_the_layer(model_dir, tokens, tmp_pa
     with torch.no_grad():
         model.model.decoder.layers[1].fc1.weight[5, 0] = float("nan")  # one neuron of layer 1
     out = tmp_path / "run"
-    with pytest.raises(NonFiniteActivationError, match=r"layer 1's feed-forward activations hold NaN .* bfloat16 or float32"):
+    with pytest.raises(
+        NonFiniteActivationError, match=r"layer 1's feed-forward activations hold NaN .* bfloat16 or float32"
+    ):
         opt_neurons.analyze(model, tokens, batch_size=2, progress=False, out=out, execution=execution,
                             checkpoint_every=1)  # fmt: skip
     assert not (out / "checkpoint" / "state.bin").exists()  # the first batch already had them: nothing to keep

@@ -24,9 +24,8 @@ import polars as pl
 import pytest
 
 import opt_neurons
+from opt_neurons import Analysis, NeuronStats, OptNeuronsError, report
 from opt_neurons.tables import build_tables
-from opt_neurons import Analysis, NeuronStats, OptNeuronsError
-from opt_neurons import report
 
 from conftest import gpt2_tokenizer, save_tiny_opt
 
@@ -304,7 +303,8 @@ def test_run_time_says_when_the_counting_set_the_speed():
         "forward passes 10.0 s, the host's counting busy 9.5 s of them (the counting set the speed: "
         "detail_tokens gives every statistic to fewer tokens)")  # fmt: skip
     assert report.run_time({"forward_seconds": 100.0, "counting_seconds": 8.0, "wall_seconds": 130.0}) == (
-        "130.0 s in all; forward passes 100.0 s, the host's counting busy 8.0 s of them")
+        "130.0 s in all; forward passes 100.0 s, the host's counting busy 8.0 s of them"
+    )
     assert report.run_time({}) is None  # saved before these were recorded
 
 

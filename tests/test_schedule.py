@@ -34,7 +34,7 @@ def test_every_batch_once_each_part_in_order(pattern, detail):
     for b, e, _ in got:  # a batch: sequences of one length, at most batch_size
         assert e - b <= 2 and len(set(d.lengths[b:e])) == 1
     at = start
-    for b, e, done in got:  # the cursor after a batch: both prefixes it completes
+    for _b, e, done in got:  # the cursor after a batch: both prefixes it completes
         at = Cursor(e, at.other) if e <= n_detail else Cursor(at.detail, e - n_detail)
         assert done == at
     assert got[-1][2] == Cursor(n_detail, 7 - n_detail)
@@ -76,6 +76,9 @@ def test_shards_split_each_part_evenly(detail, world):
     for s in shards:
         rows = s.tokens[:, 0] // 4
         own_detail = rows[: (len(rows) if s.detail is None else s.detail)]
-        assert (own_detail < n_detail).all() and (rows[len(own_detail):] >= n_detail).all()
+        assert (own_detail < n_detail).all() and (rows[len(own_detail) :] >= n_detail).all()
         assert np.array_equal(s.lengths, d.lengths[rows])
-        assert abs(len(own_detail) - n_detail / world) < 1 and abs(len(rows) - len(own_detail) - (10 - n_detail) / world) < 1
+        assert (
+            abs(len(own_detail) - n_detail / world) < 1
+            and abs(len(rows) - len(own_detail) - (10 - n_detail) / world) < 1
+        )

@@ -8,10 +8,10 @@ import pytest
 
 import opt_neurons
 from opt_neurons import (
-    OptionError,
     DataError,
     IncompatibleStateError,
     NeuronStats,
+    OptionError,
     OptNeuronsError,
     ShapeError,
     StateError,

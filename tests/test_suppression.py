@@ -26,7 +26,9 @@ def random_model(project_out: bool) -> OPTForCausalLM:
 def neurons_frame(rng: np.random.Generator) -> pl.DataFrame:
     """Some detectors per layer (1-6 detected tokens each), some dead neurons, the rest plain."""
     kind = rng.choice(["detector", "dead", "plain"], size=LAYERS * NEURONS, p=[0.2, 0.2, 0.6])
-    kind[NEURONS : 2 * NEURONS] = np.where(kind[NEURONS : 2 * NEURONS] == "detector", "plain", kind[NEURONS : 2 * NEURONS])
+    kind[NEURONS : 2 * NEURONS] = np.where(
+        kind[NEURONS : 2 * NEURONS] == "detector", "plain", kind[NEURONS : 2 * NEURONS]
+    )
     return pl.DataFrame({
         "layer": np.repeat(np.arange(LAYERS), NEURONS).astype(np.uint16),
         "neuron": np.tile(np.arange(NEURONS), LAYERS).astype(np.uint32),
@@ -47,9 +49,11 @@ def reference(model: OPTForCausalLM, neurons: pl.DataFrame, t: Thresholds) -> di
     got: dict = {}
     for layer in sorted({r["layer"] for r in rows if r["token_detector"]}):
         fc2 = model.model.decoder.layers[layer].fc2.weight.detach().double().numpy()
-        scores = lambda n: w_u @ (proj @ fc2[:, n])  # noqa: E731
+        scores = lambda n, fc2=fc2: w_u @ (proj @ fc2[:, n])  # noqa: E731
         det = [r for r in rows if r["layer"] == layer and r["token_detector"]]
-        pool = np.array([r["neuron"] for r in rows if r["layer"] == layer and not r["dead"] and not r["token_detector"]])
+        pool = np.array(
+            [r["neuron"] for r in rows if r["layer"] == layer and not r["dead"] and not r["token_detector"]]
+        )
         draws = rng.choice(pool, size=(len(det), t.baseline_draws))
         for r, drawn in zip(det, draws):
             toks = r["detected_tokens"]

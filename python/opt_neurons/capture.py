@@ -76,10 +76,16 @@ class BitCapture:
     the device. `flush` puts everything committed into the statistics.
     """
 
-    def __init__(self, neuron_modules: list[Any], stats: NeuronStats, threshold: float = 0.0, examples: Any = None) -> None:
+    def __init__(
+        self, neuron_modules: list[Any], stats: NeuronStats, threshold: float = 0.0, examples: Any = None
+    ) -> None:
         self.stats = stats
         self.threshold = threshold
-        self.rows: tuple[np.ndarray, np.ndarray, int] = (np.empty(0, np.uint32), np.empty(0, np.uint32), 0)  # detail tokens, positions, other rows
+        self.rows: tuple[np.ndarray, np.ndarray, int] = (
+            np.empty(0, np.uint32),
+            np.empty(0, np.uint32),
+            0,
+        )  # detail tokens, positions, other rows
         self.examples = examples  # an ExampleTracker (example_tracker.py), or None
         self.batch: list = []  # (layer, host bits, copy event) of the forward pass running
         self.batch_counts: list = []  # (layer, activation counts on the device) of its other rows

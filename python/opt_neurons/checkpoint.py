@@ -54,7 +54,9 @@ def load(out: Path, fingerprint: dict, data: TokenData, name: str = DIR) -> tupl
         if not isinstance(theirs, dict):
             raise TypeError("fingerprint is not an object")
     except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{progress} is malformed ({e}): delete the folder {state.parent} to start over") from None
+        raise CheckpointError(
+            f"{progress} is malformed ({e}): delete the folder {state.parent} to start over"
+        ) from None
     mine = json.loads(json.dumps(fingerprint, sort_keys=True))
     if theirs != mine:
         differs = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))

@@ -34,8 +34,11 @@ def _given(args: argparse.Namespace, prefix: str) -> dict:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="file or folder of .txt/.jsonl/.parquet, or hf:NAME[:CONFIG][:SPLIT] (a Hugging "
-                                  "Face dataset through `datasets`; default: the bundled corpus)")
+    p.add_argument(
+        "--data",
+        help="file or folder of .txt/.jsonl/.parquet, or hf:NAME[:CONFIG][:SPLIT] (a Hugging "
+        "Face dataset through `datasets`; default: the bundled corpus)",
+    )
     p.add_argument("--no-progress", action="store_true")
     _add_fields(p, RunOptions, "o_", "run options")
     _add_fields(p, Thresholds, "t_", "thresholds (METHOD.md defaults)")
@@ -124,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("layer", type=int)
     p.add_argument("neuron", type=int)
     p.add_argument("--data", help="the data the run analysed (default: the bundled corpus or the run's one file)")
-    p.add_argument("--model", help="model for the top promoted / suppressed tokens (default: the run's, if local and small)")
+    p.add_argument(
+        "--model", help="model for the top promoted / suppressed tokens (default: the run's, if local and small)"
+    )
     p.add_argument("--context", type=int, default=12, help="tokens shown before the firing one (default 12)")
     p.set_defaults(func=cmd_show)
     p = sub.add_parser("compare", help="overlay several runs on relative depth, with a summary table")

@@ -93,7 +93,9 @@ def read_text_file(path: Path) -> Iterator[str]:
         try:
             df = pl.read_parquet(path)
         except Exception as e:  # polars raises several kinds for a file that is not Parquet
-            raise DataError(f"{path} cannot be read as Parquet ({type(e).__name__}): pass a valid .parquet file") from None
+            raise DataError(
+                f"{path} cannot be read as Parquet ({type(e).__name__}): pass a valid .parquet file"
+            ) from None
         if "text" not in df.columns:
             raise DataError(f"{path} has no 'text' column (columns: {df.columns})")
         if df.schema["text"] != pl.String:
@@ -123,7 +125,9 @@ def text_documents(data: Any, text_column: str = "text", source_column: str | No
     if data is None:
         from . import corpus
 
-        return (text for _, text in corpus.iter_documents()), [{"name": "opt_neurons bundled corpus", "sha256": corpus.content_hash()}]
+        return (text for _, text in corpus.iter_documents()), [
+            {"name": "opt_neurons bundled corpus", "sha256": corpus.content_hash()}
+        ]
     if isinstance(data, (str, Path)):
         path = Path(data)
         if path.is_dir():
@@ -147,7 +151,9 @@ def text_documents(data: Any, text_column: str = "text", source_column: str | No
                 yield d
 
         return docs(), [{"name": "iterable of strings", "sha256": None, "hash": h}]
-    raise DataError(f"unsupported data of type {type(data).__name__}: pass a path, strings, or a (n_seq, T) array of ids")
+    raise DataError(
+        f"unsupported data of type {type(data).__name__}: pass a path, strings, or a (n_seq, T) array of ids"
+    )
 
 
 def check_data_kind(data: Any) -> None:
@@ -174,7 +180,9 @@ def pack_documents(docs: Iterable[str], tokenizer: Any, *, seq_len: int, n_token
     """Pack documents back to back with the BOS/EOS separator into sequences of `seq_len` tokens,
     each starting with BOS, until `n_tokens` tokens; a shorter last sequence is kept."""
     if tokenizer is None:
-        raise DataError("the model has no tokenizer to turn text into tokens: pass data as a (n_seq, T) array of token ids")
+        raise DataError(
+            "the model has no tokenizer to turn text into tokens: pass data as a (n_seq, T) array of token ids"
+        )
     n_seq = max(1, -(-n_tokens // seq_len))
     body = seq_len - 1
     need = n_seq * body

@@ -42,8 +42,10 @@ def shard(data: TokenData, rank: int, world: int) -> TokenData:
     """This rank's share: a contiguous slice of the detail sequences (every statistic) and one of the
     others (activation counts only), so that each rank has as much of the host's counting as the next."""
     d = data.n_detail
-    parts = [(lo + rank * (hi - lo) // world, lo + (rank + 1) * (hi - lo) // world)
-             for lo, hi in ((0, d), (d, len(data.lengths)))]
+    parts = [
+        (lo + rank * (hi - lo) // world, lo + (rank + 1) * (hi - lo) // world)
+        for lo, hi in ((0, d), (d, len(data.lengths)))
+    ]
     take = np.r_[tuple(slice(a, b) for a, b in parts)]
     detail = None if data.detail is None else parts[0][1] - parts[0][0]
     return TokenData(data.tokens[take], data.lengths[take], data.sources, detail)

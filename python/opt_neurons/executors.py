@@ -13,20 +13,19 @@ run one at a time on those arguments.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import schedule
+from . import architectures, schedule
 from .capture import BitCapture
 from .data import TokenData
 from .errors import ModelError, OutOfMemoryError
-from .params import EXECUTIONS
-from . import architectures
 from .model import LoadedModel
-
+from .params import EXECUTIONS
 
 
 def rows_of(data: TokenData, begin: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -92,7 +91,7 @@ def run_memory(lm: LoadedModel, data: TokenData, capture: BitCapture, *, start: 
         for begin, end, done in schedule.interleaved(data, start, batch_size, capture.busy):
             ids, flat, pos = rows_of(data, begin, end)
             capture.set_rows(flat, pos, data.detail_rows(begin, end), first_sequence=begin)
-            run(lambda: body(input_ids=torch.from_numpy(ids).to(lm.device), use_cache=False))
+            run(functools.partial(body, input_ids=torch.from_numpy(ids).to(lm.device), use_cache=False))
             capture.commit(done)
             if done.detail == data.n_detail:  # the last block of detail rows is counted while the rest runs
                 capture.send_block()
@@ -182,7 +181,7 @@ def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, sourc
                         h = hidden[k].to(device, non_blocking=True)
                         recorded = arguments[(end - begin, int(data.lengths[begin]))][index]
                         capture.set_rows(flat, pos, data.detail_rows(begin, end), first_sequence=begin)
-                        out = run(lambda: call_layer(layer, h, recorded))
+                        out = run(functools.partial(call_layer, layer, h, recorded))
                         capture.commit(None)  # part of a block: not a resumable point
                         if end == data.n_detail or k == len(block) - 1:
                             # The layer's detail rows are all in: counted while the device goes on
@@ -196,7 +195,9 @@ def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, sourc
     capture.flush()
 
 
-def choose(requested: str, *, config: Any, dtype: torch.dtype, device: torch.device, device_map: Any) -> tuple[str, str]:
+def choose(
+    requested: str, *, config: Any, dtype: torch.dtype, device: torch.device, device_map: Any
+) -> tuple[str, str]:
     """The execution mode to use, and why (printed and stored in the metadata)."""
     if requested not in EXECUTIONS:
         raise ModelError(f"unknown execution {requested!r}: use one of {', '.join(EXECUTIONS)}")

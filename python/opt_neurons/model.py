@@ -12,8 +12,15 @@ import torch
 
 from . import architectures
 from .errors import ModelError
-from .weights import (CheckpointTensors, ResidentLayers, StreamedLayers, checkpoint_files, key_renamer, load_into,
-                      move)  # fmt: skip
+from .weights import (
+    CheckpointTensors,
+    ResidentLayers,
+    StreamedLayers,
+    checkpoint_files,
+    key_renamer,
+    load_into,
+    move,  # fmt: skip
+)
 
 DEMO_DIR = Path(__file__).parent / "demo"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
@@ -182,7 +189,9 @@ def skeleton_model(model: str, config: Any = None, *, dtype: Any = None, revisio
     return lm, files
 
 
-def prepare_layer_major(model: Any, config: Any = None, *, dtype: Any, revision: str | None, device: torch.device) -> tuple[LoadedModel, Any]:
+def prepare_layer_major(
+    model: Any, config: Any = None, *, dtype: Any, revision: str | None, device: torch.device
+) -> tuple[LoadedModel, Any]:
     """The model with everything but its decoder layers on the device, and where its layers come from:
     streamed from the checkpoint's files (safetensors or .bin) when there are any, else held in host
     memory."""
@@ -210,5 +219,6 @@ def load_for(mode: str, model: Any, config: Any, *, dtype: Any, device_map: Any,
     if mode == "offload":
         device_map = device_map or "auto"
         extra = {k: v for k, v in {"max_memory": max_memory, "offload_folder": offload_folder}.items() if v}
-    return load_model(model, config, dtype=dtype, device_map=device_map, revision=revision, device=device,
-                      **extra), None
+    return load_model(
+        model, config, dtype=dtype, device_map=device_map, revision=revision, device=device, **extra
+    ), None

@@ -24,7 +24,9 @@ def check_writable(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise OutputError(f"cannot write to the output folder {out} ({e.strerror or e}): pass a writable folder") from None
+        raise OutputError(
+            f"cannot write to the output folder {out} ({e.strerror or e}): pass a writable folder"
+        ) from None
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:

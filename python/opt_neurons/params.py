@@ -27,7 +27,9 @@ def _rule(lo: float | None = None, hi: float | None = None, *, lo_open: bool = F
 def _range_text(m: Any) -> str:
     lo = "-inf" if m["lo"] is None else m["lo"]
     hi = "inf" if m["hi"] is None else m["hi"]
-    return f"{'(' if m['lo_open'] or m['lo'] is None else '['}{lo}, {hi}{')' if m['hi_open'] or m['hi'] is None else ']'}"
+    return (
+        f"{'(' if m['lo_open'] or m['lo'] is None else '['}{lo}, {hi}{')' if m['hi_open'] or m['hi'] is None else ']'}"
+    )
 
 
 def _check_field(owner: str, f: dataclasses.Field, value: Any) -> None:
@@ -69,20 +71,44 @@ _CORE: dict[str, Any] = _core.DEFAULT_THRESHOLDS
 @dataclass(frozen=True)
 class Thresholds:
     # Coverage and detectors (section 4).
-    coverage: float = field(default=_CORE["coverage"], metadata=_rule(**SHARE, help="share of a neuron's activations its covering k-grams hold"))
-    token_hit_rate: float = field(default=_CORE["token_hit_rate"], metadata=_rule(**SHARE, help="share of a k-gram's occurrences the neuron must fire on"))
-    detector_share: float = field(default=_CORE["detector_share"], metadata=_rule(**SHARE, help="share of activations the covered k-grams must hold"))
+    coverage: float = field(
+        default=_CORE["coverage"],
+        metadata=_rule(**SHARE, help="share of a neuron's activations its covering k-grams hold"),
+    )
+    token_hit_rate: float = field(
+        default=_CORE["token_hit_rate"],
+        metadata=_rule(**SHARE, help="share of a k-gram's occurrences the neuron must fire on"),
+    )
+    detector_share: float = field(
+        default=_CORE["detector_share"],
+        metadata=_rule(**SHARE, help="share of activations the covered k-grams must hold"),
+    )
     max_tokens: int = field(default=_CORE["max_tokens"], metadata=_rule(1, help="token detector: cover_1 <= this"))
-    max_trigrams: int = field(default=_CORE["max_trigrams"], metadata=_rule(1, help="trigram detector: cover_3 <= this"))
+    max_trigrams: int = field(
+        default=_CORE["max_trigrams"], metadata=_rule(1, help="trigram detector: cover_3 <= this")
+    )
     # Positional neurons (section 5).
-    mi_threshold: float = field(default=_CORE["mi_threshold"], metadata=_rule(0.0, help="mutual information (nats) for a positional neuron"))
-    active_level: float = field(default=_CORE["active_level"], metadata=_rule(0.0, 1.0, lo_open=True, hi_open=True, help="frequency level of an active interval"))
-    low: float = field(default=_CORE["low"], metadata=_rule(0.0, 1.0, help="frequency below which a position counts as off"))
+    mi_threshold: float = field(
+        default=_CORE["mi_threshold"], metadata=_rule(0.0, help="mutual information (nats) for a positional neuron")
+    )
+    active_level: float = field(
+        default=_CORE["active_level"],
+        metadata=_rule(0.0, 1.0, lo_open=True, hi_open=True, help="frequency level of an active interval"),
+    )
+    low: float = field(
+        default=_CORE["low"], metadata=_rule(0.0, 1.0, help="frequency below which a position counts as off")
+    )
     strong_low: float = field(default=_CORE["strong_low"], metadata=_rule(0.0, 1.0, help="strongly off (<= low)"))
-    high: float = field(default=_CORE["high"], metadata=_rule(0.0, 1.0, help="frequency above which a position counts as on"))
+    high: float = field(
+        default=_CORE["high"], metadata=_rule(0.0, 1.0, help="frequency above which a position counts as on")
+    )
     strong_high: float = field(default=_CORE["strong_high"], metadata=_rule(0.0, 1.0, help="strongly on (>= high)"))
-    min_oscillations: int = field(default=_CORE["min_oscillations"], metadata=_rule(1, help="periods an oscillating neuron shows at least"))
-    smoothing_half_width: int = field(default=_CORE["smoothing_half_width"], metadata=_rule(0, help="0: max(1, T // 256)"))
+    min_oscillations: int = field(
+        default=_CORE["min_oscillations"], metadata=_rule(1, help="periods an oscillating neuron shows at least")
+    )
+    smoothing_half_width: int = field(
+        default=_CORE["smoothing_half_width"], metadata=_rule(0, help="0: max(1, T // 256)")
+    )
     # Suppression baseline: random live non-detectors drawn per detector.
     baseline_draws: int = field(default=10, metadata=_rule(0, help="random live neurons drawn per detector"))
     seed: int = field(default=0, metadata=_rule(0, help="seed of the baseline draws"))
@@ -118,23 +144,58 @@ DTYPES = ("float16", "fp16", "bfloat16", "bf16", "float32", "fp32")
 class RunOptions:
     """How a run reads its data and runs the model: `analyze()`'s keywords and the CLI's flags."""
 
-    activation_threshold: float = field(default=0.0, metadata=_rule(help="a neuron fires when its activation output is > this (METHOD.md)"))
-    n_tokens: int = field(default=5_000_000, metadata=_rule(1, flag="tokens", help="tokens to analyse (the paper: 5 M for sections 4-5)"))
-    detail_tokens: int | None = field(default=None, metadata=_rule(1, help="token, n-gram and position statistics over only this many tokens, dead neurons over all --tokens (the paper: 5000000 of 20000000)"))
-    seq_len: int | None = field(default=None, metadata=_rule(2, help="tokens per sequence (default: the model's maximum)"))
+    activation_threshold: float = field(
+        default=0.0, metadata=_rule(help="a neuron fires when its activation output is > this (METHOD.md)")
+    )
+    n_tokens: int = field(
+        default=5_000_000, metadata=_rule(1, flag="tokens", help="tokens to analyse (the paper: 5 M for sections 4-5)")
+    )
+    detail_tokens: int | None = field(
+        default=None,
+        metadata=_rule(
+            1,
+            help="token, n-gram and position statistics over only this many tokens, dead neurons over all --tokens (the paper: 5000000 of 20000000)",
+        ),
+    )
+    seq_len: int | None = field(
+        default=None, metadata=_rule(2, help="tokens per sequence (default: the model's maximum)")
+    )
     batch_size: int = field(default=8, metadata=_rule(1, help="sequences per forward pass"))
-    dtype: Any = field(default=None, metadata={"help": "float16, bfloat16 or float32 (default: fp16 on GPU, fp32 on CPU)", "choices": DTYPES})
+    dtype: Any = field(
+        default=None,
+        metadata={"help": "float16, bfloat16 or float32 (default: fp16 on GPU, fp32 on CPU)", "choices": DTYPES},
+    )
     device_map: Any = field(default=None, metadata={"help": "accelerate device map, e.g. auto"})
     revision: str | None = field(default=None, metadata={"help": "hub revision (branch, tag or commit) of the model"})
-    ngram_capacity: int = field(default=_core.DEFAULT_CAPACITY, metadata=_rule(1, help="distinct tokens / bigrams / trigrams counted exactly per neuron (memory grows with it)"))
+    ngram_capacity: int = field(
+        default=_core.DEFAULT_CAPACITY,
+        metadata=_rule(
+            1, help="distinct tokens / bigrams / trigrams counted exactly per neuron (memory grows with it)"
+        ),
+    )
     checkpoint_every: int = field(default=256, metadata=_rule(1, help="sequences between checkpoints"))
-    execution: str = field(default="auto", metadata={"choices": EXECUTIONS, "help": "memory: whole model on the device; offload: accelerate device_map; layer: layer-major (one layer on the device at a time, for models larger than the GPU); auto: by size"})
+    execution: str = field(
+        default="auto",
+        metadata={
+            "choices": EXECUTIONS,
+            "help": "memory: whole model on the device; offload: accelerate device_map; layer: layer-major (one layer on the device at a time, for models larger than the GPU); auto: by size",
+        },
+    )
     block_size: int = field(default=64, metadata=_rule(1, help="sequences per block in layer-major execution"))
-    examples: int = field(default=16, metadata=_rule(0, 4096, help="example positions kept per neuron and kind (top by value, uniform random) over the detail tokens; 0: none"))
+    examples: int = field(
+        default=16,
+        metadata=_rule(
+            0,
+            4096,
+            help="example positions kept per neuron and kind (top by value, uniform random) over the detail tokens; 0: none",
+        ),
+    )
     examples_seed: int = field(default=0, metadata=_rule(0, 2**63 - 1, help="seed of the random examples"))
     offload_folder: Any = field(default=None, metadata={"help": "folder for weights accelerate offloads to disk"})
     text_column: str = field(default="text", metadata={"help": "a dataset's text column"})
-    source_column: str | None = field(default=None, metadata={"help": "a dataset's column naming each document's source (dotted for a nested field)"})
+    source_column: str | None = field(
+        default=None, metadata={"help": "a dataset's column naming each document's source (dotted for a nested field)"}
+    )
     max_memory: Any = field(default=None, metadata={"cli": False})
     progress: bool = field(default=True, metadata={"cli": False})
 

@@ -135,7 +135,9 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         mode, why = execution_choice(o.execution, config, o.dtype, device, o.device_map)
     else:
         config = None
-        mode, why = ("memory", "a loaded model runs where it is") if o.execution == "auto" else (o.execution, "requested")
+        mode, why = (
+            ("memory", "a loaded model runs where it is") if o.execution == "auto" else (o.execution, "requested")
+        )
     if o.progress and rank == 0:
         print(f"opt-neurons: execution {mode!r}: {why}")
     lm, source = load_for(mode, model, config, dtype=o.dtype, device_map=o.device_map, revision=o.revision, device=device,
@@ -152,7 +154,11 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
                           max_positions=max_pos or 2**31 - 1, n_tokens=o.n_tokens, bos_id=bos, vocab_size=embedding_rows,
                           text_column=o.text_column, source_column=o.source_column).with_detail_tokens(o.detail_tokens)  # fmt: skip
     mine = distributed.shard(tokens, rank, world) if world > 1 else tokens
-    n_layers, n_neurons, T = len(decoder_layers(lm.model)), architectures.n_neurons(lm.model), int(tokens.tokens.shape[1])
+    n_layers, n_neurons, T = (
+        len(decoder_layers(lm.model)),
+        architectures.n_neurons(lm.model),
+        int(tokens.tokens.shape[1]),
+    )
     dtype_name = str(next(lm.model.parameters()).dtype).replace("torch.", "")
     data_sha256 = tokens.content_hash()  # hashes every token: once per run
     ckpt = checkpoint.name_for(rank, world)
@@ -168,7 +174,8 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
     if out_dir is not None and resumed is None:
         checkpoint.set_aside(out_dir, ckpt)
     stats, start = resumed or (
-        NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=o.ngram_capacity), schedule.Cursor()
+        NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=o.ngram_capacity),
+        schedule.Cursor(),
     )
     tracker = None
     if o.examples:
@@ -241,8 +248,12 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "wall_seconds": time.time() - started,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "position_totals": stats.position_totals().tolist(),
-        "examples": {"k": o.examples, "seed": o.examples_seed, "threshold": threshold,
-                     "bytes": ex.memory_bytes() if ex is not None else 0},  # fmt: skip
+        "examples": {
+            "k": o.examples,
+            "seed": o.examples_seed,
+            "threshold": threshold,
+            "bytes": ex.memory_bytes() if ex is not None else 0,
+        },  # fmt: skip
     }
     analysis = Analysis(tables.neurons, tables.layers, tables.tokens, tables.positions, metadata,
                         example_table=example_tables.examples_table(ex))  # fmt: skip

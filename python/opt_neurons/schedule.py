@@ -96,4 +96,3 @@ def cursor_of(data: TokenData, rows: int, detail_rows: int) -> Cursor | None:
     if not len(k) or not len(m):
         return None
     return Cursor(int(k[0]), int(m[0]))
-

@@ -12,7 +12,6 @@ from .confidence import frequency_upper
 from .params import Thresholds
 from .stats import NeuronStats
 
-
 INTERVAL = pl.Struct({"start": pl.UInt32, "end": pl.UInt32})
 KINDS = ("oscillatory", "two_sided", "one_sided", "other")
 
@@ -121,7 +120,10 @@ def layers_table(neurons: pl.DataFrame) -> pl.DataFrame:
             (kind == "one_sided").sum().cast(pl.UInt32).alias("n_one_sided"),
             (kind == "other").sum().cast(pl.UInt32).alias("n_other_positional"),
             pl.col("suppresses_triggers").filter(pl.col("token_detector")).mean().alias("suppressing_fraction"),
-            pl.col("suppression_baseline").filter(pl.col("token_detector")).mean().alias("suppressing_fraction_baseline"),
+            pl.col("suppression_baseline")
+            .filter(pl.col("token_detector"))
+            .mean()
+            .alias("suppressing_fraction_baseline"),
         )
         .sort("layer")
     )
@@ -171,7 +173,9 @@ def tokens_table(neurons: pl.DataFrame, stats: NeuronStats, tokenizer: Any) -> p
     )
     ids = grouped["token"].to_list()
     return grouped.with_columns(
-        pl.Series("string", decode_tokens(tokenizer, ids) if tokenizer is not None else [None] * len(ids), dtype=pl.String),
+        pl.Series(
+            "string", decode_tokens(tokenizer, ids) if tokenizer is not None else [None] * len(ids), dtype=pl.String
+        ),
         pl.Series("n_occurrences", occ[ids] if ids else [], dtype=pl.UInt64),
         pl.Series("frequency", (occ[ids] / counted) if ids else [], dtype=pl.Float64),
         pl.col("detectors").list.len().cast(pl.UInt32).alias("n_detectors"),

@@ -27,8 +27,6 @@ TOP_K = 10  # top suppressed / promoted tokens on a card
 AUTO_LOAD_BYTES = 2 << 30  # write_report(model="auto") loads local weights up to this size (float32)
 
 
-
-
 def _token_strings(a: Analysis, ids: Iterable[int], tokenizer: Any = None) -> list[str | None]:
     ids = [int(t) for t in ids]
     if tokenizer is not None:
@@ -216,8 +214,6 @@ def _auto_model(meta: dict) -> tuple[Any, str | None]:
         return None, f"Could not load {mid} for token scores ({type(e).__name__}: {e})."
 
 
-
-
 def _card_html(card: dict, img: Path | None) -> str:
     badges = []
     if card["dead"]:
@@ -233,9 +229,13 @@ def _card_html(card: dict, img: Path | None) -> str:
             + "".join(f'<span class="badge">{_esc(b)}</span>' for b in badges) + "</h3>")  # fmt: skip
     rows = [
         ("activations", f"{card['n_active']:,} (frequency {card['frequency']:.4g})"),
-        ("k-grams covering 95%", ", ".join(
-            _cover_range(card[f"cover_{k}"], card[f"cover_{k}_max"]) + f" {name}"
-            for k, name in ((1, "tokens"), (2, "bigrams"), (3, "trigrams")))),
+        (
+            "k-grams covering 95%",
+            ", ".join(
+                _cover_range(card[f"cover_{k}"], card[f"cover_{k}_max"]) + f" {name}"
+                for k, name in ((1, "tokens"), (2, "bigrams"), (3, "trigrams"))
+            ),
+        ),
         ("I(act; pos)", "n/a" if card["mi_position"] is None else f"{card['mi_position']:.3f} nats"),
     ]
     if card["token_detector"]:
@@ -276,6 +276,5 @@ def _card_html(card: dict, img: Path | None) -> str:
     if img is not None:
         parts.append(f'<img src="{_data_uri(img)}" alt="fr(p) of layer {card["layer"]} neuron {card["neuron"]}">')
     elif not card["positional"]:
-        parts.append("<p class=\"sub\">Not positional: its fr(p) curve is not stored.</p>")
+        parts.append('<p class="sub">Not positional: its fr(p) curve is not stored.</p>')
     return '<div class="card">' + "".join(parts) + "</div>"
-

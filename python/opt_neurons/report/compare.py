@@ -21,8 +21,6 @@ from .page import _df_table, _figure_html, _note, _page
 COMPARE_FILES = ("compare_dead.png", "compare_frequency.png", "compare_token_detectors.png", "compare_positional.png")
 
 
-
-
 def _label_runs(runs: list[tuple[Path, Analysis]]) -> list[str]:
     labels = [short_name(a.metadata.get("model_id")) for _, a in runs]
     seen: dict[str, int] = {}

@@ -20,8 +20,6 @@ COVER_BINS = ((0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 10), (11, 20),
               (101, 500), (501, 1000), (1001, None))  # fmt: skip
 
 
-
-
 def fig_dead_frequency(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
     l = a.layers
     if l.height == 0:
@@ -335,5 +333,3 @@ def fig_card_curve(card: dict) -> Figure | None:
     ax.set_title(f"L{card['layer']} N{card['neuron']}: {KIND_LABELS.get(kind, kind)}; shaded: active intervals",
                  fontsize=8)  # fmt: skip
     return fig
-
-

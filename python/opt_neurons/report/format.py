@@ -21,8 +21,6 @@ KIND_LABELS = {"oscillatory": "oscillatory", "two_sided": "two-sided", "one_side
 DPI = 110
 
 
-
-
 def _figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -116,7 +114,6 @@ def _n_neurons_per_layer(a: Analysis) -> int:
     return int(a.metadata.get("n_neurons") or 0)
 
 
-
 def _cover_range(lo: int, hi: int) -> str:
     """cover_k as certified: exact, or the range a lossy summary proves."""
     return f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}"
@@ -134,7 +131,6 @@ def run_time(meta: dict) -> str | None:
     return text
 
 
-
 def run_title(meta: dict, folder: str | Path | None = None) -> str:
     date = run_date(meta, folder)
     tokens = meta.get("n_tokens")
@@ -144,4 +140,3 @@ def run_title(meta: dict, folder: str | Path | None = None) -> str:
     if date:
         parts.append(date[:10])
     return " · ".join(parts)
-

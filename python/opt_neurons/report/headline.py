@@ -34,8 +34,6 @@ PAPER_DEAD = {
 }
 
 
-
-
 def headline(a: Analysis, folder: str | Path | None = None) -> dict:
     """The run's headline numbers (one row of `compare`'s summary table)."""
     n, l, m = a.neurons, a.layers, a.metadata
@@ -101,8 +99,6 @@ SUMMARY_SCHEMA = {
 }  # fmt: skip
 
 
-
-
 def _headline_rows(h: dict, meta: dict) -> list[tuple[str, str]]:
     data = ", ".join(str(s.get("name", s)) if isinstance(s, dict) else str(s) for s in meta.get("data_sources") or [])
     rows = [
@@ -144,4 +140,3 @@ def _headline_rows(h: dict, meta: dict) -> list[tuple[str, str]]:
         after = [k for k, _ in rows].index("Dead neurons") + 1
         rows.insert(after, ("Paper: peak dead fraction of this model", paper))
     return rows
-

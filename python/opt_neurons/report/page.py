@@ -1,4 +1,5 @@
 """Self-contained HTML: the page, notes, figures as data URIs, key-value and data-frame tables."""
+
 from __future__ import annotations
 
 import math
@@ -29,10 +30,10 @@ td.name{white-space:nowrap}
 
 def _page(title: str, subtitle: str, body: list[str]) -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{_esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{_esc(title)}</h1>\n<p class=\"sub\">{_esc(subtitle)}</p>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+        f'<h1>{_esc(title)}</h1>\n<p class="sub">{_esc(subtitle)}</p>\n' + "\n".join(body) + "\n</body>\n</html>\n"
     )
 
 
@@ -72,7 +73,7 @@ def _format_cell(v: Any) -> tuple[str, bool]:
 def _df_table(df: pl.DataFrame, headers: Sequence[str] | None = None, percent: Iterable[str] = ()) -> str:
     heads = headers or df.columns
     pct_at = {df.columns.index(c) for c in percent}
-    out = ["<div class=\"scroll\"><table><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in heads) + "</tr>"]
+    out = ['<div class="scroll"><table><tr>' + "".join(f"<th>{_esc(h)}</th>" for h in heads) + "</tr>"]
     for row in df.iter_rows():
         cells = []
         for i, v in enumerate(row):
@@ -89,4 +90,3 @@ def _df_table(df: pl.DataFrame, headers: Sequence[str] | None = None, percent: I
 def _tok_chip(t: int, s: str | None, extra: str = "") -> str:
     chip = f'<code class="tok" title="id {t}">{_esc(_show_token(s, t))}</code>'
     return f'<span class="tk">{chip}{_esc(extra)}</span>'
-

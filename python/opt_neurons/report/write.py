@@ -37,8 +37,6 @@ FIGURE_FILES = (
 )
 
 
-
-
 @dataclass
 class _Section:
     heading: str
@@ -72,9 +70,6 @@ SECTIONS = (
              "Each row one positional neuron's fr(p), sorted by where it peaks: oscillatory neurons that tile the "
              "positions show as a staircase (grey: no token at that position).", fig_positional_heatmaps),
 )  # fmt: skip
-
-
-
 
 
 def _clean(figdir: Path, names: Iterable[str]) -> None:
@@ -152,4 +147,3 @@ def write_report(analysis: Analysis, out: str | Path, *, cards: Sequence[tuple[i
     page = out / "report.html"
     page.write_text(_page(f"opt_neurons report: {title}", subtitle, body), encoding="utf-8")
     return page
-

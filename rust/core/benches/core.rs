@@ -129,7 +129,9 @@ fn make_bits(tokens: &[u32], n_neurons: usize, density: f64, profile: Profile, z
                 (Profile::Uniform, _) => u < p_uniform,
                 (Profile::Selective, Some(tr)) => u < if tr.contains(&t) { p_hit } else { p_bg },
                 (Profile::Selective, None) => {
-                    ((j as u64).wrapping_mul(0x9E37_79B9).wrapping_add(t as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93) >> 61) == 0
+                    ((j as u64).wrapping_mul(0x9E37_79B9).wrapping_add(t as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)
+                        >> 61)
+                        == 0
                         && u < p_diffuse
                 }
             };
@@ -140,7 +142,14 @@ fn make_bits(tokens: &[u32], n_neurons: usize, density: f64, profile: Profile, z
 }
 
 fn config(n_neurons: usize, n_layers: usize) -> StatsConfig {
-    StatsConfig { n_layers, n_neurons, vocab_size: VOCAB, max_positions: T, bos_token_id: Some(BOS), ngram_capacity: opt_neurons_core::summary::DEFAULT_CAPACITY }
+    StatsConfig {
+        n_layers,
+        n_neurons,
+        vocab_size: VOCAB,
+        max_positions: T,
+        bos_token_id: Some(BOS),
+        ngram_capacity: opt_neurons_core::summary::DEFAULT_CAPACITY,
+    }
 }
 
 type Block = (Vec<u32>, Vec<u32>, Vec<u64>);
@@ -192,23 +201,87 @@ struct Case {
 fn bench_update(c: &mut Criterion) {
     use Profile::*;
     let cases = [
-        Case { n_neurons: 3072, density: 0.005, profile: Uniform, n_seq: 2, reset_every: 64, activity: false, layers: 1 },
-        Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 2, reset_every: 64, activity: false, layers: 1 },
+        Case {
+            n_neurons: 3072,
+            density: 0.005,
+            profile: Uniform,
+            n_seq: 2,
+            reset_every: 64,
+            activity: false,
+            layers: 1,
+        },
+        Case {
+            n_neurons: 3072,
+            density: 0.05,
+            profile: Uniform,
+            n_seq: 2,
+            reset_every: 64,
+            activity: false,
+            layers: 1,
+        },
         Case { n_neurons: 3072, density: 0.5, profile: Uniform, n_seq: 2, reset_every: 16, activity: false, layers: 1 },
         // The pipeline's default batch: 8 sequences per update.
-        Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 8, reset_every: 16, activity: false, layers: 1 },
-        Case { n_neurons: 3072, density: 0.05, profile: Selective, n_seq: 2, reset_every: 64, activity: false, layers: 1 },
-        Case { n_neurons: 36864, density: 0.005, profile: Uniform, n_seq: 2, reset_every: 16, activity: false, layers: 1 },
-        Case { n_neurons: 36864, density: 0.05, profile: Uniform, n_seq: 2, reset_every: 4, activity: false, layers: 1 },
+        Case {
+            n_neurons: 3072,
+            density: 0.05,
+            profile: Uniform,
+            n_seq: 8,
+            reset_every: 16,
+            activity: false,
+            layers: 1,
+        },
+        Case {
+            n_neurons: 3072,
+            density: 0.05,
+            profile: Selective,
+            n_seq: 2,
+            reset_every: 64,
+            activity: false,
+            layers: 1,
+        },
+        Case {
+            n_neurons: 36864,
+            density: 0.005,
+            profile: Uniform,
+            n_seq: 2,
+            reset_every: 16,
+            activity: false,
+            layers: 1,
+        },
+        Case {
+            n_neurons: 36864,
+            density: 0.05,
+            profile: Uniform,
+            n_seq: 2,
+            reset_every: 4,
+            activity: false,
+            layers: 1,
+        },
         // 36864 live neurons at 50% hold ~70 KB each after one sequence (2.6 GB for the layer):
         // one sequence per update, accumulators rebuilt after every timed update (1 warm-up update).
         Case { n_neurons: 36864, density: 0.5, profile: Uniform, n_seq: 1, reset_every: 1, activity: false, layers: 1 },
         // OPT-125m's 12 layers of a 4-sequence batch in one call (a 3072-neuron layer alone is 12
         // tasks: too few for a 16-core GPU host), against the same work as 12 calls.
-        Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 4, reset_every: 8, activity: false, layers: 12 },
+        Case {
+            n_neurons: 3072,
+            density: 0.05,
+            profile: Uniform,
+            n_seq: 4,
+            reset_every: 8,
+            activity: false,
+            layers: 12,
+        },
         // Rows past `detail_tokens`: activation counts only.
         Case { n_neurons: 3072, density: 0.05, profile: Uniform, n_seq: 8, reset_every: 64, activity: true, layers: 1 },
-        Case { n_neurons: 36864, density: 0.05, profile: Uniform, n_seq: 2, reset_every: 64, activity: true, layers: 1 },
+        Case {
+            n_neurons: 36864,
+            density: 0.05,
+            profile: Uniform,
+            n_seq: 2,
+            reset_every: 64,
+            activity: true,
+            layers: 1,
+        },
     ];
     let mut group = c.benchmark_group("core");
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
@@ -234,7 +307,8 @@ fn bench_update(c: &mut Criterion) {
             let (blocks, _, _) = guard.get_or_insert_with(|| {
                 let seed = 0x5EED ^ case.n_neurons as u64 ^ (case.density * 1e6) as u64;
                 let bl = blocks(case.n_neurons, case.density, case.profile, case.n_seq, seed);
-                let events = bl.iter().map(|b| b.2.iter().map(|w| w.count_ones() as u64).sum::<u64>()).sum::<u64>() / BLOCKS as u64
+                let events = bl.iter().map(|b| b.2.iter().map(|w| w.count_ones() as u64).sum::<u64>()).sum::<u64>()
+                    / BLOCKS as u64
                     * case.layers as u64;
                 let bytes = (bl[0].2.len() * 8 * case.layers) as u64;
                 (bl, events, bytes)
@@ -332,7 +406,12 @@ fn bench_finalize(c: &mut Criterion) {
         });
         let built = state.lock().unwrap().is_some();
         if built {
-            REPORT.lock().unwrap().push((format!("finalize/{name} (neurons)"), n_neurons as u64, 0, *tally.lock().unwrap()));
+            REPORT.lock().unwrap().push((
+                format!("finalize/{name} (neurons)"),
+                n_neurons as u64,
+                0,
+                *tally.lock().unwrap(),
+            ));
         }
     }
     group.finish();
@@ -343,7 +422,10 @@ fn print_report() {
     if rows.is_empty() {
         return;
     }
-    println!("\nSummary ({} rayon threads; means over every timed call, warm-up included)", rayon::current_num_threads());
+    println!(
+        "\nSummary ({} rayon threads; means over every timed call, warm-up included)",
+        rayon::current_num_threads()
+    );
     println!(
         "{:<44} {:>10} {:>10} {:>13} {:>15} {:>13}",
         "case", "events", "ms/call", "events/s", "events/CPU-s", "bitmask MB/s"
@@ -357,7 +439,15 @@ fn print_report() {
         let rate = |x: f64| if x >= 1e6 { format!("{:.1} M", x / 1e6) } else { format!("{:.1} k", x / 1e3) };
         let cpu = if per_cpu > 0.0 { rate(*events as f64 / per_cpu) } else { "-".into() };
         let mbs = if *bytes > 0 { format!("{:.0}", *bytes as f64 / per / 1e6) } else { "-".into() };
-        println!("{:<44} {:>10} {:>10.2} {:>13} {:>15} {:>13}", name, events, per * 1e3, rate(*events as f64 / per), cpu, mbs);
+        println!(
+            "{:<44} {:>10} {:>10.2} {:>13} {:>15} {:>13}",
+            name,
+            events,
+            per * 1e3,
+            rate(*events as f64 / per),
+            cpu,
+            mbs
+        );
     }
     println!("(finalize rows: \"events\" are neurons, rates are neurons/s)");
 }

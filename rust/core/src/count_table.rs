@@ -103,7 +103,6 @@ fn group_match(tags: &[u8], pos: usize, b: u8) -> u32 {
     }
 }
 
-
 impl<K: TableKey> Default for CountTable<K> {
     fn default() -> Self {
         CountTable { slots: Vec::new(), tags: Vec::new(), len: 0, n_big: 0, n_zero: 0, shift: 64 }

@@ -121,7 +121,8 @@ mod tests {
     use crate::summary::NgramSummary;
     use std::collections::HashMap;
 
-    const P: DetectorParams = DetectorParams { coverage: 0.95, token_hit_rate: 0.95, detector_share: 0.95, max_tokens: 5, max_trigrams: 50 };
+    const P: DetectorParams =
+        DetectorParams { coverage: 0.95, token_hit_rate: 0.95, detector_share: 0.95, max_tokens: 5, max_trigrams: 50 };
 
     fn sorted(pairs: &[(u64, u32)]) -> Vec<(u64, u32)> {
         let mut v = pairs.to_vec();

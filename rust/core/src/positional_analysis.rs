@@ -97,9 +97,7 @@ pub fn mutual_information(active: &[u32], totals: &[u64]) -> f64 {
 /// fr(p) over positions 0..=last observed position; NaN where no token was at p.
 pub fn frequency_curve(active: &[u32], totals: &[u64]) -> Vec<f64> {
     let len = totals.iter().rposition(|&t| t > 0).map_or(0, |p| p + 1);
-    (0..len)
-        .map(|p| if totals[p] > 0 { active[p] as f64 / totals[p] as f64 } else { f64::NAN })
-        .collect()
+    (0..len).map(|p| if totals[p] > 0 { active[p] as f64 / totals[p] as f64 } else { f64::NAN }).collect()
 }
 
 /// Centred moving average of width 2w+1, over the observed positions inside the window

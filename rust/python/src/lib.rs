@@ -2,8 +2,8 @@
 //! while the core works. No statistics are computed here.
 
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
-use opt_neurons_core::summary::DEFAULT_CAPACITY;
 use opt_neurons_core::stats::{STATE_FORMAT_VERSION, STATE_MAGIC};
+use opt_neurons_core::summary::DEFAULT_CAPACITY;
 use opt_neurons_core::{DetectorParams, NeuronStats, PositionalParams, StatsConfig, StatsError};
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
@@ -37,7 +37,8 @@ fn contiguous<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
     a: &'a numpy::PyReadonlyArray<'_, T, D>,
     name: &str,
 ) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| ShapeError::new_err(format!("{name} must be a C-contiguous array (use np.ascontiguousarray)")))
+    a.as_slice()
+        .map_err(|_| ShapeError::new_err(format!("{name} must be a C-contiguous array (use np.ascontiguousarray)")))
 }
 
 /// A size or index argument, extracted without failing so that a bad one gets a named error with
@@ -49,8 +50,12 @@ impl<'py> FromPyObject<'py> for IntArg {
         Ok(IntArg(match v.extract::<i64>() {
             Ok(i) if i >= 0 => Ok(i as usize),
             Ok(i) => Err(format!("must not be negative, got {i}")),
-            Err(e) if e.is_instance_of::<PyOverflowError>(v.py()) => Err(format!("must fit in 64 bits and not be negative, got {}", v.str()?)),
-            Err(e) if e.is_instance_of::<PyTypeError>(v.py()) => Err(format!("must be an integer, got {}", v.get_type().name()?)),
+            Err(e) if e.is_instance_of::<PyOverflowError>(v.py()) => {
+                Err(format!("must fit in 64 bits and not be negative, got {}", v.str()?))
+            }
+            Err(e) if e.is_instance_of::<PyTypeError>(v.py()) => {
+                Err(format!("must be an integer, got {}", v.get_type().name()?))
+            }
             Err(e) => return Err(e),
         }))
     }
@@ -87,7 +92,11 @@ fn per_layer<'a, A, V>(
     view: impl Fn(&'a A) -> PyResult<V>,
 ) -> PyResult<Vec<(usize, V)>> {
     if layers.len() != items.len() {
-        return Err(ShapeError::new_err(format!("{} layers but {} {what}: give one per layer", layers.len(), items.len())));
+        return Err(ShapeError::new_err(format!(
+            "{} layers but {} {what}: give one per layer",
+            layers.len(),
+            items.len()
+        )));
     }
     layers.iter().zip(items).map(|(&l, a)| Ok((l, view(a)?))).collect()
 }
@@ -124,7 +133,10 @@ impl PyNeuronStats {
     ) -> PyResult<Self> {
         let bos_token_id = match bos_token_id {
             None => None,
-            Some(b) => Some(u32::try_from(b.size("bos_token_id")?).map_err(|_| OptionError::new_err("bos_token_id must fit in 32 bits"))?),
+            Some(b) => Some(
+                u32::try_from(b.size("bos_token_id")?)
+                    .map_err(|_| OptionError::new_err("bos_token_id must fit in 32 bits"))?,
+            ),
         };
         let config = StatsConfig {
             n_layers: n_layers.size("n_layers")?,
@@ -177,9 +189,14 @@ impl PyNeuronStats {
         let layers = layer_args(layers)?;
         let n_words = bits.iter().flatten().next().map_or(0, |b| b.shape()[1]);
         if let Some(b) = bits.iter().flatten().find(|b| b.shape()[1] != n_words) {
-            return Err(ShapeError::new_err(format!("bitmasks of {} and {n_words} words per row in one update", b.shape()[1])));
+            return Err(ShapeError::new_err(format!(
+                "bitmasks of {} and {n_words} words per row in one update",
+                b.shape()[1]
+            )));
         }
-        let chunks = per_layer(&layers, &bits, "bitmask lists", |c| c.iter().map(|a| contiguous(a, "bitmasks")).collect::<PyResult<Vec<_>>>())?;
+        let chunks = per_layer(&layers, &bits, "bitmask lists", |c| {
+            c.iter().map(|a| contiguous(a, "bitmasks")).collect::<PyResult<Vec<_>>>()
+        })?;
         let pairs: Vec<(usize, &[&[u64]])> = chunks.iter().map(|(l, c)| (*l, c.as_slice())).collect();
         let t = contiguous(&token_ids, "token_ids")?;
         let p = contiguous(&positions, "positions")?;
@@ -255,10 +272,31 @@ impl PyNeuronStats {
         macro_rules! put {
             ($($name:ident),*) => { $( d.set_item(stringify!($name), PyArray1::from_vec(py, f.$name))?; )* };
         }
-        put!(layer, neuron, n_active, frequency, dead, cover_1, cover_1_max, cover_2, cover_2_max, cover_3, cover_3_max,
-            token_detector, detected_tokens, detected_tokens_offsets, trigram_detector, detected_trigrams,
-            detected_trigrams_offsets, mi_position, positional, positional_strong, interval_start, interval_end,
-            intervals_offsets);
+        put!(
+            layer,
+            neuron,
+            n_active,
+            frequency,
+            dead,
+            cover_1,
+            cover_1_max,
+            cover_2,
+            cover_2_max,
+            cover_3,
+            cover_3_max,
+            token_detector,
+            detected_tokens,
+            detected_tokens_offsets,
+            trigram_detector,
+            detected_trigrams,
+            detected_trigrams_offsets,
+            mi_position,
+            positional,
+            positional_strong,
+            interval_start,
+            interval_end,
+            intervals_offsets
+        );
         d.set_item("positional_kind", f.positional_kind)?;
         Ok(d)
     }

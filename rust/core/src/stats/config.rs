@@ -68,7 +68,10 @@ impl StatsConfig {
     pub(super) fn check_layer_list<T>(&self, layers: &[(usize, T)]) -> Result<(), StatsError> {
         for (k, &(layer, _)) in layers.iter().enumerate() {
             if layer >= self.n_layers {
-                return Err(StatsError::Value(format!("layer {layer} out of range: this NeuronStats has {} layers", self.n_layers)));
+                return Err(StatsError::Value(format!(
+                    "layer {layer} out of range: this NeuronStats has {} layers",
+                    self.n_layers
+                )));
             }
             if layers[..k].iter().any(|&(l, _)| l == layer) {
                 return Err(StatsError::Value(format!("layer {layer} is given twice in one update")));
@@ -90,7 +93,11 @@ impl StatsConfig {
 
     /// Every (layer, chunks) pair names a known layer, once, with chunks of whole rows of `n_words`
     /// words, and every layer has the same rows in all. Returns that number of rows (None: no layers).
-    pub(super) fn check_layers(&self, layers: &[(usize, &[&[u64]])], n_words: usize) -> Result<Option<usize>, StatsError> {
+    pub(super) fn check_layers(
+        &self,
+        layers: &[(usize, &[&[u64]])],
+        n_words: usize,
+    ) -> Result<Option<usize>, StatsError> {
         self.check_layer_list(layers)?;
         if !layers.is_empty() {
             self.check_words(n_words)?;
@@ -99,7 +106,10 @@ impl StatsConfig {
         let first = layers.first().map(|&(l, c)| (l, rows_of(c)));
         for &(layer, chunks) in layers {
             if let Some(c) = chunks.iter().find(|c| !c.len().is_multiple_of(n_words)) {
-                return Err(StatsError::Shape(format!("bitmask of {} words is not whole rows of {n_words} words", c.len())));
+                return Err(StatsError::Shape(format!(
+                    "bitmask of {} words is not whole rows of {n_words} words",
+                    c.len()
+                )));
             }
             if let Some((l0, want)) = first.filter(|&(_, want)| rows_of(chunks) != want) {
                 return Err(StatsError::Shape(format!(
@@ -120,7 +130,10 @@ impl StatsConfig {
             )));
         }
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
-            return Err(StatsError::Value(format!("token id {t} is outside the vocabulary of size {}", self.vocab_size)));
+            return Err(StatsError::Value(format!(
+                "token id {t} is outside the vocabulary of size {}",
+                self.vocab_size
+            )));
         }
         if let Some(&p) = positions.iter().find(|&&p| p as usize >= self.max_positions) {
             return Err(StatsError::Value(format!(
@@ -152,10 +165,16 @@ impl StatsConfig {
     /// A layer or neuron index of a query.
     pub(super) fn check_neuron(&self, layer: usize, neuron: usize) -> Result<(), StatsError> {
         if layer >= self.n_layers {
-            return Err(StatsError::Value(format!("layer {layer} out of range: this NeuronStats has {} layers", self.n_layers)));
+            return Err(StatsError::Value(format!(
+                "layer {layer} out of range: this NeuronStats has {} layers",
+                self.n_layers
+            )));
         }
         if neuron >= self.n_neurons {
-            return Err(StatsError::Value(format!("neuron {neuron} out of range: layers have {} neurons", self.n_neurons)));
+            return Err(StatsError::Value(format!(
+                "neuron {neuron} out of range: layers have {} neurons",
+                self.n_neurons
+            )));
         }
         Ok(())
     }

@@ -55,12 +55,13 @@ struct NeuronResult {
     pos: positional::PositionalResult,
 }
 
-
 impl NeuronStats {
     fn check_complete(&self) -> Result<(), StatsError> {
         self.check_usable()?;
         if self.data.rows == 0 {
-            return Err(StatsError::Value("no tokens were counted: call update() with data for layer 0 (and every other layer) first".into()));
+            return Err(StatsError::Value(
+                "no tokens were counted: call update() with data for layer 0 (and every other layer) first".into(),
+            ));
         }
         for (l, &r) in self.layer_rows.iter().enumerate() {
             if r != self.data.rows {
@@ -73,7 +74,13 @@ impl NeuronStats {
         Ok(())
     }
 
-    fn finalize_neuron(&self, acc: Option<&NeuronAcc>, positions: &[u32], dp: &DetectorParams, pp: &PositionalParams) -> NeuronResult {
+    fn finalize_neuron(
+        &self,
+        acc: Option<&NeuronAcc>,
+        positions: &[u32],
+        dp: &DetectorParams,
+        pp: &PositionalParams,
+    ) -> NeuronResult {
         let zero = CoverageBounds { lo: 0, hi: 0 };
         let Some(a) = acc else {
             return NeuronResult {
@@ -86,16 +93,31 @@ impl NeuronStats {
         };
         let d = &self.data;
         let (toks, c1) = sorted_with_bounds(&a.tokens, dp);
-        let tokens = detect(&toks, a.tokens.total, a.tokens.slack, c1, dp.max_tokens, |t| d.token_occurrences[t as usize], dp);
+        let tokens =
+            detect(&toks, a.tokens.total, a.tokens.slack, c1, dp.max_tokens, |t| d.token_occurrences[t as usize], dp);
         let (_, c2) = sorted_with_bounds(&a.bigrams, dp);
         let (tri, c3) = sorted_with_bounds(&a.trigrams, dp);
-        let trigrams = detect(&tri, a.trigrams.total, a.trigrams.slack, c3, dp.max_trigrams, |k| d.trigram_occurrences.get(&k).copied().unwrap_or(0) as u64, dp);
+        let trigrams = detect(
+            &tri,
+            a.trigrams.total,
+            a.trigrams.slack,
+            c3,
+            dp.max_trigrams,
+            |k| d.trigram_occurrences.get(&k).copied().unwrap_or(0) as u64,
+            dp,
+        );
         let pos = positional::analyze(positions, &d.position_totals, pp);
         NeuronResult { n_active: a.n_active, cover: [c1, c2, c3], tokens, trigrams, pos }
     }
 
     /// Results of one chunk of neurons of a layer (the chunk's position counts are transposed once).
-    fn finalize_chunk(&self, layer: usize, chunk: usize, dp: &DetectorParams, pp: &PositionalParams) -> Vec<NeuronResult> {
+    fn finalize_chunk(
+        &self,
+        layer: usize,
+        chunk: usize,
+        dp: &DetectorParams,
+        pp: &PositionalParams,
+    ) -> Vec<NeuronResult> {
         let t = self.config.max_positions;
         let accs = &self.layers[layer][chunk * CHUNK..((chunk + 1) * CHUNK).min(self.config.n_neurons)];
         let by_neuron = self.positions[layer][chunk].as_ref().map(|c| c.by_neuron(t));

@@ -78,9 +78,12 @@ pub struct NeuronStats {
     unusable: Option<String>,
 }
 
-
 /// Add `theirs` into `mine` slot by slot, in parallel; a slot only they have is copied.
-fn merge_slots<T: Clone + Send + Sync>(mine: &mut [Option<Box<T>>], theirs: &[Option<Box<T>>], add: impl Fn(&mut T, &T) + Sync) {
+fn merge_slots<T: Clone + Send + Sync>(
+    mine: &mut [Option<Box<T>>],
+    theirs: &[Option<Box<T>>],
+    add: impl Fn(&mut T, &T) + Sync,
+) {
     mine.par_iter_mut().zip(theirs).for_each(|(a, b)| match (a.as_mut(), b) {
         (_, None) => {}
         (None, Some(b)) => *a = Some(b.clone()),

@@ -25,7 +25,8 @@ const HEAD_LEN: usize = 8;
 /// Byte count (8) and CRC-32 (4).
 const TRAILER_LEN: usize = 12;
 /// What to do about a state that cannot be read.
-const FILE_ADVICE: &str = "if it is a run's checkpoint, delete the checkpoint folder to start over; otherwise save the state again";
+const FILE_ADVICE: &str =
+    "if it is a run's checkpoint, delete the checkpoint folder to start over; otherwise save the state again";
 const BYTES_ADVICE: &str = "save the state again from the NeuronStats it came from";
 
 type Header = (StatsConfig, Vec<u64>, DataStats);
@@ -37,7 +38,9 @@ fn corrupt(why: impl std::fmt::Display) -> StatsError {
 
 fn decode_error(e: bincode::ErrorKind) -> StatsError {
     match e {
-        bincode::ErrorKind::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => corrupt("it ends early (truncated)"),
+        bincode::ErrorKind::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            corrupt("it ends early (truncated)")
+        }
         bincode::ErrorKind::Io(e) => StatsError::Io(format!("cannot read the NeuronStats state: {e}")),
         e => corrupt(e),
     }
@@ -172,7 +175,11 @@ fn read_header<R: Read>(r: &mut R) -> Result<Header, StatsError> {
     check_head(&head[..got])?;
     let h: Header = bincode::deserialize_from(&mut *r).map_err(|e| decode_error(*e))?;
     let c = &h.0;
-    if c.check().is_err() || h.1.len() != c.n_layers || h.2.position_totals.len() != c.max_positions || h.2.token_occurrences.len() != c.vocab_size {
+    if c.check().is_err()
+        || h.1.len() != c.n_layers
+        || h.2.position_totals.len() != c.max_positions
+        || h.2.token_occurrences.len() != c.vocab_size
+    {
         return Err(corrupt("sizes disagree with its settings"));
     }
     Ok(h)
@@ -182,7 +189,8 @@ fn read_layer<R: Read>(r: &mut R, c: &StatsConfig) -> Result<Layer, StatsError> 
     let layer: Layer = bincode::deserialize_from(&mut *r).map_err(|e| decode_error(*e))?;
     let sizes_ok = layer.0.len() == c.n_neurons && layer.1.len() == c.n_neurons.div_ceil(CHUNK);
     // Token ids index the data's counts when finalized: one outside the vocabulary would not be data.
-    let tokens_ok = || layer.0.iter().flatten().all(|a| a.tokens.counts.iter().all(|(t, _)| (t as usize) < c.vocab_size));
+    let tokens_ok =
+        || layer.0.iter().flatten().all(|a| a.tokens.counts.iter().all(|(t, _)| (t as usize) < c.vocab_size));
     if !sizes_ok || !layer.1.iter().flatten().all(|p| p.fits(c.max_positions)) || !tokens_ok() {
         return Err(corrupt("a layer's size disagrees with its settings"));
     }
@@ -280,7 +288,8 @@ impl NeuronStats {
     /// Write the state to a file (checkpoints of big models: tens of GB, never copied in memory).
     pub fn save(&self, path: &Path) -> Result<(), StatsError> {
         self.check_usable()?;
-        let f = std::fs::File::create(path).map_err(|e| StatsError::Io(format!("cannot create {}: {e}", path.display())))?;
+        let f = std::fs::File::create(path)
+            .map_err(|e| StatsError::Io(format!("cannot create {}: {e}", path.display())))?;
         self.write_to(std::io::BufWriter::with_capacity(1 << 20, f)).map_err(|e| about_file(path, e))
     }
 

@@ -61,10 +61,14 @@ fn one_pass_over_all_layers_in_chunks_equals_a_call_per_layer() {
             one.update(l, &bits[l], words, &t, &p).unwrap();
         }
         // Each layer's bits in two chunks, cut mid-sequence at a different row per layer.
-        let chunks: Vec<[&[u64]; 2]> = bits.iter().enumerate().map(|(l, b)| {
-            let (a, b) = b.split_at((5 + 7 * l) * words);
-            [a, b]
-        }).collect();
+        let chunks: Vec<[&[u64]; 2]> = bits
+            .iter()
+            .enumerate()
+            .map(|(l, b)| {
+                let (a, b) = b.split_at((5 + 7 * l) * words);
+                [a, b]
+            })
+            .collect();
         let layers: Vec<(usize, &[&[u64]])> = [1, 2, 0].iter().map(|&l| (l, &chunks[l][..])).collect();
         many.update_layers(&layers, words, &t, &p).unwrap();
     }
@@ -74,7 +78,9 @@ fn one_pass_over_all_layers_in_chunks_equals_a_call_per_layer() {
     let rows = 2 * T;
     let counts: Vec<Vec<u64>> = bits
         .iter()
-        .map(|b| (0..N).map(|j| (0..rows).filter(|&i| b[i * words + j / 64] >> (j % 64) & 1 == 1).count() as u64).collect())
+        .map(|b| {
+            (0..N).map(|j| (0..rows).filter(|&i| b[i * words + j / 64] >> (j % 64) & 1 == 1).count() as u64).collect()
+        })
         .collect();
     for (l, b) in bits.iter().enumerate() {
         one.update_activity(l, b, words).unwrap();
@@ -99,7 +105,8 @@ fn merging_a_stream_equals_merging_the_state() {
             part.update_layers(&layers, words, &t, &p).unwrap();
         }
     }
-    let (mut a, mut b) = (NeuronStats::from_bytes(&bytes(&parts[0])).unwrap(), NeuronStats::from_bytes(&bytes(&parts[0])).unwrap());
+    let (mut a, mut b) =
+        (NeuronStats::from_bytes(&bytes(&parts[0])).unwrap(), NeuronStats::from_bytes(&bytes(&parts[0])).unwrap());
     for p in &parts[1..] {
         a.merge(p).unwrap();
         b.merge_from(Cursor::new(bytes(p))).unwrap();
@@ -122,7 +129,14 @@ fn merging_a_stream_equals_merging_the_state() {
 /// A small state with some of everything: 2 layers of 70 neurons, lossy summaries.
 fn small_state(seed: u64) -> NeuronStats {
     let mut rng = StdRng::seed_from_u64(seed);
-    let cfg = StatsConfig { n_layers: 2, n_neurons: 70, vocab_size: 40, max_positions: 8, bos_token_id: Some(2), ngram_capacity: 4 };
+    let cfg = StatsConfig {
+        n_layers: 2,
+        n_neurons: 70,
+        vocab_size: 40,
+        max_positions: 8,
+        bos_token_id: Some(2),
+        ngram_capacity: 4,
+    };
     let mut s = NeuronStats::new(cfg).unwrap();
     let rows = 24;
     let tokens: Vec<u32> = (0..rows).map(|i| if i % 8 == 0 { 2 } else { rng.gen_range(0..40) }).collect();
@@ -152,7 +166,10 @@ fn every_damaged_byte_truncation_and_extension_is_refused() {
             assert!(is_decode(NeuronStats::from_bytes(&damaged)), "byte {i} ^ {flip:#x} accepted by from_bytes");
             assert!(is_decode(target.merge_from(Cursor::new(&damaged))), "byte {i} ^ {flip:#x} accepted by merge_from");
             // The single pass of read_from, which decodes before the checksum can be checked.
-            assert!(flip != 0xff || is_decode(NeuronStats::read_from(damaged.as_slice())), "byte {i} ^ {flip:#x} accepted by read_from");
+            assert!(
+                flip != 0xff || is_decode(NeuronStats::read_from(damaged.as_slice())),
+                "byte {i} ^ {flip:#x} accepted by read_from"
+            );
             damaged[i] ^= flip;
         }
     }
@@ -164,7 +181,11 @@ fn every_damaged_byte_truncation_and_extension_is_refused() {
     for extra in [&[0u8][..], &[0; 4], &[0; 12], &good[..]] {
         let long = [&good[..], extra].concat();
         assert!(is_decode(NeuronStats::from_bytes(&long)), "{} bytes appended: accepted", extra.len());
-        assert!(is_decode(NeuronStats::read_from(long.as_slice())), "{} bytes appended: accepted by read_from", extra.len());
+        assert!(
+            is_decode(NeuronStats::read_from(long.as_slice())),
+            "{} bytes appended: accepted by read_from",
+            extra.len()
+        );
         assert!(is_decode(target.merge_from(Cursor::new(&long))), "{} bytes appended: merged", extra.len());
     }
     // Nothing refused was added, and the target still works.
@@ -187,7 +208,10 @@ fn errors_say_what_is_wrong() {
     let mut damaged = good.clone();
     damaged[good.len() / 2] ^= 4;
     let m = msg(NeuronStats::from_bytes(&damaged));
-    assert!(m.starts_with("corrupt NeuronStats state: its checksum does not match") && m.contains("save the state again"), "{m}");
+    assert!(
+        m.starts_with("corrupt NeuronStats state: its checksum does not match") && m.contains("save the state again"),
+        "{m}"
+    );
     let dir = std::env::temp_dir().join(format!("opt_neurons_state_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("state.bin");

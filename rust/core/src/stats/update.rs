@@ -122,7 +122,14 @@ impl TaskWords {
 impl NeuronStats {
     /// Add one layer's activations for a block of rows. Rows of one sequence must be
     /// contiguous and in order (n-grams are read off neighbouring rows).
-    pub fn update(&mut self, layer: usize, bits: &[u64], n_words: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
+    pub fn update(
+        &mut self,
+        layer: usize,
+        bits: &[u64],
+        n_words: usize,
+        tokens: &[u32],
+        positions: &[u32],
+    ) -> Result<(), StatsError> {
         self.update_layers(&[(layer, &[bits])], n_words, tokens, positions)
     }
 
@@ -130,7 +137,13 @@ impl NeuronStats {
     /// 256 neurons of every layer given (one small layer alone has fewer blocks than a GPU host has
     /// cores), and the rows' n-gram keys built once. Each layer's bits come in chunks of whole rows,
     /// in row order (the batches of a block, counted where they were copied to: no joined copy).
-    pub fn update_layers(&mut self, layers: &[(usize, &[&[u64]])], n_words: usize, tokens: &[u32], positions: &[u32]) -> Result<(), StatsError> {
+    pub fn update_layers(
+        &mut self,
+        layers: &[(usize, &[&[u64]])],
+        n_words: usize,
+        tokens: &[u32],
+        positions: &[u32],
+    ) -> Result<(), StatsError> {
         self.check_usable()?;
         let bit_rows = self.config.check_layers(layers, n_words)?;
         self.config.check_rows(bit_rows.unwrap_or(tokens.len()), tokens, positions)?;
@@ -149,7 +162,10 @@ impl NeuronStats {
             .zip(bits_of)
             .filter_map(|((accs, pos), bits)| Some((accs, pos, bits?)))
             .flat_map(|(accs, pos, bits)| {
-                accs.chunks_mut(TASK_NEURONS).zip(pos.iter_mut()).enumerate().map(move |(task, (a, p))| (task, a, p, bits))
+                accs.chunks_mut(TASK_NEURONS)
+                    .zip(pos.iter_mut())
+                    .enumerate()
+                    .map(move |(task, (a, p))| (task, a, p, bits))
             })
             .collect();
         let cfg = &*cfg;
@@ -174,7 +190,9 @@ impl NeuronStats {
                             a.clear();
                         }
                         // The chunk's position counts are allocated on its first activation.
-                        if pos.is_none() && bits.iter().any(|part| (0..part.len() / n_words).any(|r| words.any_active(part, r))) {
+                        if pos.is_none()
+                            && bits.iter().any(|part| (0..part.len() / n_words).any(|r| words.any_active(part, r)))
+                        {
                             *pos = Some(Box::new(PositionChunk::new(cfg.max_positions)));
                         }
                         let Some(chunk) = pos.as_deref_mut() else { return };
