@@ -325,3 +325,17 @@ def test_the_counting_thread_and_the_forward_share_the_tracker_safely():
     thread.join()
     assert not errors, errors
     assert fetched > 1 and tracker.core.sampled_rows == 20 * rows
+
+
+def test_mismatched_sample_updates_are_named_shape_errors():
+    from opt_neurons.errors import ShapeError
+
+    ex = _core.Examples(2, 128, 4, 0)
+    rows = np.zeros((3, 2), np.uint64)
+    seq, pos = np.zeros(3, np.uint32), np.arange(3, dtype=np.uint32)
+    with pytest.raises(ShapeError, match="one bitmask list per layer"):
+        ex.update_layers([0, 1], [[rows]], seq, pos)
+    with pytest.raises(ShapeError, match="different widths"):
+        ex.update_layers([0, 1], [[rows], [np.zeros((3, 3), np.uint64)]], seq, pos)
+    ex.update_layers([0, 1], [[rows], [rows]], seq, pos)  # well-formed: accepted
+    assert ex.sampled_rows == 3

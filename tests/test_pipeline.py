@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import opt_neurons
-from opt_neurons import DataError, ModelError, NeuronStats
+from opt_neurons import DataError, ModelError, NeuronStats, _core
+from opt_neurons.params import RunOptions
 from opt_neurons.report import run_time
 from opt_neurons.tables import build_tables
 
@@ -155,6 +156,10 @@ def test_warns_when_the_statistics_may_not_fit_in_host_memory(tiny_opt, tiny_tok
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         opt_neurons.analyze(tiny_opt, tiny_tokens, progress=False)
+    # the example sample's state counts in the bound: without it the bound is lower by its own bound
+    off = opt_neurons.analyze(tiny_opt, tiny_tokens, progress=False, examples=0)
+    examples_bound = _core.Examples(2, 100, RunOptions().examples, 0).memory_bound()
+    assert bound - off.metadata["accumulator_bound_bytes"] == examples_bound > 0
 
 
 def test_unknown_threshold(tiny_opt, tiny_tokens):

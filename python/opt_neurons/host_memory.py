@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 from .stats import NeuronStats
 
@@ -24,20 +25,21 @@ def available_bytes() -> int | None:
     return None
 
 
-def statistics_bound(stats: NeuronStats, n_tokens: int) -> int:
-    """The most the statistics can take: every neuron live with full summaries, plus the data's tables."""
-    return stats.memory_bound() + DATA_BYTES_PER_TOKEN * n_tokens
+def statistics_bound(stats: NeuronStats, n_tokens: int, examples: Any = None) -> int:
+    """The most the statistics can take: every neuron live with full summaries, plus the data's tables, plus
+    the example sample's state (`examples`: an ExampleTracker's core, or None when examples are off)."""
+    return stats.memory_bound() + DATA_BYTES_PER_TOKEN * n_tokens + (examples.memory_bound() if examples else 0)
 
 
-def warn_if_short(stats: NeuronStats, n_tokens: int, available: int | None) -> None:
-    bound = statistics_bound(stats, n_tokens)
+def warn_if_short(stats: NeuronStats, n_tokens: int, available: int | None, examples: Any = None) -> None:
+    bound = statistics_bound(stats, n_tokens, examples)
     if available is None or bound <= available:
         return
     c = stats.config
     warnings.warn(
         f"opt-neurons: the statistics of {c['n_layers']} x {c['n_neurons']} neurons may need up to "
         f"{bound / 1e9:.1f} GB of host memory (every neuron live, every summary full at ngram_capacity "
-        f"{c['ngram_capacity']}) but {available / 1e9:.1f} GB are available. Lower ngram_capacity (e.g. "
+        f"{c['ngram_capacity']}{', with the examples' if examples else ''}) but {available / 1e9:.1f} GB are available. Lower ngram_capacity (e.g. "
         f"{max(c['ngram_capacity'] // 2, 1)} halves the summaries) or free memory; with out= set, a killed run "
         f"resumes from its last checkpoint.",
         RuntimeWarning,

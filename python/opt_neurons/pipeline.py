@@ -185,7 +185,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
                                                  sequence_offset=distributed.first_detail_sequence(tokens, rank, world))  # fmt: skip
     if rank == 0:
         warn_if_exhausted(tokens)
-        host_memory.warn_if_short(stats, tokens.n_tokens, host_memory.available_bytes())
+        host_memory.warn_if_short(stats, tokens.n_tokens, host_memory.available_bytes(), tracker and tracker.core)
     forward_started, forward_cpu_started = time.time(), time.process_time()
     counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=o.batch_size,
                   block_size=o.block_size, out_dir=out_dir, ckpt=ckpt, run_id=run_id,
@@ -237,7 +237,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "thresholds": t.to_dict(),
         "ngram_capacity": o.ngram_capacity,
         "accumulator_bytes": stats.memory_bytes(),
-        "accumulator_bound_bytes": host_memory.statistics_bound(stats, tokens.n_tokens),
+        "accumulator_bound_bytes": host_memory.statistics_bound(stats, tokens.n_tokens, tracker and tracker.core),
         "resumed_sequences": start.total,  # already counted when this call started (from a checkpoint)
         "package_version": __version__,
         "torch_version": torch.__version__,

@@ -1,10 +1,9 @@
 //! Binding of `opt_neurons_core::examples::Examples`: numpy in and out, GIL released while it works.
 
-use super::{contiguous as slice, err};
+use super::{contiguous as slice, err, ShapeError};
 
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use opt_neurons_core::examples::{Examples, ExamplesConfig};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -30,11 +29,11 @@ impl PyExamples {
         positions: PyReadonlyArray1<'_, u32>,
     ) -> PyResult<()> {
         if layers.len() != bits.len() {
-            return Err(PyValueError::new_err("one bitmask list per layer"));
+            return Err(ShapeError::new_err("Examples.update_layers: one bitmask list per layer"));
         }
         let n_words = bits.iter().flatten().next().map_or(0, |b| b.shape()[1]);
         if bits.iter().flatten().any(|b| b.shape()[1] != n_words) {
-            return Err(PyValueError::new_err("bitmasks of different widths in one update"));
+            return Err(ShapeError::new_err("Examples.update_layers: bitmasks of different widths in one update"));
         }
         let chunks: Vec<Vec<&[u64]>> = bits
             .iter()
