@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -124,6 +125,7 @@ def main() -> None:
     p.add_argument("--shapes", default=None, help="comma-separated names (default: all)")
     p.add_argument("--seqs", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=1, help="alternating rounds of bare / analyze (medians)")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -138,26 +140,35 @@ def main() -> None:
         tokens = np.random.default_rng(0).integers(10, model.config.vocab_size, size=(args.seqs, t))
         tokens[:, 0] = architectures.start_token_id(model.config, None)
         bare_seconds(model, tokens[: args.batch_size], args.batch_size, device)  # warm-up
-        bare = bare_seconds(model, tokens, args.batch_size, device)
-        runs = {}
-        for label, detail in (("every statistic", None), ("activity past 1 sequence", t)):
-            a = opt_neurons.analyze(model, tokens, batch_size=args.batch_size, progress=False, execution="memory",
-                                    detail_tokens=detail)  # fmt: skip
-            runs[label] = a
-        n = runs["every statistic"].neurons
+        bare: list[float] = []
+        runs: dict[str, list] = {"every statistic": [], "activity past 1 sequence": []}
+        for _ in range(args.rounds):
+            bare.append(bare_seconds(model, tokens, args.batch_size, device))
+            for label, detail in (("every statistic", None), ("activity past 1 sequence", t)):
+                a = opt_neurons.analyze(model, tokens, batch_size=args.batch_size, progress=False,
+                                        execution="memory", detail_tokens=detail)  # fmt: skip
+                runs[label].append(a.metadata)
+                print(f"{name}: bare {bare[-1]:.2f} s; {label}: forward {a.metadata['forward_seconds']:.2f} s",
+                      flush=True)  # fmt: skip
+        n = a.neurons
         density = float(n["n_active"].sum()) / (tokens.size * n.height)
-        for label, a in runs.items():
-            m = a.metadata
-            rows.append([name, m["n_layers"], m["n_neurons"], t, tokens.size, f"{density:.3f}", label, f"{bare:.2f}",
-                         f"{m['forward_seconds']:.2f}", f"{m['counting_seconds']:.2f}",
-                         f"{100 * (m['forward_seconds'] / bare - 1):+.0f}%"])  # fmt: skip
+        for label, ms in runs.items():
+            m = ms[0]
+            fwd = statistics.median(x["forward_seconds"] for x in ms)
+            count = statistics.median(x["counting_seconds"] for x in ms)
+            over = statistics.median(x["forward_seconds"] / b - 1 for x, b in zip(ms, bare))  # each round's own bare
+            rows.append([name, m["n_layers"], m["n_neurons"], t, tokens.size, f"{density:.3f}", label,
+                         f"{statistics.median(bare):.2f}", f"{fwd:.2f}", f"{count:.2f}", f"{100 * over:+.0f}%"])  # fmt: skip
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    record("families_gpu" if device.type == "cuda" and not args.smoke else "families_smoke",
+    kind = "smoke" if args.smoke else "gpu" if device.type == "cuda" else "cpu"
+    record(f"families_{kind}",
            ["shape", "layers", "neurons", "T", "tokens", "density", "analyze", "bare s", "forward s", "counting s",
             "overhead"], rows, machine_info=machine(),
-           notes="density: what the family's firing rule (> 0) gives on random weights")  # fmt: skip
+           notes=f"density: what the family's firing rule (> 0) gives on random weights; medians of {args.rounds} "
+                 f"rounds, overhead against each round's own bare forward; {dtype} on {device.type}, "
+                 f"torch threads {torch.get_num_threads()}")  # fmt: skip
 
 
 if __name__ == "__main__":

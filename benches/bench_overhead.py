@@ -62,7 +62,11 @@ def main() -> None:
                     "shaped like trained OPT's (_common.paper_densities); 'none': as initialised")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--examples", type=int, default=16, help="examples= of analyze() (0: off; issue 18's on / off pair)"
+        "--examples",
+        default="16",
+        help="examples= of analyze(); a comma list (e.g. 0,16: issue 18's on / off pair) runs one analyze() per "
+        "value in each round, side by side, and reports each against the round's bare forward and the last "
+        "against the first",
     )
     a = ap.parse_args()
     info = machine()
@@ -73,8 +77,9 @@ def main() -> None:
     measured = calibrate_density(model, torch.from_numpy(tokens[:1]), density)
     print(f"fc1 density per layer: {np.round(measured, 4).tolist()}", flush=True)
     bare_forward(model, tokens[:1, :256], 1)  # warm-up
+    ks = [int(k) for k in a.examples.split(",")]
     bare, bare_cpu, short = [], [], []
-    x: dict[str, list] = {"total": [], "fwd": [], "fwd_cpu": [], "count": []}
+    runs: dict[int, dict[str, list]] = {k: {"total": [], "fwd": [], "fwd_cpu": [], "count": []} for k in ks}
     for r in range(a.rounds):
         cpu0 = time.process_time()
         with Timer() as tb:
@@ -84,40 +89,53 @@ def main() -> None:
         with Timer() as ts:
             bare_forward(model, tokens, a.batch_size, to_last_fc1=True)
         short.append(ts.wall)
-        with Timer() as ta:
-            an = opt_neurons.analyze(model, tokens, batch_size=a.batch_size, progress=False, examples=a.examples)
-        m = an.metadata
-        for key, value in [("total", ta.wall), ("fwd", m["forward_seconds"]), ("fwd_cpu", m["forward_cpu_seconds"]),
-                           ("count", m["counting_seconds"])]:  # fmt: skip
-            x[key].append(value)
-        print(f"round {r}: bare {tb.wall:.2f} s ({bare_cpu[-1]:.1f} CPU-s), bare to the last fc1 {ts.wall:.2f} s; "
-              f"analyze: forward phase {m['forward_seconds']:.2f} s ({m['forward_cpu_seconds']:.1f} CPU-s, counting "
-              f"{m['counting_seconds']:.2f} s), whole call {ta.wall:.2f} s", flush=True)  # fmt: skip
+        print(f"round {r}: bare {tb.wall:.2f} s ({bare_cpu[-1]:.1f} CPU-s), bare to the last fc1 {ts.wall:.2f} s",
+              flush=True)  # fmt: skip
+        for k in ks[::-1] if r % 2 else ks:  # alternate which analyze() runs first
+            x = runs[k]
+            with Timer() as ta:
+                an = opt_neurons.analyze(model, tokens, batch_size=a.batch_size, progress=False, examples=k)
+            m = an.metadata
+            for key, value in [("total", ta.wall), ("fwd", m["forward_seconds"]),
+                               ("fwd_cpu", m["forward_cpu_seconds"]), ("count", m["counting_seconds"])]:  # fmt: skip
+                x[key].append(value)
+            print(f"  analyze(examples={k}): forward phase {m['forward_seconds']:.2f} s ({m['forward_cpu_seconds']:.1f} "
+                  f"CPU-s, counting {m['counting_seconds']:.2f} s), whole call {ta.wall:.2f} s", flush=True)  # fmt: skip
     b, bc = statistics.median(bare), statistics.median(bare_cpu)
-    w, f = statistics.median(x["fwd"]), statistics.median(x["total"])
-    # Per-round ratios (each against the bare forward of its own round), then their median.
-    over = [v / y - 1 for v, y in zip(x["fwd"], bare)]
-    over_short = [v / y - 1 for v, y in zip(x["fwd"], short)]
-    over_cpu = [c / y - 1 for c, y in zip(x["fwd_cpu"], bare_cpu)]
     saved = statistics.median(1 - y / v for v, y in zip(bare, short))
     n_tok = tokens.size
     events = float(an.neurons["n_active"].sum())
-    rows = [[f"{np.mean(measured):.3f}", n_tok, a.batch_size, f"{b:.2f}", f"{w:.2f}", f"{f - w:.2f}", f"{f:.2f}",
-             f"**{100 * statistics.median(over):+.1f}%** (rounds " + ", ".join(f"{100 * o:+.1f}%" for o in over) + ")",
-             f"{100 * (f - b) / b:+.1f}%", f"{bc:.1f}", f"{statistics.median(x['fwd_cpu']):.1f}",
-             f"{100 * statistics.median(over_cpu):+.1f}%", f"{100 * saved:.1f}%",
-             f"{100 * statistics.median(over_short):+.1f}%", f"{statistics.median(x['count']):.2f}",
-             f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}", f"{events / n_tok:,.0f}"]]  # fmt: skip
+    rows = []
+    for k, x in runs.items():
+        w, f = statistics.median(x["fwd"]), statistics.median(x["total"])
+        # Per-round ratios (each against the bare forward of its own round), then their median.
+        over = [v / y - 1 for v, y in zip(x["fwd"], bare)]
+        over_short = [v / y - 1 for v, y in zip(x["fwd"], short)]
+        over_cpu = [c / y - 1 for c, y in zip(x["fwd_cpu"], bare_cpu)]
+        rows.append([k, f"{np.mean(measured):.3f}", n_tok, a.batch_size, f"{b:.2f}", f"{w:.2f}", f"{f - w:.2f}", f"{f:.2f}",
+                     f"**{100 * statistics.median(over):+.1f}%** (rounds " + ", ".join(f"{100 * o:+.1f}%" for o in over) + ")",
+                     f"{100 * (f - b) / b:+.1f}%", f"{bc:.1f}", f"{statistics.median(x['fwd_cpu']):.1f}",
+                     f"{100 * statistics.median(over_cpu):+.1f}%", f"{100 * saved:.1f}%",
+                     f"{100 * statistics.median(over_short):+.1f}%", f"{statistics.median(x['count']):.2f}",
+                     f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}", f"{events / n_tok:,.0f}"])  # fmt: skip
+    notes = ("OPT-125m shape, random weights (fc1 biases shifted to the density shown), float32 on the CPU, "
+             f"torch threads {torch.get_num_threads()}; medians of {a.rounds} alternating rounds.")  # fmt: skip
+    if len(ks) > 1:  # the examples' own cost: forward phases of the same round, side by side
+        first, last = runs[ks[0]], runs[ks[-1]]
+        pair = [v / u - 1 for u, v in zip(first["fwd"], last["fwd"])]
+        pair_cpu = [v / u - 1 for u, v in zip(first["fwd_cpu"], last["fwd_cpu"])]
+        notes += (f" examples={ks[-1]} against examples={ks[0]}, forward phase, median of rounds: "
+                  f"{100 * statistics.median(pair):+.1f}% (rounds " + ", ".join(f"{100 * o:+.1f}%" for o in pair)
+                  + f"); CPU time {100 * statistics.median(pair_cpu):+.1f}%.")  # fmt: skip
+        print(notes, flush=True)
     record("overhead",
-           ["fc1 density", "tokens", "batch", "bare forward s", "analyze forward phase s",
+           ["examples", "fc1 density", "tokens", "batch", "bare forward s", "analyze forward phase s",
             "analyze setup and finalize s", "analyze total s", "overhead forward phase (median of rounds)",
             "overhead total", "bare CPU s", "forward phase CPU s", "CPU-time overhead (median of rounds)",
             "ending at the last fc1 saves (median)", "overhead vs bare ending there (median)", "counting s",
             "bare tok/s", "analyze tok/s", "activation events per token (all layers)"],
-           rows, machine_info=info,
-           notes="OPT-125m shape, random weights (fc1 biases shifted to the density shown), float32 on the CPU, "
-                 f"torch threads {torch.get_num_threads()}; medians of {a.rounds} alternating rounds.",
-           extra={"bare_s": bare, "bare_to_last_fc1_s": short, "bare_cpu_s": bare_cpu, "analyze": x,
+           rows, machine_info=info, notes=notes,
+           extra={"bare_s": bare, "bare_to_last_fc1_s": short, "bare_cpu_s": bare_cpu, "analyze": runs,
                   "density_per_layer": measured})  # fmt: skip
 
 
