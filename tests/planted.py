@@ -227,9 +227,9 @@ def method_positional(active: np.ndarray, mode: str = "truncate") -> dict:
     elif hi >= 0.95:
         kind = "one_sided"
         strong = hi >= 0.99
-    else:
+    else:  # reaching neither side: strong when thin (METHOD.md: median |fr(p) - smoothed(p)| <= 0.02)
         kind = "other"
-        strong = False
+        strong = float(np.median(np.abs(frp - sm))) <= 0.02
     return dict(
         mi=mi,
         positional=mi > 0.05,

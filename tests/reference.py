@@ -35,6 +35,7 @@ ACTIVE_LEVEL = 0.5
 LOW, STRONG_LOW = 0.05, 0.01
 HIGH, STRONG_HIGH = 0.95, 0.99
 MIN_OSCILLATIONS = 3
+THIN_SPREAD = 0.02
 
 
 def pack(acts_layer: np.ndarray) -> np.ndarray:
@@ -176,6 +177,7 @@ class Positional:
     smoothed: list[float | None] = field(default_factory=list)
     lo: float = math.nan
     hi: float = math.nan
+    spread: float = math.nan
 
     def borderline(self, eps: float = 1e-9) -> bool:
         """True when a float comparison of the rule sits within eps of its threshold."""
@@ -184,7 +186,9 @@ class Positional:
         if not self.positional:
             return False
         levels = (ACTIVE_LEVEL, LOW, STRONG_LOW, HIGH, STRONG_HIGH)
-        return any(v is not None and abs(v - x) < eps for v in self.smoothed for x in levels)
+        return abs(self.spread - THIN_SPREAD) < eps or any(
+            v is not None and abs(v - x) < eps for v in self.smoothed for x in levels
+        )
 
 
 def positional(active: np.ndarray, totals: np.ndarray, smoothing_half_width: int = 0) -> Positional:
@@ -206,9 +210,14 @@ def positional(active: np.ndarray, totals: np.ndarray, smoothing_half_width: int
         kind = "one_sided"
     else:
         kind = "other"
-    # "strong when the side(s) reached are <= 0.01 / >= 0.99": every reached side, at least one.
-    strong = (low or high) and (not low or lo <= STRONG_LOW) and (not high or hi >= STRONG_HIGH)
-    return Positional(mi, True, kind, bool(strong), intervals, sm, lo, hi)
+    # "strong when the side(s) reached are <= 0.01 / >= 0.99": every reached side; reaching neither
+    # side, strong when thin: the median of |fr(p) - smoothed(p)| over observed positions <= 0.02.
+    spread = float(np.median([abs(c - m) for c, m in zip(curve, sm) if c is not None and m is not None]))
+    if low or high:
+        strong = (not low or lo <= STRONG_LOW) and (not high or hi >= STRONG_HIGH)
+    else:
+        strong = spread <= THIN_SPREAD
+    return Positional(mi, True, kind, bool(strong), intervals, sm, lo, hi, spread)
 
 
 # ---------------------------------------------------------------------------------------- everything

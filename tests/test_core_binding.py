@@ -45,7 +45,7 @@ def test_stub_check_finds_what_the_stub_lacks_or_gets_wrong():
 def test_thresholds_take_the_core_defaults():
     core = _core.DEFAULT_THRESHOLDS
     fields = {f.name: f.default for f in dataclasses.fields(Thresholds)}
-    assert set(core) == set(Thresholds().core_kwargs()) == set(fields) - {"baseline_draws", "seed"}
+    assert set(core) == set(Thresholds().core_kwargs()) == set(fields) - {"baseline_draws", "seed", "low_support_count"}
     for name, value in core.items():
         assert fields[name] == value and type(fields[name]) is type(value), name
     # METHOD.md's values, for a reader of this test.

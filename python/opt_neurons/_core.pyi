@@ -67,6 +67,7 @@ class NeuronStats:
         detector_share: float | None = None,
         max_tokens: int | None = None,
         max_trigrams: int | None = None,
+        min_count: int | None = None,
         mi_threshold: float | None = None,
         active_level: float | None = None,
         low: float | None = None,
@@ -75,6 +76,7 @@ class NeuronStats:
         strong_high: float | None = None,
         min_oscillations: int | None = None,
         smoothing_half_width: int | None = None,
+        thin_spread: float | None = None,
     ) -> dict[str, Any]: ...
     def position_counts(self, layer: int, neuron: int) -> npt.NDArray[np.uint32]: ...
     def token_counts(self, layer: int, neuron: int) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32], int]: ...

@@ -87,6 +87,13 @@ class Thresholds:
     max_trigrams: int = field(
         default=_CORE["max_trigrams"], metadata=_rule(1, help="trigram detector: cover_3 <= this")
     )
+    min_count: int = field(
+        default=_CORE["min_count"],
+        metadata=_rule(0, help="a covered token / trigram occurs at least this often (0: no minimum, as the paper)"),
+    )
+    low_support_count: int = field(
+        default=5, metadata=_rule(1, help="a token detector is marked low_support when a covered token occurs fewer times")
+    )
     # Positional neurons (section 5).
     mi_threshold: float = field(
         default=_CORE["mi_threshold"], metadata=_rule(0.0, help="mutual information (nats) for a positional neuron")
@@ -109,6 +116,10 @@ class Thresholds:
     smoothing_half_width: int = field(
         default=_CORE["smoothing_half_width"], metadata=_rule(0, help="0: max(1, T // 256)")
     )
+    thin_spread: float = field(
+        default=_CORE["thin_spread"],
+        metadata=_rule(0.0, 1.0, help="an `other` positional neuron is strong (thin) when its positional_spread <= this"),
+    )
     # Suppression baseline: random live non-detectors drawn per detector.
     baseline_draws: int = field(default=10, metadata=_rule(0, help="random live neurons drawn per detector"))
     seed: int = field(default=0, metadata=_rule(0, help="seed of the baseline draws"))
@@ -128,7 +139,7 @@ class Thresholds:
     def core_kwargs(self) -> dict:
         """The ones the Rust core's finalize() takes."""
         d = dataclasses.asdict(self)
-        for k in ("baseline_draws", "seed"):
+        for k in ("baseline_draws", "seed", "low_support_count"):
             d.pop(k)
         return d
 

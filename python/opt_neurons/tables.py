@@ -55,6 +55,9 @@ def build_tables(stats: NeuronStats, *, tokenizer: Any = None, model: Any = None
     starts = ragged(f["interval_start"], f["intervals_offsets"], pos)
     ends = ragged(f["interval_end"], f["intervals_offsets"], pos)
     intervals = [None if s is None else [{"start": a, "end": b} for a, b in zip(s, e)] for s, e in zip(starts, ends)]
+    occ = stats.token_occurrences()
+    # A token detector is low-support when one of its covered tokens occurs fewer than low_support_count times.
+    low_support = [None if d is None else bool(d) and int(occ[d].min()) < t.low_support_count for d in detected]
     strings: list[list[str] | None] = [None] * n
     if tokenizer is not None:
         strings = [None if d is None else decode_tokens(tokenizer, d) for d in detected]
@@ -75,12 +78,15 @@ def build_tables(stats: NeuronStats, *, tokenizer: Any = None, model: Any = None
             "token_detector": det,
             "detected_tokens": pl.Series(detected, dtype=pl.List(pl.UInt32)),
             "detected_strings": pl.Series(strings, dtype=pl.List(pl.String)),
+            "low_support": pl.Series(low_support, dtype=pl.Boolean),
             "trigram_detector": tri,
             "detected_trigrams": pl.Series(trigrams, dtype=pl.List(pl.List(pl.UInt32))),
             "mi_position": f["mi_position"],
+            "mi_position_bits": f["mi_position"] / np.log(2.0),
             "positional": pos,
             "positional_kind": pl.Series([k or None for k in f["positional_kind"]], dtype=pl.String),
             "positional_strong": f["positional_strong"],
+            "positional_spread": pl.Series(f["positional_spread"], dtype=pl.Float64).fill_nan(None),
             "active_intervals": pl.Series(intervals, dtype=pl.List(INTERVAL)),
         }
     )
@@ -127,31 +133,44 @@ def layers_table(neurons: pl.DataFrame) -> pl.DataFrame:
         )
         .sort("layer")
     )
+    tokens = neurons.filter(pl.col("token_detector")).select("layer", "detected_tokens").iter_rows()
+    trigrams = neurons.filter(pl.col("trigram_detector")).select("layer", "detected_trigrams").iter_rows()
+    layers = per_layer["layer"].to_list()
+    cols = [
+        *_covered_per_layer(layers, ((l, t) for l, t in tokens), "tokens"),
+        *_covered_per_layer(layers, ((l, map(tuple, g)) for l, g in trigrams), "trigrams"),
+    ]
+    order = [
+        "layer", "n_neurons", "n_dead", "dead_fraction", "mean_frequency_alive", "n_token_detectors",
+        "n_trigram_detectors", "n_tokens_covered", "n_new_tokens_vs_previous", "n_new_tokens_overall",
+        "n_trigrams_covered", "n_new_trigrams_vs_previous", "n_new_trigrams_overall",
+        "n_positional", "n_oscillatory", "n_two_sided", "n_one_sided", "n_other_positional",
+        "suppressing_fraction", "suppressing_fraction_baseline",
+    ]  # fmt: skip
+    return per_layer.with_columns(cols).select(order)
+
+
+def _covered_per_layer(layers: list[int], detected: Any, what: str) -> list[pl.Series]:
+    """n_{what}_covered (the union of a layer's detectors' covered k-grams), and how many of those the
+    previous layer / every earlier layer does not cover; detected: (layer, covered k-grams) pairs."""
+    by_layer: dict[int, set] = {}
+    for layer, grams in detected:
+        by_layer.setdefault(layer, set()).update(grams)
     covered, new_prev, new_all = [], [], []
-    seen: set[int] = set()
-    previous: set[int] = set()
-    by_layer: dict[int, set[int]] = {}
-    for layer, toks in neurons.filter(pl.col("token_detector")).select("layer", "detected_tokens").iter_rows():
-        by_layer.setdefault(layer, set()).update(toks)
-    for layer in per_layer["layer"]:
+    seen: set = set()
+    previous: set = set()
+    for layer in layers:
         s = by_layer.get(layer, set())
         covered.append(len(s))
         new_prev.append(len(s - previous))
         new_all.append(len(s - seen))
         previous = s
         seen |= s
-    cols = [
-        pl.Series("n_tokens_covered", covered, dtype=pl.UInt32),
-        pl.Series("n_new_tokens_vs_previous", new_prev, dtype=pl.UInt32),
-        pl.Series("n_new_tokens_overall", new_all, dtype=pl.UInt32),
+    return [
+        pl.Series(f"n_{what}_covered", covered, dtype=pl.UInt32),
+        pl.Series(f"n_new_{what}_vs_previous", new_prev, dtype=pl.UInt32),
+        pl.Series(f"n_new_{what}_overall", new_all, dtype=pl.UInt32),
     ]
-    order = [
-        "layer", "n_neurons", "n_dead", "dead_fraction", "mean_frequency_alive", "n_token_detectors",
-        "n_trigram_detectors", "n_tokens_covered", "n_new_tokens_vs_previous", "n_new_tokens_overall",
-        "n_positional", "n_oscillatory", "n_two_sided", "n_one_sided", "n_other_positional",
-        "suppressing_fraction", "suppressing_fraction_baseline",
-    ]  # fmt: skip
-    return per_layer.with_columns(cols).select(order)
 
 
 def tokens_table(neurons: pl.DataFrame, stats: NeuronStats, tokenizer: Any) -> pl.DataFrame:

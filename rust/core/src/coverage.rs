@@ -14,11 +14,21 @@ pub struct DetectorParams {
     pub max_tokens: u32,
     /// A trigram detector has cover_3 <= this (50).
     pub max_trigrams: u32,
+    /// A k-gram is covered only when it occurs at least this often in the counted data (0: no minimum,
+    /// as in the paper).
+    pub min_count: u64,
 }
 
 impl Default for DetectorParams {
     fn default() -> Self {
-        DetectorParams { coverage: 0.95, token_hit_rate: 0.95, detector_share: 0.95, max_tokens: 5, max_trigrams: 50 }
+        DetectorParams {
+            coverage: 0.95,
+            token_hit_rate: 0.95,
+            detector_share: 0.95,
+            max_tokens: 5,
+            max_trigrams: 50,
+            min_count: 0,
+        }
     }
 }
 
@@ -74,6 +84,7 @@ pub fn coverage_bounds<K>(sorted: &[(K, u32)], total: u64, slack: u64, coverage:
 /// Detector rule of METHOD.md over `sorted` counts: among the top `max_top` keys (cover_k of
 /// them), keep those the neuron fires on for >= hit_rate of their occurrences; a detector when
 /// they hold >= detector_share of the activations. Returns the covered keys of a detector.
+/// A key occurring fewer than `min_count` times is never covered.
 /// With a lossy summary (`slack` > 0, see `Summary`) only proven facts count: cover_k must be
 /// known (lo == hi) and the stored top cover_k keys must certainly be the true top cover_k (each
 /// beats the largest possible count of every other key); otherwise no detector is claimed.
@@ -103,7 +114,7 @@ pub fn detect<K: Copy>(
     let mut held = 0u64;
     for &(k, c) in sorted.iter().take(bounds.hi as usize) {
         let occ = occurrences(k);
-        if occ > 0 && c as f64 >= p.token_hit_rate * occ as f64 {
+        if occ > 0 && occ >= p.min_count && c as f64 >= p.token_hit_rate * occ as f64 {
             covered.push(k);
             held += c as u64;
         }
@@ -121,8 +132,14 @@ mod tests {
     use crate::summary::NgramSummary;
     use std::collections::HashMap;
 
-    const P: DetectorParams =
-        DetectorParams { coverage: 0.95, token_hit_rate: 0.95, detector_share: 0.95, max_tokens: 5, max_trigrams: 50 };
+    const P: DetectorParams = DetectorParams {
+        coverage: 0.95,
+        token_hit_rate: 0.95,
+        detector_share: 0.95,
+        max_tokens: 5,
+        max_trigrams: 50,
+        min_count: 0,
+    };
 
     fn sorted(pairs: &[(u64, u32)]) -> Vec<(u64, u32)> {
         let mut v = pairs.to_vec();
@@ -207,6 +224,18 @@ mod tests {
         assert_eq!(detect(&many, 8, 0, b, 5, |_| 1, &P), None);
         assert_eq!(detect(&many, 8, 0, b, 8, |_| 1, &P), Some((0..8).collect()));
         assert_eq!(detect::<u64>(&[], 0, 0, CoverageBounds { lo: 0, hi: 0 }, 5, |_| 1, &P), None);
+    }
+
+    #[test]
+    fn min_count_drops_rare_keys() {
+        // Key 7 occurs 4 times, all of them active: covered with no minimum, not with min_count 5.
+        let v = sorted(&[(7, 4)]);
+        let b = coverage_bounds(&v, 4, 0, P.coverage);
+        assert_eq!(detect(&v, 4, 0, b, 5, |_| 4, &P), Some(vec![7]));
+        let p4 = DetectorParams { min_count: 4, ..P };
+        assert_eq!(detect(&v, 4, 0, b, 5, |_| 4, &p4), Some(vec![7]));
+        let p5 = DetectorParams { min_count: 5, ..P };
+        assert_eq!(detect(&v, 4, 0, b, 5, |_| 4, &p5), None);
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct PositionalParams {
     pub min_oscillations: usize,
     /// Half-width of the moving average; 0 means max(1, T // 256) for T observed positions.
     pub smoothing_half_width: usize,
+    /// An `other` neuron is strong (the paper's thin curve) when its spread is <= this (0.02).
+    pub thin_spread: f64,
 }
 
 impl Default for PositionalParams {
@@ -32,6 +34,7 @@ impl Default for PositionalParams {
             strong_high: 0.99,
             min_oscillations: 3,
             smoothing_half_width: 0,
+            thin_spread: 0.02,
         }
     }
 }
@@ -62,6 +65,9 @@ pub struct PositionalResult {
     pub strong: bool,
     /// Half-open [start, end) runs of the smoothed curve at or above `active_level`.
     pub intervals: Vec<(u32, u32)>,
+    /// Thickness of the curve: median over observed positions of |fr(p) - smoothed(p)| (NaN when not
+    /// positional).
+    pub spread: f64,
 }
 
 #[inline]
@@ -161,11 +167,27 @@ pub fn half_width(n_positions: usize, p: &PositionalParams) -> usize {
     }
 }
 
+/// Median over observed positions of |curve(p) - smoothed(p)|: how far fr(p) jitters around its
+/// trend (a thick curve in the paper's plots); 0 for a curve that follows its moving average.
+pub fn spread(curve: &[f64], smoothed: &[f64]) -> f64 {
+    let mut d: Vec<f64> = curve.iter().zip(smoothed).filter(|(c, _)| !c.is_nan()).map(|(c, s)| (c - s).abs()).collect();
+    if d.is_empty() {
+        return f64::NAN;
+    }
+    d.sort_unstable_by(f64::total_cmp);
+    let m = d.len() / 2;
+    if d.len() % 2 == 1 {
+        d[m]
+    } else {
+        0.5 * (d[m - 1] + d[m])
+    }
+}
+
 /// Everything METHOD.md asks of one neuron's position counts.
 pub fn analyze(active: &[u32], totals: &[u64], p: &PositionalParams) -> PositionalResult {
     let mi = mutual_information(active, totals);
     if mi.is_nan() || mi <= p.mi_threshold {
-        return PositionalResult { mi, kind: None, strong: false, intervals: Vec::new() };
+        return PositionalResult { mi, kind: None, strong: false, intervals: Vec::new(), spread: f64::NAN };
     }
     let curve = frequency_curve(active, totals);
     let w = half_width(curve.len(), p);
@@ -176,9 +198,7 @@ pub fn analyze(active: &[u32], totals: &[u64], p: &PositionalParams) -> Position
     let hi = finite.fold(f64::NEG_INFINITY, f64::max);
     let (low, high) = (lo <= p.low, hi >= p.high);
     let (strong_lo, strong_hi) = (lo <= p.strong_low, hi >= p.strong_high);
-    // METHOD.md: strong when the side(s) reached are <= strong_low / >= strong_high, for every kind
-    // (an oscillatory curve may reach one side only); no side reached is never strong.
-    let strong = (low || high) && (!low || strong_lo) && (!high || strong_hi);
+    let spread = spread(&curve, &smoothed);
     let kind = if intervals.len() >= p.min_oscillations {
         PositionalKind::Oscillatory
     } else if low && high {
@@ -188,7 +208,11 @@ pub fn analyze(active: &[u32], totals: &[u64], p: &PositionalParams) -> Position
     } else {
         PositionalKind::Other
     };
-    PositionalResult { mi, kind: Some(kind), strong, intervals }
+    // METHOD.md: strong when the side(s) reached are <= strong_low / >= strong_high, for every kind
+    // (an oscillatory curve may reach one side only); a curve reaching no side (`other`) is strong when
+    // it is thin: spread <= thin_spread.
+    let strong = if low || high { (!low || strong_lo) && (!high || strong_hi) } else { spread <= p.thin_spread };
+    PositionalResult { mi, kind: Some(kind), strong, intervals, spread }
 }
 
 #[cfg(test)]
@@ -207,6 +231,40 @@ mod tests {
         let totals = vec![10u64; 8];
         let active: Vec<u32> = (0..8).map(|p| if p < 4 { 10 } else { 0 }).collect();
         assert!((mutual_information(&active, &totals) - 2f64.ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn spread_is_the_median_jitter() {
+        // |residuals| 0.1, 0.1, 0.4 (the NaN position skipped): median 0.1; with 0.3 added, (0.1 + 0.3) / 2.
+        assert!((spread(&[0.2, 0.4, f64::NAN, 0.9], &[0.3, 0.3, 0.5, 0.5]) - 0.1).abs() < 1e-12);
+        assert!((spread(&[0.2, 0.4, 0.9, 0.0], &[0.3, 0.3, 0.5, 0.3]) - 0.2).abs() < 1e-12);
+        assert!(spread(&[f64::NAN], &[f64::NAN]).is_nan());
+    }
+
+    /// An `other` curve (0.3 outside, 0.7 inside a middle range) with jitter of +-`amp` at every position.
+    fn other_curve(amp: f64) -> (Vec<u32>, Vec<u64>) {
+        let totals = vec![1000u64; 512];
+        let active = (0..512)
+            .map(|p| {
+                let base = if (200..300).contains(&p) { 0.7 } else { 0.3 };
+                let sign = if p % 2 == 0 { 1.0 } else { -1.0 };
+                ((base + sign * amp) * 1000.0f64).round() as u32
+            })
+            .collect();
+        (active, totals)
+    }
+
+    #[test]
+    fn other_is_strong_when_thin() {
+        let p = PositionalParams::default();
+        let (a, t) = other_curve(0.0);
+        let r = analyze(&a, &t, &p);
+        assert_eq!((r.kind, r.strong), (Some(PositionalKind::Other), true));
+        assert!(r.spread < 1e-12, "{}", r.spread);
+        let (a, t) = other_curve(0.1);
+        let r = analyze(&a, &t, &p);
+        assert_eq!((r.kind, r.strong), (Some(PositionalKind::Other), false));
+        assert!(r.spread > 0.05, "{}", r.spread);
     }
 
     #[test]

@@ -240,8 +240,8 @@ impl PyNeuronStats {
 
     /// Thresholds not given take the core's defaults (`DEFAULT_THRESHOLDS`).
     #[pyo3(signature = (*, coverage=None, token_hit_rate=None, detector_share=None, max_tokens=None, max_trigrams=None,
-        mi_threshold=None, active_level=None, low=None, strong_low=None, high=None, strong_high=None,
-        min_oscillations=None, smoothing_half_width=None))]
+        min_count=None, mi_threshold=None, active_level=None, low=None, strong_low=None, high=None, strong_high=None,
+        min_oscillations=None, smoothing_half_width=None, thin_spread=None))]
     #[allow(clippy::too_many_arguments)]
     fn finalize<'py>(
         &self,
@@ -251,6 +251,7 @@ impl PyNeuronStats {
         detector_share: Option<f64>,
         max_tokens: Option<u32>,
         max_trigrams: Option<u32>,
+        min_count: Option<u64>,
         mi_threshold: Option<f64>,
         active_level: Option<f64>,
         low: Option<f64>,
@@ -259,13 +260,24 @@ impl PyNeuronStats {
         strong_high: Option<f64>,
         min_oscillations: Option<usize>,
         smoothing_half_width: Option<usize>,
+        thin_spread: Option<f64>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let (mut dp, mut pp) = (DetectorParams::default(), PositionalParams::default());
         macro_rules! set {
             ($s:ident: $($f:ident),*) => { $( if let Some(v) = $f { $s.$f = v; } )* };
         }
-        set!(dp: coverage, token_hit_rate, detector_share, max_tokens, max_trigrams);
-        set!(pp: mi_threshold, active_level, low, strong_low, high, strong_high, min_oscillations, smoothing_half_width);
+        set!(dp: coverage, token_hit_rate, detector_share, max_tokens, max_trigrams, min_count);
+        set!(
+            pp: mi_threshold,
+            active_level,
+            low,
+            strong_low,
+            high,
+            strong_high,
+            min_oscillations,
+            smoothing_half_width,
+            thin_spread
+        );
         let inner = self.stats()?;
         let f = py.allow_threads(|| inner.finalize(&dp, &pp)).map_err(err)?;
         let d = PyDict::new(py);
@@ -293,6 +305,7 @@ impl PyNeuronStats {
             mi_position,
             positional,
             positional_strong,
+            positional_spread,
             interval_start,
             interval_end,
             intervals_offsets
@@ -400,8 +413,18 @@ fn default_thresholds(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     macro_rules! put {
         ($s:ident: $($f:ident),*) => { $( d.set_item(stringify!($f), $s.$f)?; )* };
     }
-    put!(dp: coverage, token_hit_rate, detector_share, max_tokens, max_trigrams);
-    put!(pp: mi_threshold, active_level, low, strong_low, high, strong_high, min_oscillations, smoothing_half_width);
+    put!(dp: coverage, token_hit_rate, detector_share, max_tokens, max_trigrams, min_count);
+    put!(
+        pp: mi_threshold,
+        active_level,
+        low,
+        strong_low,
+        high,
+        strong_high,
+        min_oscillations,
+        smoothing_half_width,
+        thin_spread
+    );
     Ok(d)
 }
 

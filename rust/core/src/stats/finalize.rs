@@ -42,6 +42,8 @@ pub struct Finalized {
     /// "" when not positional.
     pub positional_kind: Vec<&'static str>,
     pub positional_strong: Vec<bool>,
+    /// NaN when not positional.
+    pub positional_spread: Vec<f64>,
     pub interval_start: Vec<u32>,
     pub interval_end: Vec<u32>,
     pub intervals_offsets: Vec<u64>,
@@ -88,7 +90,13 @@ impl NeuronStats {
                 cover: [zero; 3],
                 tokens: None,
                 trigrams: None,
-                pos: positional::PositionalResult { mi: 0.0, kind: None, strong: false, intervals: Vec::new() },
+                pos: positional::PositionalResult {
+                    mi: 0.0,
+                    kind: None,
+                    strong: false,
+                    intervals: Vec::new(),
+                    spread: f64::NAN,
+                },
             };
         };
         let d = &self.data;
@@ -169,6 +177,7 @@ impl NeuronStats {
             f.positional.push(r.pos.kind.is_some());
             f.positional_kind.push(r.pos.kind.map_or("", |k| k.name()));
             f.positional_strong.push(r.pos.strong);
+            f.positional_spread.push(r.pos.spread);
             for (s, e) in r.pos.intervals {
                 f.interval_start.push(s);
                 f.interval_end.push(e);
