@@ -186,7 +186,7 @@ class Positional:
         if not self.positional:
             return False
         levels = (ACTIVE_LEVEL, LOW, STRONG_LOW, HIGH, STRONG_HIGH)
-        return abs(self.spread - THIN_SPREAD) < eps or any(
+        return (self.kind == "other" and abs(self.spread - THIN_SPREAD) < eps) or any(
             v is not None and abs(v - x) < eps for v in self.smoothed for x in levels
         )
 
@@ -210,13 +210,13 @@ def positional(active: np.ndarray, totals: np.ndarray, smoothing_half_width: int
         kind = "one_sided"
     else:
         kind = "other"
-    # "strong when the side(s) reached are <= 0.01 / >= 0.99": every reached side; reaching neither
-    # side, strong when thin: the median of |fr(p) - smoothed(p)| over observed positions <= 0.02.
+    # "strong when the side(s) reached are <= 0.01 / >= 0.99": every reached side; `other` (reaching
+    # neither side) strong when thin: the median of |fr(p) - smoothed(p)| over observed positions <= 0.02.
     spread = float(np.median([abs(c - m) for c, m in zip(curve, sm) if c is not None and m is not None]))
-    if low or high:
-        strong = (not low or lo <= STRONG_LOW) and (not high or hi >= STRONG_HIGH)
-    else:
+    if kind == "other":
         strong = spread <= THIN_SPREAD
+    else:  # an oscillatory curve reaching neither side is never strong
+        strong = (low or high) and (not low or lo <= STRONG_LOW) and (not high or hi >= STRONG_HIGH)
     return Positional(mi, True, kind, bool(strong), intervals, sm, lo, hi, spread)
 
 

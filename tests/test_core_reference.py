@@ -555,6 +555,8 @@ def designed_curves(T: int) -> list[tuple[str, np.ndarray, tuple]]:
     hole[100:120] = 0  # a long gap: two intervals
     spike = np.zeros(T, dtype=np.int64)
     spike[0] = 128
+    # the thin `other` step with +-16 / 128 of jitter at alternate positions: spread about 0.11
+    thick = step(T, T // 2, 26, 102) + np.where(np.arange(T) % 2 == 0, 16, -16)
     return [
         ("two_sided strong", step(T, T // 2, 128, 0), ("two_sided", True, 1)),
         ("two_sided weak", step(T, T // 2, 124, 4), ("two_sided", False, 1)),
@@ -568,7 +570,8 @@ def designed_curves(T: int) -> list[tuple[str, np.ndarray, tuple]]:
         ("oscillatory high side only", square(T, 128, 128, 30), ("oscillatory", True, T // 128)),
         ("oscillatory low side only", square(T, 128, 80, 0), ("oscillatory", True, T // 128)),
         ("oscillatory no side", square(T, 128, 96, 32), ("oscillatory", False, T // 128)),
-        ("other", step(T, T // 2, 26, 102), ("other", False, 1)),
+        ("other thin", step(T, T // 2, 26, 102), ("other", True, 1)),
+        ("other thick", thick, ("other", False, 1)),
         ("merged gap", dip, ("two_sided", True, 1)),
         ("two intervals", hole, ("two_sided", True, 2)),
         ("constant", np.full(T, 64), (None, False, None)),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import polars as pl
@@ -189,3 +190,122 @@ def test_report_from_analyze_reuses_the_loaded_model(planted, tmp_path, monkeypa
     assert "Most suppressed tokens" in html and "Most promoted tokens" in html
     with pytest.raises(AssertionError, match="loaded the model again"):  # the guard does catch a load
         opt_neurons.write_report(opt_neurons.load(tmp_path / "r"), tmp_path / "again")
+
+
+def _covered_grams(mask: np.ndarray, toks: np.ndarray, bos: int, k: int, max_top: int) -> set | None:
+    """METHOD.md's detector rule for k-grams, from an activation mask (BOS positions left out): the
+    covered k-grams of a detector, None for a non-detector."""
+    counts: Counter = Counter()
+    occ: Counter = Counter()
+    n, t = toks.shape
+    for s in range(n):
+        for p in range(k - 1, t):
+            if toks[s, p] == bos:
+                continue
+            g = tuple(int(x) for x in toks[s, p - k + 1 : p + 1])
+            occ[g] += 1
+            counts[g] += int(mask[s, p])
+    ranked = sorted(((c, g) for g, c in counts.items() if c), key=lambda x: (-x[0], x[1]))
+    total = sum(c for c, _ in ranked)
+    if total == 0:
+        return None
+    cum, top = 0, []
+    for c, g in ranked:
+        if cum >= 0.95 * total:
+            break
+        cum += c
+        top.append((c, g))
+    if len(top) > max_top:
+        return None
+    covered = {g for c, g in top if c >= 0.95 * occ[g]}
+    return covered if sum(counts[g] for g in covered) >= 0.95 * total else None
+
+
+def test_layer_trigram_coverage(run, planted):
+    """n_trigrams_covered and the new ones against the previous / every earlier layer (paper Figures 14-15),
+    from the trigram detectors' covered trigrams found independently from the planted masks."""
+    exp = planted.expected()
+    per_layer: list[set] = [set() for _ in range(planted.n_layers)]
+    detectors = set()
+    for key, mask in exp.items():
+        covered = _covered_grams(mask, planted.tokens, planted.bos_id, 3, 50)
+        if covered is not None:
+            detectors.add(key)
+            per_layer[key[0]] |= covered
+            assert {tuple(g) for g in row(run, key)["detected_trigrams"]} == covered, key
+    found = {(r["layer"], r["neuron"]) for r in run.neurons.filter(pl.col("trigram_detector")).iter_rows(named=True)}
+    assert found == detectors and set(planted.trigram_detectors) <= detectors
+    L = run.layers
+    assert L["n_trigram_detectors"].to_list() == [
+        sum(1 for l, _ in detectors if l == i) for i in range(planted.n_layers)
+    ]
+    assert L["n_trigrams_covered"].to_list() == [len(s) for s in per_layer]
+    assert L["n_new_trigrams_vs_previous"].to_list() == [len(per_layer[0])] + [
+        len(per_layer[i] - per_layer[i - 1]) for i in range(1, planted.n_layers)
+    ]
+    seen: set = set()
+    new = []
+    for s in per_layer:
+        new.append(len(s - seen))
+        seen |= s
+    assert L["n_new_trigrams_overall"].to_list() == new
+    assert sum(new) > 0
+
+
+def test_bos_counts_everywhere_but_in_ngrams(run, planted):
+    """METHOD.md: BOS is left out of the n-gram statistics only. A neuron firing only at BOS (position 0)
+    is alive, counts in the frequency and in the position statistics, and holds no n-grams."""
+    n_seq, t = planted.tokens.shape
+    assert planted.bos_only and (planted.tokens == planted.bos_id).sum() == n_seq  # BOS only at position 0
+    for key in planted.bos_only:
+        r = row(run, key)
+        assert not r["dead"] and r["n_active"] == n_seq and r["frequency"] == n_seq / (n_seq * t)
+        assert (r["cover_1"], r["cover_2"], r["cover_3"]) == (0, 0, 0)
+        assert not r["token_detector"] and not r["trigram_detector"]
+        # I(act; pos) of a neuron on exactly at p = 0 (so position 0 was counted): the entropy of its
+        # firing, h(1 / T), in nats; 0 had position 0 been left out.
+        f = 1 / t
+        assert r["mi_position"] == pytest.approx(-(f * np.log(f) + (1 - f) * np.log(1 - f)), rel=1e-9)
+        assert r["mi_position_bits"] == pytest.approx(r["mi_position"] / np.log(2), rel=1e-12)
+        assert r["positional"] == (r["mi_position"] > 0.05)  # h(1 / 256) is about 0.026 nats: not positional
+    assert planted.bos_id not in run.tokens["token"].to_list()
+    n = run.neurons
+    np.testing.assert_allclose(n["mi_position_bits"].to_numpy(), n["mi_position"].to_numpy() / np.log(2), rtol=1e-12)
+
+
+def test_thin_and_thick_other_positional(run, planted):
+    """The `other` kind is strong when thin: positional_spread (median |fr(p) - smoothed fr(p)|) <= 0.02. The
+    planted `other` neuron's fr(p) is a clean step (group counts are fixed per position): spread 0, strong."""
+    exp = planted.expected()
+    others = [k for k, info in planted.positional.items() if info["kind"] == "other"]
+    assert others
+    for key in others:
+        r = row(run, key)
+        frp = exp[key].mean(axis=0)
+        w = max(1, len(frp) // 256)
+        sm = np.array([frp[max(0, p - w) : p + w + 1].mean() for p in range(len(frp))])
+        assert r["positional_spread"] == pytest.approx(float(np.median(np.abs(frp - sm))), abs=1e-12)
+        assert r["positional_spread"] <= 0.02 and r["positional_strong"], key
+    spread = run.neurons.filter(pl.col("positional"))["positional_spread"]
+    assert spread.null_count() == 0
+    assert (
+        run.neurons.filter(~pl.col("positional"))["positional_spread"].null_count()
+        == run.neurons.filter(~pl.col("positional")).height
+    )
+
+
+def test_min_count_and_low_support(run, planted, tmp_path):
+    """min_count (off by default) drops detectors whose covered tokens are rarer; low_support marks them."""
+    occ = {key: min(int((planted.tokens == t).sum()) for t in ids) for key, ids in planted.token_detectors.items()}
+    rare = {key for key, c in occ.items() if c < 9}
+    assert rare and rare != set(occ), occ  # the planted river detector: 8 occurrences
+    n = run.neurons.filter(pl.col("token_detector"))
+    assert not n["low_support"].any() and min(occ.values()) >= 5  # the default: fewer than 5 occurrences
+    assert run.neurons.filter(~pl.col("token_detector"))["low_support"].null_count() == run.neurons.height - n.height
+    marked = opt_neurons.analyze(planted.model_dir, planted.tokens, batch_size=8, progress=False, low_support_count=9)
+    got = {(l, i) for l, i in marked.neurons.filter(pl.col("low_support")).select("layer", "neuron").iter_rows()}
+    assert got == rare
+    strict = opt_neurons.analyze(planted.model_dir, planted.tokens, batch_size=8, progress=False, min_count=9)
+    dets = {(l, i) for l, i in strict.neurons.filter(pl.col("token_detector")).select("layer", "neuron").iter_rows()}
+    assert dets == set(planted.token_detectors) - rare
+    assert strict.metadata["thresholds"]["min_count"] == 9

@@ -92,7 +92,8 @@ class Thresholds:
         metadata=_rule(0, help="a covered token / trigram occurs at least this often (0: no minimum, as the paper)"),
     )
     low_support_count: int = field(
-        default=5, metadata=_rule(1, help="a token detector is marked low_support when a covered token occurs fewer times")
+        default=5,
+        metadata=_rule(1, help="a token detector is marked low_support when a covered token occurs fewer times"),
     )
     # Positional neurons (section 5).
     mi_threshold: float = field(
@@ -118,7 +119,9 @@ class Thresholds:
     )
     thin_spread: float = field(
         default=_CORE["thin_spread"],
-        metadata=_rule(0.0, 1.0, help="an `other` positional neuron is strong (thin) when its positional_spread <= this"),
+        metadata=_rule(
+            0.0, 1.0, help="an `other` positional neuron is strong (thin) when its positional_spread <= this"
+        ),
     )
     # Suppression baseline: random live non-detectors drawn per detector.
     baseline_draws: int = field(default=10, metadata=_rule(0, help="random live neurons drawn per detector"))

@@ -209,9 +209,13 @@ pub fn analyze(active: &[u32], totals: &[u64], p: &PositionalParams) -> Position
         PositionalKind::Other
     };
     // METHOD.md: strong when the side(s) reached are <= strong_low / >= strong_high, for every kind
-    // (an oscillatory curve may reach one side only); a curve reaching no side (`other`) is strong when
-    // it is thin: spread <= thin_spread.
-    let strong = if low || high { (!low || strong_lo) && (!high || strong_hi) } else { spread <= p.thin_spread };
+    // (an oscillatory curve may reach one side only); an oscillatory curve reaching no side is never
+    // strong; an `other` curve (reaching no side) is strong when it is thin: spread <= thin_spread.
+    let strong = if kind == PositionalKind::Other {
+        spread <= p.thin_spread
+    } else {
+        (low || high) && (!low || strong_lo) && (!high || strong_hi)
+    };
     PositionalResult { mi, kind: Some(kind), strong, intervals, spread }
 }
 
