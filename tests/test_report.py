@@ -583,3 +583,125 @@ def test_neuron_pages_in_browser(browser, runs, tiny_opt, tiny_tokens, tmp_path)
     res = browser.open((tmp_path / "syn" / "neurons" / "index.html").as_uri())
     assert res["errors"] == [] and "kept no examples" in res["html"]
     assert 'href="neurons/L' in (tmp_path / "syn" / "report.html").read_text()  # cards link to their pages
+
+
+# ----------------------------------------------------------------------------------------------
+# the paper's remaining figures (issue 19)
+
+
+def test_coverage_figure_shows_the_first_half(runs, tmp_path):
+    """Figures 2, 12, 13: by default the live neurons of the first half of the layers; all layers folded below."""
+    from opt_neurons.report import figures
+
+    a = runs[1].analysis  # 4 layers: the first half is layers 0 and 1
+    assert figures.first_half(a) == [0, 1] and figures.first_half(runs[0].analysis) == [0]
+    for layers, fig in ((
+        [0, 1], figures.fig_coverage(a, "t")[0]), ([0, 1, 2, 3], figures.fig_coverage_all_layers(a, "t")[0]),
+    ):  # fmt: skip
+        alive = a.neurons.filter(~pl.col("dead") & pl.col("layer").is_in(layers))
+        ax = fig.axes[0]
+        assert f"coverage of {alive.height:,} live neurons" in ax.get_title()
+        for k, bars in zip((1, 2, 3), ax.containers):  # each k's bars: % of those neurons in each bin
+            heights = np.array([b.get_height() for b in bars])
+            want = figures._bin_counts(alive[f"cover_{k}"].cast(pl.Int64).to_numpy())
+            assert heights.sum() == pytest.approx(100.0)
+            assert sorted(heights[heights > 0]) == pytest.approx(sorted(100 * want[want > 0] / alive.height))
+    html = report.write_report(a, tmp_path / "rep", max_neuron_pages=0).read_text()
+    head = html.index("n-gram coverage, first half of the network")
+    fold = html.index("<details><summary>All layers (click to show)</summary><figure><img")
+    assert head < fold < html.index("Token detectors and the tokens they cover")
+    assert (tmp_path / "rep" / "figures" / "fig2_coverage_all_layers.png").exists()
+
+
+def test_trigram_coverage_per_layer_and_figure(runs, tmp_path):
+    """Layers table: trigrams covered by a layer's trigram detectors, new against the previous and every
+    earlier layer (Figures 14-15), from the neurons table's detected trigrams."""
+    from opt_neurons.report import figures
+
+    for r in runs:
+        n, L = r.analysis.neurons, r.analysis.layers
+        per_layer = [set() for _ in range(L.height)]
+        for l, grams in n.filter(pl.col("trigram_detector")).select("layer", "detected_trigrams").iter_rows():
+            per_layer[l] |= {tuple(g) for g in grams}
+        assert tuple(TRIGRAM) in per_layer[r.trigram[0]]
+        assert L["n_trigrams_covered"].to_list() == [len(s) for s in per_layer]
+        assert L["n_new_trigrams_vs_previous"].to_list() == [len(per_layer[0])] + [
+            len(per_layer[i] - per_layer[i - 1]) for i in range(1, L.height)
+        ]
+        seen: set = set()
+        new = []
+        for s in per_layer:
+            new.append(len(s - seen))
+            seen |= s
+        assert L["n_new_trigrams_overall"].to_list() == new
+    fig, note = figures.fig_trigram_detectors(runs[1].analysis, "t")
+    assert note is None
+    ax1, ax2 = fig.axes
+    L = runs[1].analysis.layers
+    assert [b.get_height() for b in ax1.containers[0]] == L["n_trigram_detectors"].to_list()
+    assert [[b.get_height() for b in c] for c in ax2.containers] == [L[c].to_list() for c in figures.TRIGRAM_COLUMNS]
+    old = Analysis(r.analysis.neurons, L.drop(list(figures.TRIGRAM_COLUMNS)), r.analysis.tokens, r.analysis.positions,
+                   r.analysis.metadata)  # fmt: skip
+    assert figures.fig_trigram_detectors(old, "t") == (None, "This run's layers table predates the trigram "
+                                                       "coverage columns: run `finalize` again.")  # fmt: skip
+
+
+def test_value_tokens_figure(runs, tmp_path):
+    """Figure 5: the top promoted / suppressed tokens of the strongest token detectors, scored here from the
+    weights directly (fc2 column against the unembedding)."""
+    from transformers import OPTForCausalLM
+
+    from opt_neurons.report import figures
+
+    r = runs[1]
+    model = OPTForCausalLM.from_pretrained(r.model_dir).eval()
+    tok = gpt2_tokenizer()
+    fig, note = figures.fig_value_tokens(r.analysis, "t", model, tok, n=3, k=4)
+    assert note is None
+    det = r.analysis.neurons.filter(pl.col("token_detector")).sort("n_active", descending=True).head(3)
+    w_u = model.get_output_embeddings().weight.detach().double()
+    for ax, (layer, neuron) in zip(fig.axes, det.select("layer", "neuron").iter_rows()):
+        assert ax.get_title().startswith(f"L{layer} N{neuron}: detects ")
+        v = model.model.decoder.layers[layer].fc2.weight.detach().double()[:, neuron]
+        s = (w_u @ v).numpy()
+        order = np.argsort(s, kind="stable")
+        ids = [*order[:4], *order[::-1][:4][::-1]]  # most suppressed first, most promoted last
+        want = [("★ " if t in det.filter((pl.col("layer") == layer) & (pl.col("neuron") == neuron))
+                 ["detected_tokens"][0].to_list() else "") + report._show_token(tok.decode([int(t)]), int(t))
+                for t in ids]  # fmt: skip
+        assert [t.get_text() for t in ax.get_yticklabels()] == want
+        heights = [b.get_width() for b in ax.containers[0]]
+        np.testing.assert_allclose(heights, s[ids], rtol=1e-5, atol=1e-7)
+    assert figures.fig_value_tokens(r.analysis, "t", None) == (None, None)
+    html = report.write_report(r.analysis, tmp_path / "rep", max_neuron_pages=0).read_text()
+    assert "Top promoted and suppressed tokens of token detectors (Figure 5)" in html
+    png_ok((tmp_path / "rep" / "figures" / "fig5_value_tokens.png").read_bytes())
+    html = report.write_report(r.analysis, tmp_path / "nomodel", model=None, max_neuron_pages=0).read_text()
+    assert not (tmp_path / "nomodel" / "figures" / "fig5_value_tokens.png").exists()
+    assert "Top suppressed / promoted tokens need the model&#x27;s weights" in html
+
+
+def test_report_marks_low_support_and_bits(runs, tmp_path):
+    r = runs[1]
+    n = r.analysis.neurons
+    assert n["low_support"].null_count() == n.height - int(n["token_detector"].sum())
+    np.testing.assert_allclose(n["mi_position_bits"].to_numpy(), n["mi_position"].to_numpy() / np.log(2))
+    top = n.filter(pl.col("token_detector")).sort("n_active", descending=True).row(0, named=True)
+    marked = n.with_columns(
+        low_support=pl.when((pl.col("layer") == top["layer"]) & (pl.col("neuron") == top["neuron"]))
+        .then(True)
+        .otherwise(pl.col("low_support"))
+    )
+    a = Analysis(marked, r.analysis.layers, r.analysis.tokens, r.analysis.positions, r.analysis.metadata)
+    html = report.write_report(a, tmp_path / "rep", max_neuron_pages=0).read_text()
+    card = html[html.index(f'id="card-L{top["layer"]}-N{top["neuron"]}"') :]
+    card = card[: card.index('<div class="card">') if '<div class="card">' in card else None]
+    assert '<span class="badge">low support</span>' in card and "fewer than 5 times" in card
+    assert "<th>Low-support token detectors</th><td>1 (" in html
+    pos = n.filter(pl.col("positional")).sort("mi_position", descending=True).row(0, named=True)
+    card = html[html.index(f'id="card-L{pos["layer"]}-N{pos["neuron"]}"') :]
+    assert f"{pos['mi_position']:.3f} nats ({pos['mi_position_bits']:.3f} bits)" in card[: card.index("</table>")]
+    assert (
+        "<th>Low-support token detectors</th>"
+        not in report.write_report(r.analysis, tmp_path / "plain", max_neuron_pages=0).read_text()
+    )

@@ -101,6 +101,10 @@ def neuron_card(analysis: Analysis, layer: int, neuron: int, model: Any = None, 
         "suppresses_triggers": r.get("suppresses_triggers"),
         "suppression_baseline": _num(r.get("suppression_baseline")),
         "mi_position": _num(r.get("mi_position")),
+        "mi_position_bits": _num(r.get("mi_position_bits")),
+        "positional_spread": _num(r.get("positional_spread")),
+        "low_support": bool(r.get("low_support")),
+        "low_support_count": int((analysis.metadata.get("thresholds") or {}).get("low_support_count", 5)),
         "positional": bool(r.get("positional")),
         "positional_kind": r.get("positional_kind"),
         "positional_strong": bool(r.get("positional_strong")),
@@ -220,6 +224,8 @@ def _card_html(card: dict, img: Path | None) -> str:
         badges.append("dead")
     if card["token_detector"]:
         badges.append("token detector")
+    if card.get("low_support"):
+        badges.append("low support")
     if card["trigram_detector"]:
         badges.append("trigram detector")
     if card["positional"]:
@@ -236,8 +242,15 @@ def _card_html(card: dict, img: Path | None) -> str:
                 for k, name in ((1, "tokens"), (2, "bigrams"), (3, "trigrams"))
             ),
         ),
-        ("I(act; pos)", "n/a" if card["mi_position"] is None else f"{card['mi_position']:.3f} nats"),
-    ]
+        ("I(act; pos)", "n/a" if card["mi_position"] is None else f"{card['mi_position']:.3f} nats"
+         + ("" if card.get("mi_position_bits") is None else f" ({card['mi_position_bits']:.3f} bits)")),
+    ]  # fmt: skip
+    if card.get("low_support"):
+        rows.append(("low support", f"a detected token occurs fewer than {card['low_support_count']} times in the "
+                     "data (so few occurrences make the 95% hit rate easy to reach)"))  # fmt: skip
+    if card["positional"] and card.get("positional_spread") is not None:
+        rows.append(("curve spread", f"{card['positional_spread']:.3f} (median |fr(p) − smoothed fr(p)|; an "
+                     "`other` curve is strong, thin, at most 0.02)"))  # fmt: skip
     if card["token_detector"]:
         if card["suppression_score"] is not None:
             verdict = "suppresses" if card["suppresses_triggers"] else "does not suppress"

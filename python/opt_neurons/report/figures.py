@@ -11,11 +11,13 @@ from matplotlib.figure import Figure
 
 from ..analysis import Analysis
 from ..tables import KINDS
-from .format import KIND_COLORS, KIND_LABELS, _figure, _layer_values
+from .format import KIND_COLORS, KIND_LABELS, _figure, _layer_values, _show_token
 
 MAX_CURVES = 16  # strongest positional neurons drawn in the curve grid
 MAX_HEATMAP_LAYERS = 12
 MAX_HEATMAP_ROWS = 160
+MAX_VALUE_PANELS = 6  # token detectors in the promoted / suppressed tokens figure
+VALUE_TOKENS = 8  # promoted and suppressed tokens shown per detector
 COVER_BINS = ((0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 10), (11, 20), (21, 50), (51, 100),
               (101, 500), (501, 1000), (1001, None))  # fmt: skip
 
@@ -80,10 +82,22 @@ def _bin_label(lo: int, hi: int | None) -> str:
     return f">{k(lo - 1)}" if hi is None else (str(lo) if lo == hi else f"{k(lo)}–{k(hi)}")
 
 
-def fig_coverage(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
-    alive = a.neurons.filter(~pl.col("dead"))
+def first_half(a: Analysis) -> list[int]:
+    """The layers of the first half of the network (the paper's coverage figures): 0 .. L // 2 - 1, at least
+    layer 0."""
+    n_layers = int(a.layers["layer"].cast(pl.Int64).max() or 0) + 1 if a.layers.height else 0  # type: ignore[arg-type]
+    return list(range(max(1, n_layers // 2))) if n_layers else []
+
+
+def fig_coverage(a: Analysis, title: str, layers: Sequence[int] | None = None) -> tuple[Figure | None, str | None]:
+    """Unigram, bigram and trigram coverage of the live neurons (paper Figures 2, 12, 13) of `layers` (default
+    the first half of the network, as the paper shows; pass every layer for all)."""
+    layers = first_half(a) if layers is None else list(layers)
+    n_layers = a.layers.height
+    alive = a.neurons.filter(~pl.col("dead") & pl.col("layer").is_in(layers))
     if alive.height == 0:
-        return None, "Every neuron is dead: no coverage to show."
+        scope = "" if len(layers) >= n_layers else " in the first half of the network"
+        return None, f"Every neuron is dead{scope}: no coverage to show."
     series = {k: alive[f"cover_{k}"].cast(pl.Int64).to_numpy() for k in (1, 2, 3)}
     counts = {k: _bin_counts(v) for k, v in series.items()}
     nonempty = [i for i in range(len(COVER_BINS)) if any(counts[k][i] for k in counts)]
@@ -99,8 +113,11 @@ def fig_coverage(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
         pct = 100 * counts[k][keep] / alive.height
         ax.bar(xs + (j - 1) * width, pct, width, color=colors[k], label=names[k])
     ax.set_xticks(xs, labels, fontsize=8 if len(keep) > 10 else 9)
-    ax.set(xlabel="k-grams needed to cover 95% of a neuron's activations",
-           ylabel="% of live neurons", title=f"{title}\nn-gram coverage of {alive.height:,} live neurons")  # fmt: skip
+    scope = (f"layers {layers[0]}–{layers[-1]}" if len(layers) > 1 else f"layer {layers[0]}") + (
+        " (first half)" if len(layers) < n_layers else " (all layers)"
+    )
+    ax.set(xlabel="k-grams needed to cover 95% of a neuron's activations", ylabel="% of live neurons",
+           title=f"{title}\nn-gram coverage of {alive.height:,} live neurons, {scope}")  # fmt: skip
     det_edge = [i for i, b in enumerate(keep) if COVER_BINS[b][0] > 5]
     if det_edge and det_edge[0] > 0:
         ax.axvline(det_edge[0] - 0.5, color="k", ls="--", lw=0.8)
@@ -117,6 +134,10 @@ def fig_coverage(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
         note = (f"{inexact:,} coverages are certified bounds (k-gram summaries past capacity); "
                 "their lower bounds are plotted.")  # fmt: skip
     return fig, note
+
+
+def fig_coverage_all_layers(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
+    return fig_coverage(a, title, a.layers["layer"].to_list())
 
 
 def fig_token_detectors(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
@@ -142,6 +163,94 @@ def fig_token_detectors(a: Analysis, title: str) -> tuple[Figure | None, str | N
         ax.grid(alpha=0.3, axis="y")
         _int_xticks(ax, x)
     fig.suptitle(title, fontsize=10)
+    return fig, None
+
+
+TRIGRAM_COLUMNS = ("n_trigrams_covered", "n_new_trigrams_vs_previous", "n_new_trigrams_overall")
+
+
+def fig_trigram_detectors(a: Analysis, title: str) -> tuple[Figure | None, str | None]:
+    """Trigram detectors per layer (paper Figure 14) and the trigrams they cover: per layer, new against the
+    previous layer and new against every earlier layer (Figure 15)."""
+    l = a.layers
+    if any(c not in l.columns for c in TRIGRAM_COLUMNS):
+        return None, "This run's layers table predates the trigram coverage columns: run `finalize` again."
+    if l.height == 0 or int(l["n_trigram_detectors"].sum()) == 0:
+        return None, ("No trigram detectors in this run (METHOD.md: at most 50 trigrams cover 95% of the "
+                      "activations and the neuron fires on at least 95% of each one's occurrences).")  # fmt: skip
+    x = l["layer"].to_numpy()
+    fig = _figure(10, 3.8)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.bar(x, l["n_trigram_detectors"].to_numpy(), 0.6, color="#7570b3", label="per layer")
+    ax1.plot(x, np.cumsum(l["n_trigram_detectors"].to_numpy()), "o-", color="#444444", ms=3, lw=1,
+             label="cumulative")  # fmt: skip
+    ax1.set(xlabel="layer", ylabel="neurons", title="Trigram detectors (Figure 14)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax1.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax1.legend(frameon=False, fontsize=8)
+    w = 0.27
+    ax2.bar(x - w, l["n_trigrams_covered"].to_numpy(), w, color="#7570b3", label="covered by the layer")
+    ax2.bar(x, l["n_new_trigrams_vs_previous"].to_numpy(), w, color="#a6761d", label="new vs previous layer")
+    ax2.bar(x + w, l["n_new_trigrams_overall"].to_numpy(), w, color="#e6ab02", label="new overall")
+    ax2.set(xlabel="layer", ylabel="trigrams", title="Trigrams covered by trigram detectors (Figure 15)")
+    ax2.legend(frameon=False, fontsize=8)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3, axis="y")
+        _int_xticks(ax, x)
+    fig.suptitle(title, fontsize=10)
+    return fig, None
+
+
+def strongest_detectors(a: Analysis, n: int = MAX_VALUE_PANELS) -> pl.DataFrame:
+    """The token detectors with the most activations (as the cards take them)."""
+    return a.neurons.filter(pl.col("token_detector")).sort(["n_active", "layer", "neuron"],
+                                                           descending=[True, False, False]).head(n)  # fmt: skip
+
+
+def fig_value_tokens(a: Analysis, title: str, model: Any, tokenizer: Any = None,
+                     n: int = MAX_VALUE_PANELS, k: int = VALUE_TOKENS) -> tuple[Figure | None, str | None]:  # fmt: skip
+    """Top promoted and suppressed tokens of the strongest token detectors (paper Figure 5): the k highest and
+    k lowest scores s_t = W_U[t] . v of each one's value vector v; its own detected tokens marked."""
+    det = strongest_detectors(a, n)
+    if det.height == 0:
+        return None, "No token detectors in this run, so no promoted / suppressed tokens to show."
+    if model is None:
+        return None, None
+    from ..suppression import value_scores
+
+    known: dict = {}
+    if tokenizer is None and a.tokens.height and "string" in a.tokens.columns:
+        known = dict(a.tokens.select("token", "string").iter_rows())
+    ncols = min(2, det.height)
+    nrows = math.ceil(det.height / ncols)
+    fig = _figure(5.2 * ncols, 0.22 * (2 * k) * nrows + 1.0)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, r in zip(axes, det.iter_rows(named=True)):
+        scores = value_scores(model, int(r["layer"]), [int(r["neuron"])])[:, 0].float().numpy()
+        kk = min(k, len(scores) // 2)
+        low = np.argsort(scores, kind="stable")[:kk]
+        high = np.argsort(-scores, kind="stable")[:kk][::-1]
+        ids = np.concatenate([low, high])  # bottom to top: most suppressed first, most promoted last
+        mine = {int(t) for t in r["detected_tokens"] or []}
+        labels = [_show_token(tokenizer.decode([int(t)]) if tokenizer is not None else known.get(int(t)), int(t))
+                  for t in ids]  # fmt: skip
+        vals = scores[ids]
+        ys = np.arange(len(ids))
+        ax.barh(ys, vals, color=["#b2182b" if v < 0 else "#2166ac" for v in vals], height=0.7)
+        ax.set_yticks(ys, [("★ " if int(t) in mine else "") + s for t, s in zip(ids, labels)], fontsize=7)
+        ax.axvline(0, color="k", lw=0.6)
+        ax.tick_params(axis="x", labelsize=7)
+        strings = r.get("detected_strings") or [None] * len(mine)
+        shown = ", ".join(_show_token(s, t) for s, t in zip(strings, r["detected_tokens"] or []))
+        badge = " (low support)" if r.get("low_support") else ""
+        ax.set_title(f"L{r['layer']} N{r['neuron']}: detects {shown}{badge}", fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+    for ax in axes[det.height :]:
+        ax.set_visible(False)
+    fig.supxlabel("score W_U[t] · v (red: suppressed, blue: promoted; ★ the neuron's own tokens)", fontsize=8)
+    fig.suptitle(f"{title}\nTop {k} promoted and suppressed tokens of the {det.height} token detectors with the "
+                 "most activations", fontsize=9)  # fmt: skip
     return fig, None
 
 
@@ -231,7 +340,7 @@ def fig_positional_curves(a: Analysis, title: str) -> tuple[Figure | None, str |
         if r.get("frequency") is not None:
             ax.axhline(r["frequency"], color="k", lw=0.6, ls=":")
         mi = r.get("mi_position")
-        ax.set_title(f"L{r['layer']} N{r['neuron']}" + (f"  I={mi:.2f}" if mi is not None else ""), fontsize=8)
+        ax.set_title(f"L{r['layer']} N{r['neuron']}" + (f"  I={mi:.2f} nats" if mi is not None else ""), fontsize=8)
         ax.set_ylim(-0.03, 1.03)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

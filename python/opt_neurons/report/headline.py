@@ -73,6 +73,7 @@ def headline(a: Analysis, folder: str | Path | None = None) -> dict:
         "dead_max_layer": int(l["layer"][worst]) if worst is not None else None,
         "mean_frequency_alive": _num(alive["frequency"].mean()) if alive.height else None,
         "token_detectors": det.height,
+        "low_support_detectors": int(det["low_support"].sum()) if "low_support" in det.columns else None,
         "tokens_covered": len(covered),
         "max_tokens_covered_per_layer": int(l["n_tokens_covered"].max() or 0) if n_layers else 0,  # type: ignore[arg-type]
         "trigram_detectors": int(n["trigram_detector"].sum()),
@@ -92,6 +93,7 @@ SUMMARY_SCHEMA = {
     "layers": pl.UInt32, "neurons_per_layer": pl.UInt32, "neurons": pl.UInt64, "tokens": pl.UInt64,
     "dead": pl.UInt64, "dead_fraction": pl.Float64, "dead_max_layer_fraction": pl.Float64,
     "dead_max_layer": pl.UInt32, "mean_frequency_alive": pl.Float64, "token_detectors": pl.UInt64,
+    "low_support_detectors": pl.UInt64,
     "tokens_covered": pl.UInt64, "max_tokens_covered_per_layer": pl.UInt64, "trigram_detectors": pl.UInt64,
     "positional": pl.UInt64, "oscillatory": pl.UInt64, "two_sided": pl.UInt64, "one_sided": pl.UInt64,
     "other_positional": pl.UInt64, "strong_positional": pl.UInt64, "suppressing_fraction": pl.Float64,
@@ -128,6 +130,9 @@ def _headline_rows(h: dict, meta: dict) -> list[tuple[str, str]]:
          else f"{h['mean_frequency_alive']:.4f}"),
         ("Token detectors", f"{_int(h['token_detectors'])}, covering {_int(h['tokens_covered'])} tokens "
                             f"(at most {_int(h['max_tokens_covered_per_layer'])} in one layer)"),
+        *([("Low-support token detectors", f"{_int(h['low_support_detectors'])} (a detected token occurs fewer than "
+            f"{(meta.get('thresholds') or {}).get('low_support_count', 5)} times; `low_support` in the neurons table; "
+            "`min_count` drops them)")] if h.get("low_support_detectors") else []),
         ("Trigram detectors", _int(h["trigram_detectors"])),
         ("Detectors suppressing their triggers", f"{_pct(h['suppressing_fraction'])} "
          f"(baseline, random live neurons of the same layers: {_pct(h['suppressing_fraction_baseline'])})"),

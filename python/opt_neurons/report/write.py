@@ -14,12 +14,15 @@ from .cards import _card_html, _resolve_model, default_cards, neuron_card
 from .figures import (
     fig_card_curve,
     fig_coverage,
+    fig_coverage_all_layers,
     fig_dead_frequency,
     fig_positional_curves,
     fig_positional_heatmaps,
     fig_positional_per_layer,
     fig_suppression,
     fig_token_detectors,
+    fig_trigram_detectors,
+    fig_value_tokens,
 )
 from .format import _esc, _save, run_title
 from .headline import _headline_rows, headline
@@ -29,11 +32,14 @@ from .page import _df_table, _figure_html, _kv_table, _note, _page
 FIGURE_FILES = (
     "fig1_dead_frequency.png",
     "fig2_coverage.png",
+    "fig2_coverage_all_layers.png",
     "fig3_token_detectors.png",
+    "fig5_value_tokens.png",
     "fig6_suppression.png",
     "fig7_positional_per_layer.png",
     "fig8_positional_curves.png",
     "fig9_positional_heatmaps.png",
+    "fig14_trigram_detectors.png",
 )
 
 
@@ -43,6 +49,8 @@ class _Section:
     file: str
     caption: str
     draw: Any
+    fold: str | None = None  # drawn folded (a <details> block with this summary) under the previous section
+    model: bool = False  # draw(analysis, title, model, tokenizer)
 
 
 SECTIONS = (
@@ -50,20 +58,32 @@ SECTIONS = (
              "Left: share of each layer's neurons that never fire on the data. Right: mean activation frequency "
              "of the live neurons (fraction of tokens on which a neuron fires: the firing rule above).",
              fig_dead_frequency),
-    _Section("n-gram coverage (Figure 2)", "fig2_coverage.png",
+    _Section("n-gram coverage, first half of the network (Figures 2, 12, 13)", "fig2_coverage.png",
              "How many distinct unigrams / bigrams / trigrams it takes to cover 95% of a live neuron's activations "
-             "(BOS positions left out). Neurons with 0 fire only at BOS.", fig_coverage),
+             "(BOS positions left out), over the live neurons of the first half of the layers, as the paper shows "
+             "them. Neurons with 0 fire only at BOS.", fig_coverage),
+    _Section("n-gram coverage, all layers", "fig2_coverage_all_layers.png",
+             "The same over the live neurons of every layer.", fig_coverage_all_layers,
+             fold="All layers (click to show)"),
     _Section("Token detectors and the tokens they cover (Figures 3-4)", "fig3_token_detectors.png",
              "Left: token and trigram detectors per layer. Right: tokens covered by each layer's token detectors, "
              "of those how many no detector of the previous layer covers, and how many no earlier layer covers.",
              fig_token_detectors),
+    _Section("Top promoted and suppressed tokens of token detectors (Figure 5)", "fig5_value_tokens.png",
+             "For the token detectors with the most activations: the tokens their value vector promotes most "
+             "(blue) and suppresses most (red) against the unembedding, s_t = W_U[t] · v; ★ marks the neuron's "
+             "own detected tokens.", fig_value_tokens, model=True),
     _Section("Do detectors suppress their triggers? (Figure 6)", "fig6_suppression.png",
              "Share of each layer's token detectors whose value vector scores their own tokens negatively against "
              "the unembedding, beside the same share for random live non-detector neurons of the layer scored on "
              "the same tokens. The paper finds over 80% of detectors suppress their triggers.", fig_suppression),
+    _Section("Trigram detectors and the trigrams they cover (Figures 14-15)", "fig14_trigram_detectors.png",
+             "Left: trigram detectors per layer and cumulative. Right: trigrams covered by each layer's trigram "
+             "detectors, of those how many no detector of the previous layer covers, and how many no earlier "
+             "layer covers.", fig_trigram_detectors),
     _Section("Positional neurons per layer (Figure 7)", "fig7_positional_per_layer.png",
-             "Neurons whose activation carries more than 0.05 nats of information about the position, stacked by "
-             "kind (METHOD.md's rule on the smoothed fr(p)).", fig_positional_per_layer),
+             "Neurons whose activation carries more than 0.05 nats (0.072 bits) of information about the "
+             "position, stacked by kind (METHOD.md's rule on the smoothed fr(p)).", fig_positional_per_layer),
     _Section("Position curves of the strongest positional neurons (Figure 8)", "fig8_positional_curves.png",
              "fr(p): activations at position p / tokens at position p, coloured by kind.", fig_positional_curves),
     _Section("All positional neurons by layer (Figure 9)", "fig9_positional_heatmaps.png",
@@ -100,16 +120,23 @@ def write_report(analysis: Analysis, out: str | Path, *, cards: Sequence[tuple[i
     title = run_title(meta)
     h = headline(analysis)
     body = ["<h2>Headline numbers</h2>", _kv_table(_headline_rows(h, meta))]
+    selected = list(cards) if cards is not None else default_cards(analysis)
+    model_obj, tok, note = None, tokenizer, None
+    if selected or max_neuron_pages or analysis.neurons["token_detector"].any():
+        model_obj, tok, note = _resolve_model(analysis, model, tokenizer)
     for s in SECTIONS:
-        fig, note = s.draw(analysis, title)
+        fig, fig_note = s.draw(analysis, title, model_obj, tok) if s.model else s.draw(analysis, title)
+        if s.model and fig is None and fig_note is None:
+            fig_note = note
         path = _save(fig, figdir / s.file) if fig is not None else None
-        body += [f"<h2>{_esc(s.heading)}</h2>", _figure_html(path, s.heading, s.caption, note)]
+        html = _figure_html(path, s.heading, s.caption, fig_note)
+        if s.fold:
+            body.append(f"<details><summary>{_esc(s.fold)}</summary>{html}</details>")
+        else:
+            body += [f"<h2>{_esc(s.heading)}</h2>", html]
 
     body.append("<h2>Neuron cards</h2>")
-    selected = list(cards) if cards is not None else default_cards(analysis)
     paged: set = set()
-    if selected or max_neuron_pages:
-        model_obj, tok, note = _resolve_model(analysis, model, tokenizer)
     if max_neuron_pages:
         index = write_neuron_pages(analysis, out, model=model_obj, tokenizer=tok, data=data, max_pages=max_neuron_pages)
         if index is not None:
