@@ -95,14 +95,18 @@ class ExampleTracker:
         values = xn.ravel()[flat].astype(np.float32, copy=False)
         # float64, each neuron's values added in row order: exact in practice, as on the device
         sums = torch.from_numpy(np.bincount(cols, weights=values, minlength=xn.shape[1]))
-        maxima = self._firing_maxima(torch.from_numpy(xn.max(0).astype(np.float32)))
+        state = self._state(layer, x.device)
+        # The maxima change only where a value beats the committed maximum: a few entries, not every row.
+        above = values > state[3].numpy()[cols]
+        maxima = np.full(xn.shape[1], -np.inf, np.float32)
+        np.maximum.at(maxima, cols[above], values[above])
         if not n_detail:
-            return None, None, sums, maxima
-        kth = self._state(layer, x.device)[0][-1].numpy()
+            return None, None, sums, torch.from_numpy(maxima)
+        kth = state[0][-1].numpy()
         sel = (rows < n_detail) & (values >= kth[cols])
         v, r = host_topk(rows[sel], cols[sel], values[sel], self.k, xn.shape[1])
         ids = np.where(v == -np.inf, EMPTY_ID, self.ids[r])
-        return torch.from_numpy(v), torch.from_numpy(ids), sums, maxima
+        return torch.from_numpy(v), torch.from_numpy(ids), sums, torch.from_numpy(maxima)
 
     def _state(self, layer: int, device: torch.device) -> list[torch.Tensor]:
         if layer not in self.device:
