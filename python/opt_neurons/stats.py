@@ -74,9 +74,18 @@ class NeuronStats:
         *,
         bos_token_id: int | None = 2,
         ngram_capacity: int = _core.DEFAULT_CAPACITY,
+        n_sources: int = 0,
     ) -> None:
+        """n_sources: sources of the data whose activations are also counted apart (`add_source_counts`;
+        fewer than 2: none)."""
         self._core = _core.NeuronStats(
-            n_layers, n_neurons, vocab_size, max_positions, bos_token_id=bos_token_id, ngram_capacity=ngram_capacity
+            n_layers,
+            n_neurons,
+            vocab_size,
+            max_positions,
+            bos_token_id=bos_token_id,
+            ngram_capacity=ngram_capacity,
+            n_sources=n_sources,
         )
 
     @classmethod
@@ -127,6 +136,38 @@ class NeuronStats:
             _integers(c, f"counts of layer {layer}")
             counts.append(np.ascontiguousarray(c, dtype=np.uint64))
         self._core.add_activity_counts(layers, counts, n_rows)
+
+    @property
+    def n_sources(self) -> int:
+        """Sources whose activations are counted apart (0: none)."""
+        return self._core.n_sources
+
+    def add_source_counts(self, counts_by_layer: dict[int, Any], rows: Any) -> None:
+        """Activations per (source, neuron) of rows also given to the updates above, already summed (on the
+        device): counts[s, j] of the rows[s] rows of source s fired neuron j. Every row of every layer must be
+        split so before `finalize`."""
+        layers = list(_by_layer(counts_by_layer, "add_source_counts", "counts"))
+        counts = []
+        for layer in layers:
+            c = _array(counts_by_layer[layer], f"per-source counts of layer {layer}")
+            if c.ndim != 2 or (c.size and c.dtype.kind in "iuf" and c.min() < 0):
+                raise DataError(f"per-source counts of layer {layer} must be 2-D (sources, neurons) and "
+                                f"non-negative, got shape {c.shape}")  # fmt: skip
+            _integers(c, f"per-source counts of layer {layer}")
+            counts.append(np.ascontiguousarray(c, dtype=np.uint64))
+        r = _array(rows, "rows")
+        _integers(r, "rows")
+        if r.ndim != 1 or (r.size and r.min() < 0):
+            raise DataError(f"rows must be 1-D (sources,) and non-negative, got shape {r.shape}")
+        self._core.add_source_counts(layers, counts, np.ascontiguousarray(r, dtype=np.uint64))
+
+    def source_counts(self, layer: int) -> np.ndarray:
+        """(n_sources, n_neurons) uint64: the layer's activations per source."""
+        return self._core.source_counts(layer)
+
+    def source_rows(self) -> np.ndarray:
+        """(n_sources,) uint64: tokens counted per source."""
+        return self._core.source_rows()
 
     def merge(self, other: NeuronStats) -> None:
         if not isinstance(other, NeuronStats):
