@@ -289,7 +289,7 @@ fn per_source_counts_add_merge_and_save_exactly() {
     let mut rng = StdRng::seed_from_u64(11);
     let words = N.div_ceil(64);
     let mut want = vec![vec![0u64; S * N]; 2];
-    let mut want_rows = vec![0u64; S];
+    let mut want_rows = [0u64; S];
     let mut parts: Vec<NeuronStats> = (0..3).map(|_| NeuronStats::with_sources(config(2), S).unwrap()).collect();
     for part in parts.iter_mut() {
         for _ in 0..2 {
@@ -337,9 +337,9 @@ fn per_source_counts_add_merge_and_save_exactly() {
     }
     // Each neuron's split adds up to its activations.
     let f = a.finalize(&DetectorParams::default(), &PositionalParams::default()).unwrap();
-    for l in 0..2 {
+    for (l, w) in want.iter().enumerate() {
         for j in 0..N {
-            let split: u64 = (0..S).map(|s| want[l][s * N + j]).sum();
+            let split: u64 = (0..S).map(|s| w[s * N + j]).sum();
             assert_eq!(split, f.n_active[l * N + j]);
         }
     }
