@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import ShapeError
 from .finite import FiniteCheck
 from .heap import TRIM_EVERY, release_free_heap
 from .schedule import Cursor
+from .source_split import SourceSplit
 from .stats import NeuronStats
 
 # Byte k (0 or 1) of a little-endian u64, times this, lands on bit 56 + k with no carries into the top
@@ -91,6 +93,12 @@ class BitCapture:
         self.batch_counts: list = []  # (layer, activation counts on the device) of its other rows
         self.sums: dict[int, torch.Tensor] = {}  # committed activation counts per layer, not yet in stats
         self.sum_rows: dict[int, int] = {}
+        # With named sources (stats.n_sources): each batch's rows by source, the (layer, per-source counts on
+        # the device) of the forward pass running, and the committed ones with their rows per source.
+        self.split: SourceSplit | None = None
+        self.batch_sources: list = []
+        self.source_sums: dict[int, torch.Tensor] = {}
+        self.source_rows: dict[int, np.ndarray] = {}
         self.block: list = []  # committed (batch, tokens, positions) of the same layers, to count in one call
         self.block_rows = 0
         self.pending: queue.Queue = queue.Queue(maxsize=2)  # blocks not yet counted
@@ -111,14 +119,19 @@ class BitCapture:
         self.worker.start()
 
     def set_rows(self, token_ids: np.ndarray, positions: np.ndarray, detail_rows: int | None = None,
-                 first_sequence: int | None = None) -> None:  # fmt: skip
+                 first_sequence: int | None = None, source_ids: np.ndarray | None = None) -> None:  # fmt: skip
         """Token ids and positions of the rows of the next forward pass (row-major over the batch); the
         first `detail_rows` (default: all) get every statistic, the rest activation counts only.
-        `first_sequence`: the data index of the batch's first sequence (examples need it)."""
+        `first_sequence`: the data index of the batch's first sequence (examples need it). `source_ids`: the
+        source of every row, when the statistics count sources (all rows count)."""
         n = len(token_ids) if detail_rows is None else detail_rows
         self.rows = (np.ascontiguousarray(token_ids[:n], np.uint32), np.ascontiguousarray(positions[:n], np.uint32),
                      len(token_ids) - n)  # fmt: skip
-        self.batch, self.batch_counts = [], []
+        self.batch, self.batch_counts, self.batch_sources = [], [], []
+        if self.stats.n_sources:
+            if source_ids is None or len(source_ids) != len(token_ids):
+                raise ShapeError("the statistics count sources: set_rows needs every row's source id")
+            self.split = SourceSplit(source_ids, self.stats.n_sources)
         if self.examples is not None:
             self.examples.set_rows(self.rows[1], first_sequence)
 
@@ -132,6 +145,8 @@ class BitCapture:
                 self.batch.append((layer, *self._to_host(pack_bits(x[:n], self.threshold))))
             if n < len(x):
                 self.batch_counts.append((layer, count_active(x[n:], self.threshold)))
+            if self.split is not None:
+                self.batch_sources.append((layer, self.split.count(x, self.threshold)))
             if self.examples is not None:
                 self.examples.observe(layer, x, n)
 
@@ -167,6 +182,9 @@ class BitCapture:
         for layer, counts in self.batch_counts:
             self.sums[layer] = self.sums[layer].add_(counts) if layer in self.sums else counts
             self.sum_rows[layer] = self.sum_rows.get(layer, 0) + self.rows[2]
+        for layer, counts in self.batch_sources:
+            self.source_sums[layer] = self.source_sums[layer].add_(counts) if layer in self.source_sums else counts
+            self.source_rows[layer] = self.source_rows.get(layer, 0) + self.split.rows  # type: ignore[union-attr]
         if self.batch:
             if self.block and [b[0] for b in self.batch] != [b[0] for b in self.block[0][0]]:
                 self.send_block()  # a block's batches cover the same layers (one core call counts them)
@@ -176,7 +194,7 @@ class BitCapture:
                 self.send_block()
         if self.examples is not None:
             self.examples.commit(len(self.rows[0]) + self.rows[2])
-        self.batch, self.batch_counts = [], []
+        self.batch, self.batch_counts, self.batch_sources = [], [], []
         self.finite.commit()
         if done is not None:
             self.done = done
@@ -235,6 +253,13 @@ class BitCapture:
         self.sums, self.sum_rows = {}, {}
         for n_rows, counts_by_layer in by_rows.items():
             self.stats.add_activity_counts(counts_by_layer, n_rows)
+        by_source_rows: dict[bytes, tuple[np.ndarray, dict[int, torch.Tensor]]] = {}
+        for layer, counts in self.source_sums.items():
+            rows = self.source_rows[layer]
+            by_source_rows.setdefault(rows.tobytes(), (rows, {}))[1][layer] = counts
+        self.source_sums, self.source_rows = {}, {}
+        for rows, counts_by_layer in by_source_rows.values():
+            self.stats.add_source_counts(counts_by_layer, rows)
         self.consistent = consistent
 
     def flush(self) -> None:
@@ -252,7 +277,7 @@ class BitCapture:
             return
         for h in self.handles:
             h.remove()
-        self.batch, self.batch_counts = [], []
+        self.batch, self.batch_counts, self.batch_sources = [], [], []
         if self.examples is not None:
             self.examples.drop()
         self.finite.drop()

@@ -169,12 +169,14 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
     run_id = {"model": lm.model_id, "revision": lm.revision, "weights": weights, "data": data_sha256, "T": T,
               "ngram_capacity": o.ngram_capacity, "dtype": dtype_name, "rank": rank, "world": world,
               "detail_sequences": tokens.detail, "activation_threshold": threshold, "examples": o.examples,
-              "examples_seed": o.examples_seed}  # fmt: skip
+              "examples_seed": o.examples_seed, "sources": tokens.source_names if tokens.n_sources else None}  # fmt: skip
     resumed = checkpoint.load(out_dir, run_id, mine, ckpt) if out_dir is not None else None
     if out_dir is not None and resumed is None:
         checkpoint.set_aside(out_dir, ckpt)
     stats, start = resumed or (
-        NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=o.ngram_capacity),
+        NeuronStats(
+            n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=o.ngram_capacity, n_sources=tokens.n_sources
+        ),
         schedule.Cursor(),
     )
     tracker = None
@@ -204,7 +206,8 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
             return None
         stats = merged
     materialize = source.on_device if isinstance(source, StreamedLayers) else None
-    tables = build_tables(stats, tokenizer=lm.tokenizer, model=lm.model, materialize=materialize, **t.to_dict())
+    tables = build_tables(stats, tokenizer=lm.tokenizer, model=lm.model, materialize=materialize,
+                          source_names=tokens.source_names, **t.to_dict())  # fmt: skip
     tables.neurons = example_tables.with_activation_columns(tables.neurons, ex)
     metadata = {
         "model_id": lm.model_id,
@@ -233,6 +236,8 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "n_sequences": int(len(tokens.lengths)),
         "T": T,
         "data_sources": tokens.sources,
+        # Named sources (METHOD.md "Sources"): tokens of each, in the order of the per-source columns.
+        "source_tokens": source_tokens(stats, tokens),
         "data_sha256": data_sha256,
         "thresholds": t.to_dict(),
         "ngram_capacity": o.ngram_capacity,
@@ -266,6 +271,14 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         if report:  # the loaded weights serve the neuron cards (streamed layer-major ones are not loaded)
             write_report(analysis, out_dir, model=lm.model if mode != "layer" else "auto", tokenizer=lm.tokenizer)
     return analysis
+
+
+def source_tokens(stats: NeuronStats, tokens: Any) -> dict[str, int] | None:
+    """{source name: tokens analysed} of the data's named sources (the counted ones from the state), or None."""
+    if not tokens.source_names:
+        return None
+    counts = stats.source_rows() if stats.n_sources else tokens.source_tokens()
+    return {name: int(n) for name, n in zip(tokens.source_names, counts)}
 
 
 def execution_choice(requested: str, config: Any, dtype: Any, device: torch.device, device_map: Any) -> tuple[str, str]:
