@@ -170,7 +170,7 @@ def text_documents(data: Any, text_column: str = "text", source_column: str | No
     if isinstance(data, Iterable):
         h = hashlib.sha256()
 
-        def docs() -> Iterator[str]:
+        def docs() -> Iterator[tuple[str, str | None]]:
             for d in data:
                 if not isinstance(d, str):
                     raise DataError(f"data iterables must yield strings, got {type(d).__name__}")

@@ -30,11 +30,11 @@ class SourceSplit:
         neuron's output is > threshold."""
         out = torch.zeros((self.n_sources, x.shape[1]), dtype=torch.int64, device=x.device)
         if not x.is_cuda:  # numpy's byte sums beat torch's bool sums on the CPU (as in capture.count_active)
-            fired = (x > threshold).numpy().view(np.uint8)
+            fired_np = (x > threshold).numpy().view(np.uint8)
             if self.order is not None:
-                fired = fired[self.order]
+                fired_np = fired_np[self.order]
             if len(self.present):
-                sums = np.add.reduceat(fired, self.starts, axis=0, dtype=np.int64)
+                sums = np.add.reduceat(fired_np, self.starts, axis=0, dtype=np.int64)
                 out[torch.from_numpy(self.present)] = torch.from_numpy(sums)
             return out
         fired = x > threshold
