@@ -95,6 +95,7 @@ class BitCapture:
         self.sum_rows: dict[int, int] = {}
         # With named sources (stats.n_sources): each batch's rows by source, the (layer, per-source counts on
         # the device) of the forward pass running, and the committed ones with their rows per source.
+        self.n_sources = stats.n_sources  # read once: the counting thread holds the state while it counts
         self.split: SourceSplit | None = None
         self.batch_sources: list = []
         self.source_sums: dict[int, torch.Tensor] = {}
@@ -128,10 +129,10 @@ class BitCapture:
         self.rows = (np.ascontiguousarray(token_ids[:n], np.uint32), np.ascontiguousarray(positions[:n], np.uint32),
                      len(token_ids) - n)  # fmt: skip
         self.batch, self.batch_counts, self.batch_sources = [], [], []
-        if self.stats.n_sources:
+        if self.n_sources:
             if source_ids is None or len(source_ids) != len(token_ids):
                 raise ShapeError("the statistics count sources: set_rows needs every row's source id")
-            self.split = SourceSplit(source_ids, self.stats.n_sources)
+            self.split = SourceSplit(source_ids, self.n_sources)
         if self.examples is not None:
             self.examples.set_rows(self.rows[1], first_sequence)
 
