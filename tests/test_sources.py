@@ -13,10 +13,10 @@ import polars as pl
 import pytest
 
 import opt_neurons
+from test_execution import free_port, interrupt_at_update
 
 from conftest import gpt2_tokenizer
 from planted import build_planted_opt, float_reference
-from test_execution import free_port, interrupt_at_update
 
 SOURCE_COLUMNS = ("n_active_by_source", "frequency_by_source")
 
