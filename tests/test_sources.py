@@ -136,3 +136,24 @@ def test_two_processes_count_the_same_per_source(planted, folder, run, tmp_path)
     assert merged.metadata["source_tokens"] == run.metadata["source_tokens"]
     assert (merged.neurons["n_active"] == run.neurons["n_active"]).all()
     assert pl.Series(list(merged.metadata["source_tokens"].values())).sum() == merged.metadata["n_tokens"]
+
+
+@pytest.mark.parametrize("order", ["shuffled", "sorted", "one source"])
+def test_source_split_counts_on_host_and_with_tensor_ops(order):
+    """SourceSplit's numpy path (CPU forwards) and tensor path (GPU forwards, run here on CPU tensors) both give
+    each source's fired rows per neuron; a source without rows in the batch counts 0."""
+    import torch
+
+    from opt_neurons.source_split import SourceSplit
+
+    rng = np.random.default_rng(3)
+    ids = rng.choice([0, 1, 3], size=500)  # source 2 has no rows here
+    ids = {"shuffled": ids, "sorted": np.sort(ids), "one source": np.full(500, 3)}[order]
+    x = torch.from_numpy(rng.normal(size=(500, 70)).astype(np.float32))
+    want = np.stack([(x.numpy()[ids == s] > 0.5).sum(0) for s in range(4)])
+    split = SourceSplit(ids, 4)
+    assert split.rows.tolist() == np.bincount(ids, minlength=4).tolist()
+    assert (split.order is None) == (order != "shuffled")
+    np.testing.assert_array_equal(split.count(x, 0.5).numpy(), want)
+    out = torch.zeros((4, 70), dtype=torch.int64)
+    np.testing.assert_array_equal(split.count_tensor(x > 0.5, out).numpy(), want)

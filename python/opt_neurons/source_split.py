@@ -37,11 +37,14 @@ class SourceSplit:
                 sums = np.add.reduceat(fired_np, self.starts, axis=0, dtype=np.int64)
                 out[torch.from_numpy(self.present)] = torch.from_numpy(sums)
             return out
-        fired = x > threshold
+        return self.count_tensor(x > threshold, out)
+
+    def count_tensor(self, fired: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`count` on the device: (rows, F) bool -> `out` (n_sources, F) int64 filled in with tensor ops."""
         if self.order is not None:
-            order = self._device_order.get(x.device)
+            order = self._device_order.get(fired.device)
             if order is None:
-                order = self._device_order[x.device] = torch.from_numpy(self.order).to(x.device, non_blocking=True)
+                order = self._device_order[fired.device] = torch.from_numpy(self.order).to(fired.device)
             fired = fired.index_select(0, order)
         for s, a, b in zip(self.present.tolist(), self.starts.tolist(), self.ends.tolist()):
             out[s] = fired[a:b].sum(0)
