@@ -46,7 +46,7 @@ def options(planted):
 def per_source(a: opt_neurons.Analysis, layers: int) -> np.ndarray:
     """(layers, sources, neurons) of the table's n_active_by_source."""
     n = a.neurons.sort("layer", "neuron").unnest("n_active_by_source")
-    names = list(a.metadata["source_tokens"])
+    names = a.metadata["source_names"]
     return np.stack([n[name].to_numpy().reshape(layers, -1) for name in names], axis=1)
 
 
@@ -67,6 +67,7 @@ def test_counts_per_source_equal_float_hooks(run, planted):
     np.testing.assert_array_equal(per_source(run, planted.n_layers), want)
     tokens = np.bincount(src.reshape(-1), minlength=2)
     assert run.metadata["source_tokens"] == {"a.jsonl": int(tokens[0]), "b.jsonl": int(tokens[1])}
+    assert run.metadata["source_names"] == data.source_names
     assert sum(run.metadata["source_tokens"].values()) == run.metadata["n_tokens"]
     # frequency on a source = activations on it / its tokens; dead on a source = none of its tokens fired it.
     freq = run.neurons.sort("layer", "neuron")["frequency_by_source"].struct.field("a.jsonl").to_numpy()
@@ -96,7 +97,7 @@ def test_one_source_or_none_keeps_no_table(planted, folder, tmp_path):
         a = opt_neurons.analyze(planted.model_dir, data, **options(planted))
         assert not set(SOURCE_COLUMNS) & set(a.neurons.columns)
         assert "dead_fraction_by_source" not in a.layers.columns
-        assert a.metadata["source_tokens"] is None
+        assert a.metadata["source_tokens"] is None and a.metadata["source_names"] is None
 
 
 def test_interrupted_and_resumed_run_counts_the_same(planted, folder, run, tmp_path, monkeypatch):
@@ -134,6 +135,7 @@ def test_two_processes_count_the_same_per_source(planted, folder, run, tmp_path)
         assert merged.neurons[c].equals(run.neurons[c]), c
     assert merged.layers.select("dead_fraction_by_source").equals(run.layers.select("dead_fraction_by_source"))
     assert merged.metadata["source_tokens"] == run.metadata["source_tokens"]
+    assert merged.metadata["source_names"] == run.metadata["source_names"] == ["a.jsonl", "b.jsonl"]
     assert (merged.neurons["n_active"] == run.neurons["n_active"]).all()
     assert pl.Series(list(merged.metadata["source_tokens"].values())).sum() == merged.metadata["n_tokens"]
 

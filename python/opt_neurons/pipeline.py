@@ -236,7 +236,8 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "n_sequences": int(len(tokens.lengths)),
         "T": T,
         "data_sources": tokens.sources,
-        # Named sources (METHOD.md "Sources"): tokens of each, in the order of the per-source columns.
+        # Named sources (METHOD.md "Sources"): their names in the order of the per-source columns, tokens of each.
+        "source_names": tokens.source_names or None,
         "source_tokens": source_tokens(stats, tokens),
         "data_sha256": data_sha256,
         "thresholds": t.to_dict(),
