@@ -251,3 +251,23 @@ def test_counting_option_is_checked_and_has_a_flag(model_and_tokens, capsys):  #
     d, tokens = model_and_tokens
     a = opt_neurons.analyze(d, tokens[:2], progress=False)  # auto: the host until a GPU measurement says otherwise
     assert a.metadata["counting"] == "host"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+@pytest.mark.parametrize("detail_sequences", [None, 3])
+def test_device_counting_on_cuda_equals_host_counting_on_cpu(planted, detail_sequences):
+    """The real device path (reduction on the GPU, position counters there, copies on a side stream) against
+    the host path on the CPU: same planted model in float32, exact summaries, every count and flag equal."""
+    from transformers import OPTForCausalLM
+
+    model = OPTForCausalLM.from_pretrained(planted.model_dir, dtype=torch.float32).eval()
+    detail = None if detail_sequences is None else detail_sequences * planted.tokens.shape[1]
+    run = dict(batch_size=8, progress=False, detail_tokens=detail, ngram_capacity=1 << 14)
+    on_cpu = opt_neurons.analyze(model, planted.tokens, **run)
+    on_gpu = opt_neurons.analyze(model.to("cuda"), planted.tokens, counting="device", **run)
+    for name in ("neurons", "layers", "tokens", "positions"):
+        a, b = getattr(on_cpu, name), getattr(on_gpu, name)
+        floats = [c for c, t in a.schema.items() if t in (pl.Float32, pl.Float64)]
+        assert a.drop(floats).equals(b.drop(floats)), name
+        for c in floats:  # suppression scores come from GPU matmuls: equal up to rounding
+            np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-4, atol=1e-5, err_msg=c)

@@ -4,6 +4,7 @@ them to the Rust core on a worker thread, so counting overlaps the forward pass.
 
 Only bits leave the device (1/16 of fp16 activations), and for rows past `detail_tokens` only a
 count per neuron, summed there until the next checkpoint; float activations are never copied.
+With `counting="device"` (device_counting.py) the detail rows leave it as counts instead.
 """
 
 from __future__ import annotations
