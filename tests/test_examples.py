@@ -13,7 +13,7 @@ import opt_neurons
 from opt_neurons import _core
 from opt_neurons.errors import DataMismatchError, ExamplesStateError, OptNeuronsError
 from opt_neurons.example_tracker import ExampleTracker
-from opt_neurons.topk import EMPTY_ID, batch_topk, merge_topk
+from opt_neurons.topk import EMPTY_ID, batch_topk, host_topk, merge_topk
 
 from planted import build_planted_opt
 from reference import pack
@@ -113,9 +113,46 @@ def test_top_k_equals_the_float_reference_with_the_tie_rule(run, values):
     assert ties > 0, "the planted model gave no tie at the k-th value: the tie rule went untested here"
 
 
+def test_the_device_path_gives_the_host_paths_examples(planted, run, monkeypatch):
+    """On the CPU the tracker takes its host path; the device path (dense keys, every row) run there on
+    the same batches must give the same examples and activation columns, to the bit."""
+    monkeypatch.setattr(ExampleTracker, "on_host", staticmethod(lambda x: False))
+    dense = opt_neurons.analyze(planted.model_dir, planted.tokens, batch_size=BATCH, progress=False, examples=K)
+    assert dense.example_table.equals(run.example_table)
+    cols = ["max_activation", "mean_activation"]
+    assert dense.neurons.select(cols).equals(run.neurons.select(cols))
+
+
+def test_host_top_k_with_wide_rows_keeps_the_tie_rule():
+    """Rows past 16 bits do not fit host_topk's one unique key: its stable sort gives the same order."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 4, size=(200, 30)).astype(np.float32)  # many ties
+    flat = np.flatnonzero(x > 0)
+    r, c = np.divmod(flat, 30)
+    v, rows = host_topk(r, c, x.ravel()[flat], 6, 30)
+    v_wide, rows_wide = host_topk(r + (1 << 20), c, x.ravel()[flat], 6, 30)
+    np.testing.assert_array_equal(v_wide, v)
+    np.testing.assert_array_equal(rows_wide[v > -np.inf], rows[v > -np.inf] + (1 << 20))
+    ref_v, ref_rows = batch_topk(torch.from_numpy(x), 6, 0.0)
+    np.testing.assert_array_equal(v, ref_v.numpy())
+    np.testing.assert_array_equal(rows[v > -np.inf], ref_rows.numpy()[v > -np.inf])
+
+
+def host_batch_topk(xb: torch.Tensor, k: int, threshold: float, kth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tracker's CPU path: firing entries at or above the running k-th value, through host_topk."""
+    x = xb.float().numpy() + 0.0
+    flat = np.flatnonzero(x > threshold)
+    r, c = np.divmod(flat, x.shape[1])
+    v = x.ravel()[flat]
+    sel = v >= kth.numpy()[c]
+    vals, rows = host_topk(r[sel], c[sel], v[sel], k, x.shape[1])
+    return torch.from_numpy(vals), torch.from_numpy(rows)
+
+
+@pytest.mark.parametrize("path", ["device", "host"])
 @pytest.mark.parametrize("threshold", [0.0, -1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_batch_top_k_and_merge_follow_the_tie_rule(dtype, threshold):
+def test_batch_top_k_and_merge_follow_the_tie_rule(dtype, threshold, path):
     rng = np.random.default_rng(3)
     k, f, rows = 5, 40, 300
     x = rng.integers(-3, 4, size=(rows, f)).astype(np.float32) / 2  # many equal values, negatives, zeros
@@ -127,7 +164,7 @@ def test_batch_top_k_and_merge_follow_the_tie_rule(dtype, threshold):
     kept = torch.full((k, f), EMPTY_ID, dtype=torch.int64)
     for lo in range(0, rows, 64):  # batches of 64 rows, the last shorter
         xb = torch.from_numpy(x[lo : lo + 64]).to(dtype)
-        v, r = batch_topk(xb, k, threshold)
+        v, r = batch_topk(xb, k, threshold) if path == "device" else host_batch_topk(xb, k, threshold, values[-1])
         i = torch.from_numpy(ids[lo : lo + 64])[r].masked_fill(v == float("-inf"), EMPTY_ID)
         values, kept = merge_topk(values, kept, v, i, k)
     for j in range(f):

@@ -20,7 +20,7 @@ import torch
 
 from . import _core
 from .errors import ExamplesStateError
-from .topk import EMPTY_ID, batch_topk, merge_topk
+from .topk import EMPTY_ID, batch_topk, host_topk, merge_topk
 
 FILE = "examples.bin"
 PREVIOUS = "examples.prev.bin"
@@ -61,15 +61,52 @@ class ExampleTracker:
 
     def observe(self, layer: int, x: torch.Tensor, n_detail: int) -> None:
         """A layer's (rows, F) activations of the running batch; the first `n_detail` are detail rows."""
+        if self.on_host(x):
+            self.pending.append((layer, *self._observe_on_host(layer, x, n_detail)))
+            return
         fired = x > self.threshold
         # float64: the sums of fp16 / fp32 values stay exact in practice, so they do not depend on batching.
         sums = x.masked_fill(~fired, 0).sum(0, dtype=torch.float64 if x.device.type != "mps" else torch.float32)
-        maxima = x.masked_fill(~fired, float("-inf")).amax(0).float()
+        maxima = self._firing_maxima(x.amax(0).float())
         v = i = None
         if n_detail:
             v, rows = batch_topk(x[:n_detail], self.k, self.threshold, fired[:n_detail])
             i = self._ids(x.device)[rows].masked_fill(v == float("-inf"), EMPTY_ID)
         self.pending.append((layer, v, i, sums, maxima))
+
+    @staticmethod
+    def on_host(x: torch.Tensor) -> bool:
+        return x.device.type == "cpu"
+
+    def _firing_maxima(self, maxima: torch.Tensor) -> torch.Tensor:
+        """Each neuron's largest value over the batch -> its largest firing value (-inf: none fired)."""
+        return maxima.masked_fill_(~(maxima > self.threshold), float("-inf"))
+
+    def _observe_on_host(self, layer: int, x: torch.Tensor, n_detail: int) -> tuple:
+        """observe() on the CPU, the same results from the firing entries alone: the dense keys and top k
+        of every row cost more there than the forward pass (RESULTS.md), and a sync costs nothing. Only
+        detail entries at or above the committed top k's k-th value can enter it (a later row must beat
+        it; an equal one may win the tie only if earlier), so the rest are dropped before the sort."""
+        xn = x.numpy() if x.dtype in (torch.float32, torch.float16) else x.float().numpy()
+        if self.threshold < 0:
+            xn = xn + 0.0  # -0.0 -> +0.0: equal values must get equal keys
+        flat = np.flatnonzero(xn > self.threshold)
+        rows, cols = np.divmod(flat, xn.shape[1])
+        values = xn.ravel()[flat].astype(np.float32, copy=False)
+        # float64, each neuron's values added in row order: exact in practice, as on the device
+        sums = torch.from_numpy(np.bincount(cols, weights=values, minlength=xn.shape[1]))
+        state = self._state(layer, x.device)
+        # The maxima change only where a value beats the committed maximum: a few entries, not every row.
+        above = values > state[3].numpy()[cols]
+        maxima = np.full(xn.shape[1], -np.inf, np.float32)
+        np.maximum.at(maxima, cols[above], values[above])
+        if not n_detail:
+            return None, None, sums, torch.from_numpy(maxima)
+        kth = state[0][-1].numpy()
+        sel = (rows < n_detail) & (values >= kth[cols])
+        v, r = host_topk(rows[sel], cols[sel], values[sel], self.k, xn.shape[1])
+        ids = np.where(v == -np.inf, EMPTY_ID, self.ids[r])
+        return torch.from_numpy(v), torch.from_numpy(ids), sums, torch.from_numpy(maxima)
 
     def _state(self, layer: int, device: torch.device) -> list[torch.Tensor]:
         if layer not in self.device:
