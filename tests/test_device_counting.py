@@ -271,3 +271,19 @@ def test_device_counting_on_cuda_equals_host_counting_on_cpu(planted, detail_seq
         assert a.drop(floats).equals(b.drop(floats)), name
         for c in floats:  # suppression scores come from GPU matmuls: equal up to rounding
             np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-4, atol=1e-5, err_msg=c)
+
+
+def test_position_counts_of_short_whole_sequences_and_of_any_rows_agree():
+    """Whole sequences shorter than T take the sum over sequences ((L, F) counts), other rows the scatter."""
+    rng = np.random.default_rng(2)
+    fired = torch.from_numpy(rng.random((12, 70)) < 0.4)
+    positions = np.tile(np.arange(3), 4).astype(np.uint32)
+    tokens = rng.integers(0, 9, 12).astype(np.uint32)
+    codes = [(torch.from_numpy(k), torch.from_numpy(c)) for k, c in kgram_codes(tokens, positions, 2)]
+    pos = torch.from_numpy(positions.astype(np.int64))
+    assert whole_sequences(positions) == 3 and whole_sequences(positions[1:]) is None
+    flat, sizes, summed = reduce_detail(fired, codes, pos, 3, 5)
+    flat2, sizes2, scattered = reduce_detail(fired, codes, pos, None, 5)
+    assert summed.shape == (3, 70) and scattered.shape == (5, 70)
+    assert torch.equal(summed.to(torch.int32), scattered[:3]) and not scattered[3:].any()
+    assert torch.equal(flat, flat2) and sizes == sizes2
