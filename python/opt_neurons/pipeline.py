@@ -221,6 +221,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "execution": mode,
         "execution_reason": why,
         "counting": counting,  # where the per-activation counting ran (host or device)
+        "counting_reason": counting_why,
         "world_size": world,
         "n_layers": n_layers,
         "n_neurons": n_neurons,
