@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 import opt_neurons
 from opt_neurons import NeuronStats
-from opt_neurons.device_counting import DeviceCapture, kgram_codes, reduce_detail, unpack, whole_sequences
+from opt_neurons.device_counting import (
+    REDUCE_CELLS,
+    DeviceCapture,
+    kgram_codes,
+    reduce_detail,
+    unpack,
+    whole_sequences,
+)
 from opt_neurons.errors import OptionError
 from opt_neurons.tables import build_tables
 from test_core_reference import (
@@ -31,7 +38,7 @@ from test_execution import assert_same, interrupt_at_update, model_and_tokens, p
 from planted import build_planted_opt
 
 
-def device_feed(stats: NeuronStats, s: Stream, rng) -> None:
+def device_feed(stats: NeuronStats, s: Stream, rng, cells: int = REDUCE_CELLS) -> None:
     """What DeviceCapture does with each batch, on CPU tensors: random groups of whole sequences reduced by
     `reduce_detail`, merged by `merge_counted`, the position counters summed and added at the end."""
     n_layers, _, f = s.acts.shape
@@ -47,7 +54,7 @@ def device_feed(stats: NeuronStats, s: Stream, rng) -> None:
         for layer in range(n_layers):
             flat, sizes, by_pos = reduce_detail(torch.from_numpy(s.acts[layer, lo:hi]), codes,
                                                 torch.from_numpy(positions.astype(np.int64)),
-                                                whole_sequences(positions), T)  # fmt: skip
+                                                whole_sequences(positions), T, cells)  # fmt: skip
             counters[layer, : len(by_pos)] += by_pos.numpy()
             counted[layer] = unpack(flat.numpy(), sizes, f)
         stats.merge_counted(counted, tokens, positions)
@@ -64,16 +71,18 @@ def device_feed(stats: NeuronStats, s: Stream, rng) -> None:
     n_seqs=st.integers(1, 8),
     bos=st.sampled_from([None, 0, 2]),
     ragged=st.booleans(),
+    cells=st.sampled_from([REDUCE_CELLS, 1, 100]),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_device_reduction_equals_the_host_path_on_random_streams(n_layers, n_neurons, vocab, max_positions, n_seqs,
-                                                                 bos, ragged, seed):  # fmt: skip
-    """Ragged sequences take the scatter path of the position counts, whole ones the sum over sequences."""
+                                                                 bos, ragged, cells, seed):  # fmt: skip
+    """Ragged sequences take the scatter path of the position counts, whole ones the sum over sequences; small
+    `cells` reduce a neuron or a few at a time."""
     rng = np.random.default_rng(seed)
     s = random_stream(rng, n_layers=n_layers, n_neurons=n_neurons, vocab=vocab, max_positions=max_positions,
                       n_seqs=n_seqs, bos=bos, ragged=ragged)  # fmt: skip
     device, host = s.new_stats(), s.new_stats()
-    device_feed(device, s, rng)
+    device_feed(device, s, rng, cells)
     feed(host, s, rng)
     check_against_reference(device, s.reference())
     assert device.to_bytes() != b"" and device.rows == host.rows and device.detail_rows == host.detail_rows
@@ -87,7 +96,7 @@ def test_device_reduction_keeps_the_certified_bounds_with_small_capacity(capacit
     rng = np.random.default_rng(seed)
     s, _ = zipf_stream(rng, vocab=500, n_seqs=10, max_positions=200, n_layers=1, n_neurons=64)
     stats = s.new_stats(capacity)
-    device_feed(stats, s, rng)
+    device_feed(stats, s, rng, int(rng.choice([REDUCE_CELLS, 300])))
     seen = check_against_reference(stats, s.reference(), capacity=capacity, positional=False)
     assert seen["lossy"] > 0
 
@@ -287,3 +296,10 @@ def test_position_counts_of_short_whole_sequences_and_of_any_rows_agree():
     assert summed.shape == (3, 70) and scattered.shape == (5, 70)
     assert torch.equal(summed.to(torch.int32), scattered[:3]) and not scattered[3:].any()
     assert torch.equal(flat, flat2) and sizes == sizes2
+    # Slices of a few neurons at a time: the same counts once the padding pairs are dropped.
+    for cells in (1, 40):
+        flat3, sizes3, scattered3 = reduce_detail(fired, codes, pos, None, 5, cells)
+        assert torch.equal(scattered3, scattered)
+        for a, b in zip(unpack(flat.numpy(), sizes, 70)[1:], unpack(flat3.numpy(), sizes3, 70)[1:]):
+            for x, y in zip(a, b):
+                np.testing.assert_array_equal(x, y)

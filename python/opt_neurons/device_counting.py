@@ -66,36 +66,50 @@ def whole_sequences(positions: np.ndarray) -> int | None:
     return length if np.array_equal(positions, np.tile(np.arange(length), starts)) else None
 
 
+# The reduction's temporaries take about 40 bytes per activation (indices, sort keys, unique pairs and counts):
+# it runs over slices of neurons of at most this many (row, neuron) cells, which bounds them at any density.
+REDUCE_CELLS = 1 << 26
+
+
 def reduce_detail(fired: torch.Tensor, codes: list[tuple[torch.Tensor, torch.Tensor]], positions: torch.Tensor,
-                  sequence_length: int | None, max_positions: int) -> tuple[torch.Tensor, list[int], torch.Tensor]:  # fmt: skip
+                  sequence_length: int | None, max_positions: int,
+                  cells: int = REDUCE_CELLS) -> tuple[torch.Tensor, list[int], torch.Tensor]:  # fmt: skip
     """One layer's detail rows, on their device: (rows, F) fired mask -> (flat, sizes, by_position).
 
     flat (int64) holds the F activation counts, then per k = 1, 2, 3 the pairs' `neuron << 32 | count`
-    and their keys, sorted by (neuron, key), `sizes[k]` of each (a last pair of neuron F is padding: see
-    `unpack`); by_position: (L, F) counts of positions 0..L-1."""
+    and then their keys, sorted by (neuron, key), `sizes[k]` of each (pairs of neuron F are padding: see
+    `unpack`); by_position: (L, F) counts of positions 0..L-1 (L = sequence_length, else max_positions)."""
     n, f = fired.shape
-    active = fired.sum(0)
-    rows, neurons = fired.nonzero(as_tuple=True)
-    parts, sizes = [active], [f]
-    for keys, code in codes:
-        distinct = len(keys)
-        if distinct == 0 or len(rows) == 0:
-            sizes.append(0)
-            continue
-        c = code[rows]
-        # Pairs of rows that add no k-gram sort last as one (neuron F) pair, dropped on the host: no wait for
-        # a count of the valid ones here.
-        pair = torch.where(c >= 0, neurons * distinct + c, f * distinct)
-        unique, counts = torch.unique(pair, return_counts=True)
-        parts += [(unique // distinct) << 32 | counts, keys[unique % distinct]]
-        sizes.append(len(unique))
+    width = max(1, cells // max(n, 1))
+    pieces: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in codes]  # per kind, per slice
     if sequence_length is not None:  # whole sequences: a sum over them, no scatter
         b = n // sequence_length
-        small = torch.uint8 if b < 256 else torch.int32
-        by_position = fired.view(b, sequence_length, f).sum(0, dtype=small)
+        by_position = fired.view(b, sequence_length, f).sum(0, dtype=torch.uint8 if b < 256 else torch.int32)
     else:
-        flat_pos = positions[rows] * f + neurons
-        by_position = torch.bincount(flat_pos, minlength=max_positions * f).view(-1, f).to(torch.int32)
+        by_position = torch.zeros((max_positions, f), dtype=torch.int32, device=fired.device)
+    for lo in range(0, f, width):
+        part = fired[:, lo : lo + width]
+        rows, neurons = part.nonzero(as_tuple=True)
+        if len(rows) == 0:
+            continue
+        for kind, (keys, code) in zip(pieces, codes):
+            distinct = len(keys)
+            if distinct == 0:
+                continue
+            c = code[rows]
+            # Pairs of rows that add no k-gram sort last as one (neuron F) pair, dropped on the host: no wait
+            # for a count of the valid ones here.
+            pair = torch.where(c >= 0, (neurons + lo) * distinct + c, f * distinct)
+            unique, counts = torch.unique(pair, return_counts=True)
+            kind.append(((unique // distinct) << 32 | counts, keys[unique % distinct]))
+        if sequence_length is None:  # rows that are not whole sequences: a scatter of the activations
+            w = part.shape[1]
+            flat_pos = torch.bincount(positions[rows] * w + neurons, minlength=max_positions * w)
+            by_position[:, lo : lo + w] += flat_pos.view(max_positions, w).to(torch.int32)
+    parts, sizes = [fired.sum(0)], [f]
+    for kind in pieces:
+        parts += [pairs for pairs, _ in kind] + [keys for _, keys in kind]
+        sizes.append(sum(len(pairs) for pairs, _ in kind))
     return torch.cat(parts), sizes, by_position
 
 
@@ -107,8 +121,8 @@ def unpack(flat: np.ndarray, sizes: list[int], n_neurons: int) -> tuple:
     for m in sizes[1:]:
         pairs, keys = flat[at : at + m], flat[at + m : at + 2 * m]
         at += 2 * m
-        if m and pairs[-1] >> 32 == n_neurons:
-            pairs, keys = pairs[:-1], keys[:-1]
+        real = pairs >> 32 != n_neurons
+        pairs, keys = pairs[real], keys[real]
         out.append(((pairs >> 32).astype(np.uint32), keys, (pairs & 0xFFFFFFFF).astype(np.uint32)))
     return tuple(out)
 
