@@ -66,7 +66,7 @@ def whole_sequences(positions: np.ndarray) -> int | None:
     return length if np.array_equal(positions, np.tile(np.arange(length), starts)) else None
 
 
-# The reduction's temporaries take about 40 bytes per activation (indices, sort keys, unique pairs and counts):
+# The reduction's temporaries take a few int64 words per activation (indices, sort keys, unique pairs, counts):
 # it runs over slices of neurons of at most this many (row, neuron) cells, which bounds them at any density.
 REDUCE_CELLS = 1 << 26
 
