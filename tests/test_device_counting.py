@@ -303,3 +303,35 @@ def test_position_counts_of_short_whole_sequences_and_of_any_rows_agree():
         for a, b in zip(unpack(flat.numpy(), sizes, 70)[1:], unpack(flat3.numpy(), sizes3, 70)[1:]):
             for x, y in zip(a, b):
                 np.testing.assert_array_equal(x, y)
+
+
+MIXED = """
+import os, sys, numpy as np, opt_neurons
+counting = "device" if int(os.environ["RANK"]) == 1 else "host"
+a = opt_neurons.analyze(sys.argv[1], np.load(sys.argv[2]), batch_size=2, progress=False, out=sys.argv[3],
+                        ngram_capacity=4096, detail_tokens=5 * 32, counting=counting)
+print("RESULT", counting, a is not None)
+"""
+
+
+def test_two_processes_one_counting_on_the_device_equal_one(model_and_tokens, tmp_path):  # noqa: F811
+    """A data-parallel run whose rank 1 counts on the device and rank 0 on the host: rank 0 merges the two
+    states into exactly the tables of one process (both through torchrun, as test_two_processes_equal_one)."""
+    import subprocess
+    import sys
+
+    from test_execution import free_port
+
+    d, tokens = model_and_tokens
+    np.save(tmp_path / "t.npy", tokens)
+    for n, out in ((2, "two"), (1, "one")):
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}",
+                            f"--master-port={free_port()}", "--no-python", sys.executable, "-c", MIXED, str(d),
+                            str(tmp_path / "t.npy"), str(tmp_path / out)], capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        results = sorted(line for line in r.stdout.splitlines() if line.startswith("RESULT"))
+        assert results == (["RESULT device False", "RESULT host True"] if n == 2 else ["RESULT host True"])
+    merged, single = opt_neurons.load(tmp_path / "two"), opt_neurons.load(tmp_path / "one")
+    assert merged.metadata["world_size"] == 2 and single.metadata["counting"] == "host"
+    assert_same(merged, single)
