@@ -77,6 +77,16 @@ def test_counts_per_source_equal_float_hooks(run, planted):
         np.testing.assert_allclose(dead[name].to_numpy(), (want[:, s] == 0).mean(axis=1), rtol=1e-15)
 
 
+def test_device_counting_counts_the_same_per_source(planted, folder, run):
+    """counting="device" (issue 22) splits every row by source as the host path does."""
+    a = opt_neurons.analyze(planted.model_dir, folder, batch_size=4, detail_tokens=3 * planted.seq_len,
+                            counting="device", **options(planted))  # fmt: skip
+    assert a.metadata["counting"] == "device"
+    for c in SOURCE_COLUMNS:
+        assert a.neurons[c].equals(run.neurons[c]), c
+    assert a.layers["dead_fraction_by_source"].equals(run.layers["dead_fraction_by_source"])
+
+
 def test_token_of_a_source_is_that_of_its_document(run):
     """Every token's source is its document's: separators (BOS inside a sequence) go with the document after
     them, a sequence's first BOS with the token after it; the sources switch once, where b.jsonl begins."""

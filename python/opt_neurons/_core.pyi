@@ -65,6 +65,21 @@ class NeuronStats:
     def source_rows(self) -> npt.NDArray[np.uint64]: ...
     @property
     def n_sources(self) -> int: ...
+    def merge_counted_layers(
+        self,
+        layers: Sequence[int],
+        counted: Sequence[
+            tuple[
+                npt.NDArray[np.uint64],
+                tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32], npt.NDArray[np.uint32]],
+                tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint64], npt.NDArray[np.uint32]],
+                tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint64], npt.NDArray[np.uint32]],
+            ]
+        ],
+        token_ids: npt.NDArray[np.uint32],
+        positions: npt.NDArray[np.uint32],
+    ) -> None: ...
+    def add_position_counts(self, layer: int, counts: npt.NDArray[np.uint32]) -> None: ...
     def merge(self, other: NeuronStats) -> None: ...
     def merge_file(self, path: str | os.PathLike[str]) -> None: ...
     def finalize(

@@ -4,6 +4,7 @@ them to the Rust core on a worker thread, so counting overlaps the forward pass.
 
 Only bits leave the device (1/16 of fp16 activations), and for rows past `detail_tokens` only a
 count per neuron, summed there until the next checkpoint; float activations are never copied.
+With `counting="device"` (device_counting.py) the detail rows leave it as counts instead.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class BitCapture:
             n = len(self.rows[0])
             # Detail rows leave the device as bits; the others are summed there, per neuron.
             if n:
-                self.batch.append((layer, *self._to_host(pack_bits(x[:n], self.threshold))))
+                self.batch.append(self._capture(layer, x[:n]))
             if n < len(x):
                 self.batch_counts.append((layer, count_active(x[n:], self.threshold)))
             if self.split is not None:
@@ -152,6 +153,11 @@ class BitCapture:
                 self.examples.observe(layer, x, n)
 
         return hook
+
+    def _capture(self, layer: int, x: torch.Tensor) -> tuple:
+        """A layer's detail rows -> what the counting thread counts them from (here their bits), copied to
+        the host without waiting: (layer, host copy, copy event)."""
+        return (layer, *self._to_host(pack_bits(x, self.threshold)))
 
     def _to_host(self, t: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """A device tensor -> a pinned host copy made on a side stream (the next layer's kernels need
@@ -221,27 +227,34 @@ class BitCapture:
             try:
                 if block is None:
                     return
-                if self.error is not None:
-                    continue
-                parts: dict[int, list] = {layer: [] for layer, _, _ in block[0][0]}
-                for batch, *_ in block:
-                    for layer, packed, event in batch:
-                        if event is not None:
-                            event.synchronize()
-                        parts[layer].append(packed.numpy().view(np.uint64))
-                t0 = time.perf_counter()
-                tokens, positions = _joined([b[1] for b in block]), _joined([b[2] for b in block])
-                # Every layer of the block in one call: one parallel pass over every layer's neurons. The
-                # bits stay where they were copied to (joining a block's bits cost a copy of all of them,
-                # which slowed a 1.3b forward on an H200: benches/RESULTS.md section 5a).
-                self.stats.update_layers(parts, tokens, positions)
-                if self.examples is not None:
-                    self.examples.count(parts, _joined([b[3] for b in block]), positions)
-                self.count_seconds += time.perf_counter() - t0
+                if self.error is None:
+                    self._count_block(block)
             except BaseException as e:  # surfaced on the main thread
                 self.error = e
             finally:
                 self.pending.task_done()
+
+    def _count_block(self, block: Any) -> None:
+        """Count a block of committed batches (counting thread)."""
+        parts: dict[int, list] = {layer: [] for layer, _, _ in block[0][0]}
+        for batch, *_ in block:
+            for layer, packed, event in batch:
+                if event is not None:
+                    event.synchronize()
+                parts[layer].append(packed.numpy().view(np.uint64))
+        t0 = time.perf_counter()
+        tokens, positions = _joined([b[1] for b in block]), _joined([b[2] for b in block])
+        # Every layer of the block in one call: one parallel pass over every layer's neurons. The
+        # bits stay where they were copied to (joining a block's bits cost a copy of all of them,
+        # which slowed a 1.3b forward on an H200: benches/RESULTS.md section 5a).
+        self.stats.update_layers(parts, tokens, positions)
+        self._count_examples(parts, block)
+        self.count_seconds += time.perf_counter() - t0
+
+    def _count_examples(self, bits: dict[int, list], block: Any) -> None:
+        """The examples' random sample from the block's detail bits (counting thread)."""
+        if self.examples is not None:
+            self.examples.count(bits, _joined([b[3] for b in block]), _joined([b[2] for b in block]))
 
     def _add_sums(self) -> None:
         """Move the committed activation counts into `stats` (the counting thread is idle). Each group is

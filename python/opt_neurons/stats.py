@@ -169,6 +169,32 @@ class NeuronStats:
         """(n_sources,) uint64: tokens counted per source."""
         return self._core.source_rows()
 
+    def merge_counted(self, counted_by_layer: dict[int, Any], token_ids: Any, positions: Any) -> None:
+        """Detail rows counted elsewhere (the device: device_counting.py): counted_by_layer[layer] =
+        (activation counts (n_neurons,), then (neurons, keys, counts) of tokens, bigrams and trigrams, each
+        sorted by neuron; keys packed as the core packs them, 21 bits per id, oldest highest). Adds what
+        `update_layers` would for those rows' bits, except the position counts (`add_position_counts`); the
+        summaries keep every exact count and certified bound (rust/core/src/stats/counted.rs)."""
+        layers = list(_by_layer(counted_by_layer, "merge_counted", "counts"))
+        counted: list[Any] = []
+        for layer in layers:
+            active, *kinds = counted_by_layer[layer]
+            arrays: list[Any] = [np.ascontiguousarray(_array(active, "activation counts"), np.uint64)]
+            for (neurons, keys, counts), key_type in zip(kinds, (np.uint32, np.uint64, np.uint64)):
+                arrays.append((np.ascontiguousarray(neurons, np.uint32), np.ascontiguousarray(keys, key_type),
+                               np.ascontiguousarray(counts, np.uint32)))  # fmt: skip
+            counted.append(tuple(arrays))
+        self._core.merge_counted_layers(layers, counted, as_u32(token_ids, "token_ids"), as_u32(positions, "positions"))
+
+    def add_position_counts(self, layer: int, counts: Any) -> None:
+        """One layer's activations by position counted elsewhere: (max_positions, n_neurons) counts, added
+        to the state's (the rows they came from are counted by `merge_counted`)."""
+        c = _array(counts, "position counts")
+        if c.ndim != 2:
+            raise ShapeError(f"position counts must be 2-D (max_positions, n_neurons), got shape {c.shape}")
+        _integers(c, "position counts")
+        self._core.add_position_counts(layer, np.ascontiguousarray(c, np.uint32))
+
     def merge(self, other: NeuronStats) -> None:
         if not isinstance(other, NeuronStats):
             raise IncompatibleStateError(f"merge takes a NeuronStats, got {type(other).__name__}")

@@ -2,7 +2,7 @@
 //! while the core works. No statistics are computed here.
 
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
-use opt_neurons_core::stats::{STATE_FORMAT_VERSION, STATE_MAGIC};
+use opt_neurons_core::stats::{CountedLayer, KeyCounts, STATE_FORMAT_VERSION, STATE_MAGIC};
 use opt_neurons_core::summary::DEFAULT_CAPACITY;
 use opt_neurons_core::{DetectorParams, NeuronStats, PositionalParams, StatsConfig, StatsError};
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
@@ -99,6 +99,19 @@ fn per_layer<'a, A, V>(
         )));
     }
     layers.iter().zip(items).map(|(&l, a)| Ok((l, view(a)?))).collect()
+}
+
+/// (neurons, keys, counts) of one kind of k-gram.
+type KeyArrays<'py, K> = (PyReadonlyArray1<'py, u32>, PyReadonlyArray1<'py, K>, PyReadonlyArray1<'py, u32>);
+/// One layer's block counted elsewhere: activation counts, then token, bigram and trigram counts.
+type CountedArrays<'py> = (PyReadonlyArray1<'py, u64>, KeyArrays<'py, u32>, KeyArrays<'py, u64>, KeyArrays<'py, u64>);
+
+fn key_counts<'a, K: numpy::Element>(k: &'a KeyArrays<'_, K>) -> PyResult<KeyCounts<'a, K>> {
+    Ok(KeyCounts {
+        neurons: contiguous(&k.0, "neurons")?,
+        keys: contiguous(&k.1, "keys")?,
+        counts: contiguous(&k.2, "counts")?,
+    })
 }
 
 #[pyclass(name = "NeuronStats", module = "opt_neurons._core")]
@@ -253,6 +266,44 @@ impl PyNeuronStats {
     #[getter]
     fn n_sources(&self) -> PyResult<usize> {
         Ok(self.stats()?.n_sources())
+    }
+
+    /// Blocks of detail rows counted elsewhere (the device): layers[i] gets counted[i] = (activation
+    /// counts (n_neurons,), then (neurons, keys, counts) of tokens, bigrams and trigrams, each sorted by neuron).
+    fn merge_counted_layers(
+        &mut self,
+        py: Python<'_>,
+        layers: Vec<IntArg>,
+        counted: Vec<CountedArrays<'_>>,
+        token_ids: PyReadonlyArray1<'_, u32>,
+        positions: PyReadonlyArray1<'_, u32>,
+    ) -> PyResult<()> {
+        let layers = layer_args(layers)?;
+        let views = per_layer(&layers, &counted, "counted blocks", |(a, t, b, c)| {
+            Ok(CountedLayer {
+                active: contiguous(a, "activation counts")?,
+                tokens: key_counts(t)?,
+                bigrams: key_counts(b)?,
+                trigrams: key_counts(c)?,
+            })
+        })?;
+        let t = contiguous(&token_ids, "token_ids")?;
+        let p = contiguous(&positions, "positions")?;
+        let inner = self.stats_mut()?;
+        py.allow_threads(|| inner.merge_counted_layers(&views, t, p)).map_err(err)
+    }
+
+    /// One layer's position counts counted elsewhere: (max_positions, n_neurons) uint32.
+    fn add_position_counts(
+        &mut self,
+        py: Python<'_>,
+        layer: IntArg,
+        counts: PyReadonlyArray2<'_, u32>,
+    ) -> PyResult<()> {
+        let layer = layer.index("layer")?;
+        let c = contiguous(&counts, "position counts")?;
+        let inner = self.stats_mut()?;
+        py.allow_threads(|| inner.add_position_counts(layer, c)).map_err(err)
     }
 
     /// `merge` of a state saved with `save`, verified whole and then read one layer at a time.

@@ -1,10 +1,13 @@
 //! `NeuronStats`: the streaming accumulators of every neuron of a model, and what they hold.
 //!
 //! The work is split by concern: `config` (settings and input checks), `update` (counting blocks of
-//! rows), `state_file` (the saved state and streamed merges), `finalize` (table columns).
+//! rows), `counted` (blocks counted elsewhere, on the device), `state_file` (the saved state and streamed merges), `finalize` (table columns).
 
 mod config;
+mod counted;
 mod finalize;
+#[cfg(test)]
+mod source_tests;
 mod sources;
 mod state_file;
 #[cfg(test)]
@@ -12,6 +15,7 @@ mod tests;
 mod update;
 
 pub use config::StatsConfig;
+pub use counted::{CountedLayer, KeyCounts};
 pub use finalize::{unpack_key, Finalized};
 pub use state_file::{verify, STATE_FORMAT_VERSION, STATE_MAGIC};
 
