@@ -56,7 +56,7 @@ class Census:
     def add(self, layer: int, out, ids) -> None:
         import torch
 
-        fired = out > 0  # (B, T, F)
+        fired = out.reshape(*ids.shape, -1) > 0  # (B, T, F); OPT's fc1 sees the rows flattened
         self.count[layer] += fired.sum((0, 1))
         self.pos[layer, : fired.shape[1]] += fired.sum(0, dtype=torch.int32)
         b, t, f = fired.nonzero(as_tuple=True)
@@ -105,7 +105,8 @@ def worker(tool: str, model_dir: Path, batch_size: int) -> dict:
     if tool == "opt_neurons":
         import opt_neurons
 
-        model = OPTForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        # eager attention as for the peers (TransformerLens needs it): the same activations to the last bit
+        model = OPTForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager").to(device).eval()
         t0 = time.perf_counter()
         a = opt_neurons.analyze(model, tokens, batch_size=batch_size, progress=False)
         result["seconds"] = time.perf_counter() - t0
@@ -162,8 +163,10 @@ def _runner(tool: str, model, model_dir: Path, census: Census):
         wrapped = NNsight(model)
 
         def nnsight_run(ids):
+            outs: list = []  # filled inside the trace (nnsight runs its body apart: only mutations come back)
             with torch.inference_mode(), wrapped.trace(input_ids=ids, use_cache=False):
-                outs = [wrapped.model.decoder.layers[i].fc1.output.save() for i in range(len(layers))]
+                for i in range(len(layers)):
+                    outs.append(wrapped.model.decoder.layers[i].fc1.output.save())
             for i, out in enumerate(outs):
                 census.add(i, out, ids)
 

@@ -23,8 +23,17 @@ N_TOKENS = 300  # 5 sequences of T = 64; the texts hold more
 
 
 def assert_same_tables(a, b):
+    """The same tables; `a` may add the per-source columns of a source_column (checked to split n_active)."""
     for name in ("neurons", "layers", "tokens", "positions"):
-        assert getattr(a, name).equals(getattr(b, name)), name
+        x, y = getattr(a, name), getattr(b, name)
+        assert set(x.columns) - set(y.columns) <= {"n_active_by_source", "frequency_by_source",
+                                                    "dead_fraction_by_source"}, name  # fmt: skip
+        assert x.select(y.columns).equals(y), name
+    if "n_active_by_source" in a.neurons.columns:
+        split = a.neurons.unnest("n_active_by_source")
+        assert (split["prose"] + split["code"] == split["n_active"]).all()
+        assert a.metadata["source_tokens"] == {"code": int((a._data.source_ids[:, :64] == 0).sum()),
+                                               "prose": int((a._data.source_ids[:, :64] == 1).sum())}  # fmt: skip
     for key in ("n_tokens", "n_sequences", "data_sha256", "position_totals"):
         assert a.metadata[key] == b.metadata[key], key
 

@@ -76,7 +76,8 @@ def build_synthetic(root: Path, n_layers: int, seed: int) -> Synthetic:
     prev2 = np.concatenate([[BOS, BOS], flat[:-2]])
     trigram_at = (flat == TRIGRAM[2]) & (prev1 == TRIGRAM[1]) & (prev2 == TRIGRAM[0]) & (pos >= 2)
 
-    stats = NeuronStats(n_layers, N_NEURONS, 50257, T, bos_token_id=BOS)
+    stats = NeuronStats(n_layers, N_NEURONS, 50257, T, bos_token_id=BOS, n_sources=2)
+    source = (np.arange(flat.size) // T >= N_SEQ // 4).astype(np.int64)  # the first quarter "prose", then "code"
     detectors, positional, dead = {}, {}, set()
     trigram = None
     for layer in range(n_layers):
@@ -101,21 +102,24 @@ def build_synthetic(root: Path, n_layers: int, seed: int) -> Synthetic:
         rate = min(0.3, 0.02 * 3**layer)
         for i in range(nid, N_NEURONS):  # ordinary neurons, rates spread around the layer's
             acts[:, i] = rng.random(flat.size) < rate * rng.lognormal(0, 0.5)
+        acts[source == 0, nid : nid + 4 + layer] = False  # a few never fire on "prose"
         bits = np.packbits(acts, axis=1, bitorder="little").view("<u8")
         stats.update(layer, bits, flat, pos)
+        stats.add_source_counts({layer: np.stack([acts[source == s].sum(0) for s in (0, 1)])}, np.bincount(source))
 
     model_dir = save_tiny_opt(root / f"opt-synth-{n_layers}l", ffn_dim=N_NEURONS, layers=n_layers,
                               max_positions=T, seed=seed)  # fmt: skip
     from transformers import OPTForCausalLM
 
     model = OPTForCausalLM.from_pretrained(model_dir).eval()
-    tables = build_tables(stats, tokenizer=gpt2_tokenizer(), model=model)
+    tables = build_tables(stats, tokenizer=gpt2_tokenizer(), model=model, source_names=["prose", "code"])
     metadata = {
         "model_id": str(model_dir), "revision": None, "dtype": "float32", "n_layers": n_layers,
         "n_neurons": N_NEURONS, "vocab_size": 50257, "bos_token_id": BOS, "n_tokens": int(flat.size),
         "n_sequences": N_SEQ, "T": T, "data_sources": [{"name": "synthetic bitmasks", "sha256": "0" * 64}],
         "thresholds": opt_neurons.Thresholds().to_dict(), "package_version": opt_neurons.__version__,
         "date": f"2024-05-0{seed + 1}T12:00:00Z", "position_totals": stats.position_totals().tolist(),
+        "source_tokens": dict(zip(["prose", "code"], np.bincount(source).tolist())),
     }  # fmt: skip
     a = Analysis(tables.neurons, tables.layers, tables.tokens, tables.positions, metadata)
     out = root / f"run-{n_layers}l"
@@ -208,6 +212,28 @@ def test_write_report(runs, tmp_path):
     assert f'id="card-L{top["layer"]}-N{top["neuron"]}"' in html
     for s in top["detected_strings"]:
         assert report._esc(report._show_token(s)) in html
+
+
+def test_dead_neurons_per_source(runs, empty_run, tmp_path):
+    """layers.dead_fraction_by_source counts, per source, the neurons that never fire on its tokens; the report
+    draws it (the figure of issue 19) and lists it per layer; a run without sources gets a note instead."""
+    a = runs[1].analysis
+    n = a.neurons.unnest("n_active_by_source")
+    assert (n["prose"] + n["code"] == n["n_active"]).all()
+    assert ((n["prose"] == 0) & ~n["dead"]).sum() >= 4 * a.layers.height  # the planted "code"-only neurons
+    dead = a.layers["dead_fraction_by_source"].struct.unnest()
+    for layer in range(a.layers.height):
+        of = n.filter(pl.col("layer") == layer)
+        for name in ("prose", "code"):
+            assert dead[name][layer] == (of[name] == 0).mean()
+    assert (dead["prose"] > a.layers["dead_fraction"]).all() and (dead["code"] == a.layers["dead_fraction"]).all()
+    freq = a.neurons["frequency_by_source"].struct.field("prose")
+    assert np.allclose(freq.to_numpy(), n["prose"].to_numpy() / a.metadata["source_tokens"]["prose"])
+    html = report.write_report(a, tmp_path / "rep").read_text()
+    assert "Dead neurons per source" in html and "<th>dead_fraction: prose</th>" in html
+    png_ok((tmp_path / "rep" / "figures" / "fig_dead_by_source.png").read_bytes())
+    html = report.write_report(empty_run, tmp_path / "empty").read_text()
+    assert "The data names fewer than two sources" in html
 
 
 def test_report_rewrites_without_stale_figures(runs, empty_run, tmp_path):

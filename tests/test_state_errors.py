@@ -109,7 +109,7 @@ def test_bad_calls_are_named_and_change_nothing():
 def test_state_files_are_checked_whole(tmp_path):
     s = fed()
     good = s.to_bytes()
-    assert good[:8] == b"OPTNST04" and _core.STATE_FORMAT_VERSION == 4 and _core.STATE_MAGIC == b"OPTNST"
+    assert good[:8] == b"OPTNST05" and _core.STATE_FORMAT_VERSION == 5 and _core.STATE_MAGIC == b"OPTNST"
     f = tmp_path / "state.bin"
     for data, match in [
         (b"", r"the file is empty"),
@@ -117,8 +117,9 @@ def test_state_files_are_checked_whole(tmp_path):
         (good[:-1], r"checksum does not match"),
         (good + b"\0", r"checksum does not match"),
         (good[:100] + bytes([good[100] ^ 1]) + good[101:], r"checksum does not match"),
-        # A checkpoint of format 03 (no trailer) names its version.
-        (b"OPTNST03" + good[8:-12], r"format version 3, but this opt_neurons reads version 4"),
+        # A checkpoint of format 03 (no trailer) or 04 (no per-source counts) names its version.
+        (b"OPTNST03" + good[8:-12], r"format version 3, but this opt_neurons reads version 5"),
+        (b"OPTNST04" + good[8:], r"format version 4, but this opt_neurons reads version 5"),
     ]:
         with pytest.raises(StateFileError, match=match) as e:
             NeuronStats.from_bytes(data)
@@ -145,7 +146,8 @@ def test_state_files_are_checked_whole(tmp_path):
 
 
 def test_damaged_or_old_checkpoints_are_refused_with_the_fix(tmp_path):
-    """A run's checkpoint whose state was damaged, or written by format 03 (before the checksum), is refused
+    """A run's checkpoint whose state was damaged, or written by format 03 (before the checksum) or 04 (before
+    the per-source counts), is refused
     by name, saying to delete the checkpoint folder, instead of resuming from wrong counts."""
     from opt_neurons import checkpoint
     from opt_neurons.data import TokenData
@@ -160,7 +162,8 @@ def test_damaged_or_old_checkpoints_are_refused_with_the_fix(tmp_path):
     good = state.read_bytes()
     assert checkpoint.load(tmp_path, fp, data)[0].rows == 8
     for raw, match in [(good[:50] + bytes([good[50] ^ 0x10]) + good[51:], r"checksum does not match"),
-                       (b"OPTNST03" + good[8:-12], r"format version 3"), (b"", r"empty")]:  # fmt: skip
+                       (b"OPTNST03" + good[8:-12], r"format version 3"), (b"OPTNST04" + good[8:], r"format version 4"),
+                       (b"", r"empty")]:  # fmt: skip
         state.write_bytes(raw)
         with pytest.raises(StateFileError, match=match) as e:
             checkpoint.load(tmp_path, fp, data)

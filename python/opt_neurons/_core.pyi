@@ -38,6 +38,7 @@ class NeuronStats:
         *,
         bos_token_id: int | None = 2,
         ngram_capacity: int = ...,
+        n_sources: int = 0,
     ) -> None: ...
     def update(
         self,
@@ -57,6 +58,28 @@ class NeuronStats:
     def add_activity_counts(
         self, layers: Sequence[int], counts: Sequence[npt.NDArray[np.uint64]], n_rows: int
     ) -> None: ...
+    def add_source_counts(
+        self, layers: Sequence[int], counts: Sequence[npt.NDArray[np.uint64]], rows: npt.NDArray[np.uint64]
+    ) -> None: ...
+    def source_counts(self, layer: int) -> npt.NDArray[np.uint64]: ...
+    def source_rows(self) -> npt.NDArray[np.uint64]: ...
+    @property
+    def n_sources(self) -> int: ...
+    def merge_counted_layers(
+        self,
+        layers: Sequence[int],
+        counted: Sequence[
+            tuple[
+                npt.NDArray[np.uint64],
+                tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32], npt.NDArray[np.uint32]],
+                tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint64], npt.NDArray[np.uint32]],
+                tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint64], npt.NDArray[np.uint32]],
+            ]
+        ],
+        token_ids: npt.NDArray[np.uint32],
+        positions: npt.NDArray[np.uint32],
+    ) -> None: ...
+    def add_position_counts(self, layer: int, counts: npt.NDArray[np.uint32]) -> None: ...
     def merge(self, other: NeuronStats) -> None: ...
     def merge_file(self, path: str | os.PathLike[str]) -> None: ...
     def finalize(

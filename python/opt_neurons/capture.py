@@ -4,6 +4,7 @@ them to the Rust core on a worker thread, so counting overlaps the forward pass.
 
 Only bits leave the device (1/16 of fp16 activations), and for rows past `detail_tokens` only a
 count per neuron, summed there until the next checkpoint; float activations are never copied.
+With `counting="device"` (device_counting.py) the detail rows leave it as counts instead.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import ShapeError
 from .finite import FiniteCheck
 from .heap import TRIM_EVERY, release_free_heap
 from .schedule import Cursor
+from .source_split import SourceSplit
 from .stats import NeuronStats
 
 # Byte k (0 or 1) of a little-endian u64, times this, lands on bit 56 + k with no carries into the top
@@ -91,6 +94,13 @@ class BitCapture:
         self.batch_counts: list = []  # (layer, activation counts on the device) of its other rows
         self.sums: dict[int, torch.Tensor] = {}  # committed activation counts per layer, not yet in stats
         self.sum_rows: dict[int, int] = {}
+        # With named sources (stats.n_sources): each batch's rows by source, the (layer, per-source counts on
+        # the device) of the forward pass running, and the committed ones with their rows per source.
+        self.n_sources = stats.n_sources  # read once: the counting thread holds the state while it counts
+        self.split: SourceSplit | None = None
+        self.batch_sources: list = []
+        self.source_sums: dict[int, torch.Tensor] = {}
+        self.source_rows: dict[int, np.ndarray] = {}
         self.block: list = []  # committed (batch, tokens, positions) of the same layers, to count in one call
         self.block_rows = 0
         self.pending: queue.Queue = queue.Queue(maxsize=2)  # blocks not yet counted
@@ -111,14 +121,19 @@ class BitCapture:
         self.worker.start()
 
     def set_rows(self, token_ids: np.ndarray, positions: np.ndarray, detail_rows: int | None = None,
-                 first_sequence: int | None = None) -> None:  # fmt: skip
+                 first_sequence: int | None = None, source_ids: np.ndarray | None = None) -> None:  # fmt: skip
         """Token ids and positions of the rows of the next forward pass (row-major over the batch); the
         first `detail_rows` (default: all) get every statistic, the rest activation counts only.
-        `first_sequence`: the data index of the batch's first sequence (examples need it)."""
+        `first_sequence`: the data index of the batch's first sequence (examples need it). `source_ids`: the
+        source of every row, when the statistics count sources (all rows count)."""
         n = len(token_ids) if detail_rows is None else detail_rows
         self.rows = (np.ascontiguousarray(token_ids[:n], np.uint32), np.ascontiguousarray(positions[:n], np.uint32),
                      len(token_ids) - n)  # fmt: skip
-        self.batch, self.batch_counts = [], []
+        self.batch, self.batch_counts, self.batch_sources = [], [], []
+        if self.n_sources:
+            if source_ids is None or len(source_ids) != len(token_ids):
+                raise ShapeError("the statistics count sources: set_rows needs every row's source id")
+            self.split = SourceSplit(source_ids, self.n_sources)
         if self.examples is not None:
             self.examples.set_rows(self.rows[1], first_sequence)
 
@@ -129,13 +144,20 @@ class BitCapture:
             n = len(self.rows[0])
             # Detail rows leave the device as bits; the others are summed there, per neuron.
             if n:
-                self.batch.append((layer, *self._to_host(pack_bits(x[:n], self.threshold))))
+                self.batch.append(self._capture(layer, x[:n]))
             if n < len(x):
                 self.batch_counts.append((layer, count_active(x[n:], self.threshold)))
+            if self.split is not None:
+                self.batch_sources.append((layer, self.split.count(x, self.threshold)))
             if self.examples is not None:
                 self.examples.observe(layer, x, n)
 
         return hook
+
+    def _capture(self, layer: int, x: torch.Tensor) -> tuple:
+        """A layer's detail rows -> what the counting thread counts them from (here their bits), copied to
+        the host without waiting: (layer, host copy, copy event)."""
+        return (layer, *self._to_host(pack_bits(x, self.threshold)))
 
     def _to_host(self, t: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """A device tensor -> a pinned host copy made on a side stream (the next layer's kernels need
@@ -167,6 +189,9 @@ class BitCapture:
         for layer, counts in self.batch_counts:
             self.sums[layer] = self.sums[layer].add_(counts) if layer in self.sums else counts
             self.sum_rows[layer] = self.sum_rows.get(layer, 0) + self.rows[2]
+        for layer, counts in self.batch_sources:
+            self.source_sums[layer] = self.source_sums[layer].add_(counts) if layer in self.source_sums else counts
+            self.source_rows[layer] = self.source_rows.get(layer, 0) + self.split.rows  # type: ignore[union-attr]
         if self.batch:
             if self.block and [b[0] for b in self.batch] != [b[0] for b in self.block[0][0]]:
                 self.send_block()  # a block's batches cover the same layers (one core call counts them)
@@ -176,7 +201,7 @@ class BitCapture:
                 self.send_block()
         if self.examples is not None:
             self.examples.commit(len(self.rows[0]) + self.rows[2])
-        self.batch, self.batch_counts = [], []
+        self.batch, self.batch_counts, self.batch_sources = [], [], []
         self.finite.commit()
         if done is not None:
             self.done = done
@@ -202,27 +227,34 @@ class BitCapture:
             try:
                 if block is None:
                     return
-                if self.error is not None:
-                    continue
-                parts: dict[int, list] = {layer: [] for layer, _, _ in block[0][0]}
-                for batch, *_ in block:
-                    for layer, packed, event in batch:
-                        if event is not None:
-                            event.synchronize()
-                        parts[layer].append(packed.numpy().view(np.uint64))
-                t0 = time.perf_counter()
-                tokens, positions = _joined([b[1] for b in block]), _joined([b[2] for b in block])
-                # Every layer of the block in one call: one parallel pass over every layer's neurons. The
-                # bits stay where they were copied to (joining a block's bits cost a copy of all of them,
-                # which slowed a 1.3b forward on an H200: benches/RESULTS.md section 5a).
-                self.stats.update_layers(parts, tokens, positions)
-                if self.examples is not None:
-                    self.examples.count(parts, _joined([b[3] for b in block]), positions)
-                self.count_seconds += time.perf_counter() - t0
+                if self.error is None:
+                    self._count_block(block)
             except BaseException as e:  # surfaced on the main thread
                 self.error = e
             finally:
                 self.pending.task_done()
+
+    def _count_block(self, block: Any) -> None:
+        """Count a block of committed batches (counting thread)."""
+        parts: dict[int, list] = {layer: [] for layer, _, _ in block[0][0]}
+        for batch, *_ in block:
+            for layer, packed, event in batch:
+                if event is not None:
+                    event.synchronize()
+                parts[layer].append(packed.numpy().view(np.uint64))
+        t0 = time.perf_counter()
+        tokens, positions = _joined([b[1] for b in block]), _joined([b[2] for b in block])
+        # Every layer of the block in one call: one parallel pass over every layer's neurons. The
+        # bits stay where they were copied to (joining a block's bits cost a copy of all of them,
+        # which slowed a 1.3b forward on an H200: benches/RESULTS.md section 5a).
+        self.stats.update_layers(parts, tokens, positions)
+        self._count_examples(parts, block)
+        self.count_seconds += time.perf_counter() - t0
+
+    def _count_examples(self, bits: dict[int, list], block: Any) -> None:
+        """The examples' random sample from the block's detail bits (counting thread)."""
+        if self.examples is not None:
+            self.examples.count(bits, _joined([b[3] for b in block]), _joined([b[2] for b in block]))
 
     def _add_sums(self) -> None:
         """Move the committed activation counts into `stats` (the counting thread is idle). Each group is
@@ -235,6 +267,13 @@ class BitCapture:
         self.sums, self.sum_rows = {}, {}
         for n_rows, counts_by_layer in by_rows.items():
             self.stats.add_activity_counts(counts_by_layer, n_rows)
+        by_source_rows: dict[bytes, tuple[np.ndarray, dict[int, torch.Tensor]]] = {}
+        for layer, counts in self.source_sums.items():
+            rows = self.source_rows[layer]
+            by_source_rows.setdefault(rows.tobytes(), (rows, {}))[1][layer] = counts
+        self.source_sums, self.source_rows = {}, {}
+        for rows, counts_by_layer in by_source_rows.values():
+            self.stats.add_source_counts(counts_by_layer, rows)
         self.consistent = consistent
 
     def flush(self) -> None:
@@ -252,7 +291,7 @@ class BitCapture:
             return
         for h in self.handles:
             h.remove()
-        self.batch, self.batch_counts = [], []
+        self.batch, self.batch_counts, self.batch_sources = [], [], []
         if self.examples is not None:
             self.examples.drop()
         self.finite.drop()

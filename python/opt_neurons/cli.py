@@ -52,7 +52,10 @@ def _show(a: Any) -> None:
     from .report import run_time
 
     print(a.summary())
-    print(a.layers)
+    by_source = "dead_fraction_by_source"
+    print(a.layers.drop(by_source, strict=False))
+    if by_source in a.layers.columns:  # dead fraction of each layer on each named source, a column per source
+        print(a.layers.select("layer", by_source).unnest(by_source))
     print(f"run time: {run_time(a.metadata)}")
 
 

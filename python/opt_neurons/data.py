@@ -18,6 +18,8 @@ from . import datasets_input
 from .errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+# Most named sources counted apart (each costs a counter per neuron of every layer); more: warned, not split.
+MAX_SOURCES = 64
 
 
 @dataclass
@@ -30,6 +32,10 @@ class TokenData:
     # The first `detail` sequences get every statistic, the rest activation counts only (None: all).
     detail: int | None = None
     requested: int | None = None  # the tokens asked for (None: a token array, used as given)
+    # Named sources (METHOD.md "Sources"): the source of each token, an index into `source_names`, laid out
+    # like `tokens` (None: the data names fewer than two sources, or more than MAX_SOURCES).
+    source_ids: np.ndarray | None = None
+    source_names: list[str] = field(default_factory=list)
 
     @property
     def n_tokens(self) -> int:
@@ -62,6 +68,24 @@ class TokenData:
             raise DataError(f"detail_tokens must be positive, got {detail_tokens}")
         n = int(np.searchsorted(self.tokens_before(), detail_tokens))
         return dataclasses.replace(self, detail=min(n, len(self.lengths)))
+
+    @property
+    def n_sources(self) -> int:
+        """Sources whose activations are counted apart (0: none)."""
+        return len(self.source_names) if self.source_ids is not None else 0
+
+    def source_ids_of(self, begin: int, end: int) -> np.ndarray | None:
+        """The source of each row of sequences [begin, end) (of one length), row-major; None without sources."""
+        if self.source_ids is None:
+            return None
+        return self.source_ids[begin:end, : int(self.lengths[begin])].reshape(-1)
+
+    def source_tokens(self) -> np.ndarray:
+        """Tokens of each named source."""
+        if self.source_ids is None:
+            return np.zeros(len(self.source_names), dtype=np.int64)
+        valid = np.arange(self.tokens.shape[1]) < self.lengths[:, None]
+        return np.bincount(self.source_ids[valid], minlength=len(self.source_names)).astype(np.int64)
 
     def content_hash(self) -> str:
         h = hashlib.sha256()
@@ -114,9 +138,10 @@ def file_sha256(path: Path) -> str:
 
 
 def text_documents(data: Any, text_column: str = "text", source_column: str | None = None
-                   ) -> tuple[Iterator[str], list[dict]]:  # fmt: skip
-    """Documents and source descriptions for: None (bundled corpus), a file, a folder, strings, or a Hugging
-    Face dataset (a Dataset, an IterableDataset, or "hf:NAME[:CONFIG][:SPLIT]")."""
+                   ) -> tuple[Iterator[tuple[str, str | None]], list[dict]]:  # fmt: skip
+    """(document, source name or None) pairs and source descriptions for: None (bundled corpus: its parts), a
+    file, a folder (its files, by path inside it), strings, or a Hugging Face dataset (a Dataset, an
+    IterableDataset, or "hf:NAME[:CONFIG][:SPLIT]"; `source_column` names the sources)."""
     if datasets_input.is_dataset(data) or datasets_input.is_hf_spec(data):
         return datasets_input.dataset_documents(data, text_column=text_column, source_column=source_column)
     if (text_column, source_column) != ("text", None):
@@ -125,7 +150,7 @@ def text_documents(data: Any, text_column: str = "text", source_column: str | No
     if data is None:
         from . import corpus
 
-        return (text for _, text in corpus.iter_documents()), [
+        return ((text, name) for name, text in corpus.iter_documents()), [
             {"name": "opt_neurons bundled corpus", "sha256": corpus.content_hash()}
         ]
     if isinstance(data, (str, Path)):
@@ -139,16 +164,18 @@ def text_documents(data: Any, text_column: str = "text", source_column: str | No
         else:
             raise DataError(f"data path {str(path)!r} does not exist; pass a file, a folder, or an iterable of strings")
         sources = [{"name": str(p), "sha256": file_sha256(p)} for p in files]
-        return (doc for p in files for doc in read_text_file(p)), sources
+        named = path.is_dir()
+        return ((doc, p.relative_to(path).as_posix() if named else None) for p in files
+                for doc in read_text_file(p)), sources  # fmt: skip
     if isinstance(data, Iterable):
         h = hashlib.sha256()
 
-        def docs() -> Iterator[str]:
+        def docs() -> Iterator[tuple[str, str | None]]:
             for d in data:
                 if not isinstance(d, str):
                     raise DataError(f"data iterables must yield strings, got {type(d).__name__}")
                 h.update(d.encode())
-                yield d
+                yield d, None
 
         return docs(), [{"name": "iterable of strings", "sha256": None, "hash": h}]
     raise DataError(
@@ -176,9 +203,12 @@ def check_data_kind(data: Any) -> None:
                         "array of ids")  # fmt: skip
 
 
-def pack_documents(docs: Iterable[str], tokenizer: Any, *, seq_len: int, n_tokens: int, bos_id: int) -> TokenData:
+def pack_documents(docs: Iterable[str | tuple[str, str | None]], tokenizer: Any, *, seq_len: int, n_tokens: int,
+                   bos_id: int) -> TokenData:  # fmt: skip
     """Pack documents back to back with the BOS/EOS separator into sequences of `seq_len` tokens,
-    each starting with BOS, until `n_tokens` tokens; a shorter last sequence is kept."""
+    each starting with BOS, until `n_tokens` tokens; a shorter last sequence is kept. Documents given as
+    (text, source name) pairs also give each token its source (`TokenData.source_ids`): the document's, for
+    the separator before it too, and for a sequence's first BOS the source of the token after it."""
     if tokenizer is None:
         raise DataError(
             "the model has no tokenizer to turn text into tokens: pass data as a (n_seq, T) array of token ids"
@@ -187,10 +217,17 @@ def pack_documents(docs: Iterable[str], tokenizer: Any, *, seq_len: int, n_token
     body = seq_len - 1
     need = n_seq * body
     stream: list[int] = []
-    for doc in docs:
+    names: dict[str, int] = {}
+    runs: list[tuple[int, int]] = []  # (first stream index, source) of each named document
+    all_named = True
+    for item in docs:
+        doc, name = (item, None) if isinstance(item, str) else item
         if not doc.strip():  # blank documents would only add separators
             continue
         ids = tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"]
+        all_named = all_named and name is not None
+        if name is not None and ids:
+            runs.append((len(stream), names.setdefault(name, len(names))))
         if stream:
             stream.append(bos_id)
         stream.extend(ids)
@@ -205,7 +242,34 @@ def pack_documents(docs: Iterable[str], tokenizer: Any, *, seq_len: int, n_token
     for i, r in enumerate(rows):
         tokens[i, 1 : 1 + len(r)] = r
         lengths[i] = 1 + len(r)
-    return TokenData(tokens, lengths, requested=n_tokens)
+    packed = TokenData(tokens, lengths, requested=n_tokens)
+    if runs and all_named:
+        _set_sources(packed, runs, list(names), len(stream), body)
+    return packed
+
+
+def _set_sources(packed: TokenData, runs: list[tuple[int, int]], names: list[str], n_stream: int, body: int) -> None:
+    """Per-token source ids from the documents' runs of the token stream (see pack_documents)."""
+    starts = np.array([a for a, _ in runs] + [n_stream])
+    stream_ids = np.repeat(np.array([s for _, s in runs]), np.diff(starts))
+    used = np.unique(stream_ids)  # sources of documents cut off by n_tokens have no tokens: not named
+    if len(used) < 2:
+        return
+    if len(used) > MAX_SOURCES:
+        warnings.warn(f"opt-neurons: the data names {len(used)} sources, more than the {MAX_SOURCES} counted apart: "
+                      f"no per-source statistics (pass the data with fewer sources)", RuntimeWarning, stacklevel=4)  # fmt: skip
+        return
+    first = np.array([np.flatnonzero(stream_ids == u)[0] for u in used])
+    used = used[np.argsort(first)]  # in order of first appearance
+    remap = np.zeros(len(names), dtype=np.uint16)
+    remap[used] = np.arange(len(used), dtype=np.uint16)
+    stream_ids = remap[stream_ids]
+    ids = np.zeros(packed.tokens.shape, dtype=np.uint16)
+    for i, n in enumerate(packed.lengths):
+        row = stream_ids[i * body : i * body + int(n) - 1]
+        ids[i, 1:n] = row
+        ids[i, 0] = row[0] if len(row) else 0
+    packed.source_ids, packed.source_names = ids, [names[u] for u in used]
 
 
 def token_array(data: Any, *, max_positions: int, vocab_size: int) -> TokenData:

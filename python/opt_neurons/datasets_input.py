@@ -69,8 +69,9 @@ def _check_columns(columns: list[str], present: Any) -> None:
 
 
 def dataset_documents(data: Any, *, text_column: str = "text", source_column: str | None = None
-                      ) -> tuple[Iterator[str], list[dict]]:  # fmt: skip
-    """Documents (the text column's strings; nulls skipped) and a source description that fills in as they are
+                      ) -> tuple[Iterator[tuple[str, str | None]], list[dict]]:  # fmt: skip
+    """Documents (the text column's strings, nulls skipped, each with its source's name: the value of
+    `source_column` as a string, or None without one) and a source description that fills in as they are
     read: a content hash (the "hash" entry, finished by data.prepare_data) and, with `source_column` (a column,
     or a dotted path into a struct column like "meta.pile_set_name"), the documents read per source."""
     name = data if isinstance(data, str) else None
@@ -90,7 +91,7 @@ def dataset_documents(data: Any, *, text_column: str = "text", source_column: st
     if source_column:
         source.update(source_column=source_column, documents_per_source=per_source)
 
-    def docs() -> Iterator[str]:
+    def docs() -> Iterator[tuple[str, str | None]]:
         for batch in ds.iter(batch_size=BATCH):
             _check_columns(columns, batch)
             labels = batch[source_path[0]] if source_path else [None] * len(batch[text_column])
@@ -99,10 +100,11 @@ def dataset_documents(data: Any, *, text_column: str = "text", source_column: st
                     continue
                 if not isinstance(text, str):
                     raise DataError(f"column {text_column!r} must hold strings, got {type(text).__name__}")
+                key = None
                 if source_path:
                     key = str(_field(label, source_path[1:], source_column))
                     per_source[key] = per_source.get(key, 0) + 1
                 h.update(text.encode())
-                yield text
+                yield text, key
 
     return docs(), [source]

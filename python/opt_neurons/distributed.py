@@ -48,7 +48,9 @@ def shard(data: TokenData, rank: int, world: int) -> TokenData:
     ]
     take = np.r_[tuple(slice(a, b) for a, b in parts)]
     detail = None if data.detail is None else parts[0][1] - parts[0][0]
-    return TokenData(data.tokens[take], data.lengths[take], data.sources, detail)
+    source_ids = None if data.source_ids is None else data.source_ids[take]
+    return TokenData(data.tokens[take], data.lengths[take], data.sources, detail, source_ids=source_ids,
+                     source_names=data.source_names)  # fmt: skip
 
 
 def first_detail_sequence(data: TokenData, rank: int, world: int) -> int:

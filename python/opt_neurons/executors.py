@@ -90,7 +90,8 @@ def run_memory(lm: LoadedModel, data: TokenData, capture: BitCapture, *, start: 
             ending_at(last, enabled=not has_accelerate_hooks(lm.model)) as run:  # fmt: skip
         for begin, end, done in schedule.interleaved(data, start, batch_size, capture.busy):
             ids, flat, pos = rows_of(data, begin, end)
-            capture.set_rows(flat, pos, data.detail_rows(begin, end), first_sequence=begin)
+            capture.set_rows(flat, pos, data.detail_rows(begin, end), first_sequence=begin,
+                             source_ids=data.source_ids_of(begin, end))  # fmt: skip
             run(functools.partial(body, input_ids=torch.from_numpy(ids).to(lm.device), use_cache=False))
             capture.commit(done)
             if done.detail == data.n_detail:  # the last block of detail rows is counted while the rest runs
@@ -180,7 +181,8 @@ def run_layer_major(lm: LoadedModel, data: TokenData, capture: BitCapture, sourc
                         _, flat, pos = rows_of(data, begin, end)
                         h = hidden[k].to(device, non_blocking=True)
                         recorded = arguments[(end - begin, int(data.lengths[begin]))][index]
-                        capture.set_rows(flat, pos, data.detail_rows(begin, end), first_sequence=begin)
+                        capture.set_rows(flat, pos, data.detail_rows(begin, end), first_sequence=begin,
+                                         source_ids=data.source_ids_of(begin, end))  # fmt: skip
                         out = run(functools.partial(call_layer, layer, h, recorded))
                         capture.commit(None)  # part of a block: not a resumable point
                         if end == data.n_detail or k == len(block) - 1:

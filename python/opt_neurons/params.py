@@ -151,6 +151,7 @@ class Thresholds:
 
 
 EXECUTIONS = ("auto", "memory", "offload", "layer")
+COUNTINGS = ("auto", "device", "host")
 DTYPES = ("float16", "fp16", "bfloat16", "bf16", "float32", "fp32")
 
 
@@ -196,6 +197,13 @@ class RunOptions:
         },
     )
     block_size: int = field(default=64, metadata=_rule(1, help="sequences per block in layer-major execution"))
+    counting: str = field(
+        default="auto",
+        metadata={
+            "choices": COUNTINGS,
+            "help": "host: the activations' bits go to the host, which counts them; device: counted where they are (torch), the host merges the counts; auto: host until a GPU measurement shows device faster",
+        },
+    )
     examples: int = field(
         default=16,
         metadata=_rule(
@@ -217,6 +225,8 @@ class RunOptions:
         _check_all(self, "option")
         if self.execution not in EXECUTIONS:
             raise OptionError(f"unknown execution {self.execution!r}: use one of {', '.join(EXECUTIONS)}")
+        if self.counting not in COUNTINGS:
+            raise OptionError(f"unknown counting {self.counting!r}: use one of {', '.join(COUNTINGS)}")
         if isinstance(self.dtype, str) and self.dtype not in DTYPES:
             raise OptionError(f"unknown dtype {self.dtype!r}: use float16, bfloat16 or float32")
 
@@ -230,4 +240,4 @@ def cli_fields(cls: Any) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
 
 
-__all__ = ["EXECUTIONS", "OptNeuronsError", "OptionError", "RunOptions", "Thresholds", "cli_fields"]
+__all__ = ["COUNTINGS", "EXECUTIONS", "OptNeuronsError", "OptionError", "RunOptions", "Thresholds", "cli_fields"]

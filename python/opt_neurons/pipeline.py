@@ -13,6 +13,7 @@ import torch
 from . import (
     architectures,
     checkpoint,
+    device_counting,
     distributed,
     example_tables,
     example_tracker,
@@ -66,6 +67,7 @@ def analyze(
     activation_threshold: float = RunOptions.activation_threshold,
     examples: int = RunOptions.examples,
     examples_seed: int = RunOptions.examples_seed,
+    counting: str = RunOptions.counting,
     **thresholds: Any,
 ) -> Analysis | None:
     """Find dead, n-gram-detecting and positional neurons of a decoder LM (OPT, GPT-2, Pythia, Llama, ...:
@@ -93,6 +95,9 @@ def analyze(
         max_memory / offload_folder), "layer" (layer-major: blocks of `block_size` sequences through
         one layer at a time), or "auto" (chosen from the model size and free GPU memory).
     activation_threshold: a neuron fires on a token when its activation output is > this (METHOD.md).
+    counting: "host" (the activations' bits go to the host, which counts them), "device" (counted on the
+        device in torch, the host merges the counts: same tables where they are exact, certified bounds where
+        not), or "auto" (host, until a GPU measurement shows the device path faster).
     examples: example positions kept per neuron and kind (the top ones by activation value and a
         uniform random sample, seeded by examples_seed) over the detail tokens; 0 turns them off
         (and the max / mean activation columns). `Analysis.examples(layer, neuron)` renders them.
@@ -107,7 +112,7 @@ def analyze(
                          block_size=block_size, max_memory=max_memory, offload_folder=offload_folder,
                          text_column=text_column, source_column=source_column,
                          activation_threshold=activation_threshold, examples=examples,
-                         examples_seed=examples_seed)  # fmt: skip
+                         examples_seed=examples_seed, counting=counting)  # fmt: skip
     t = Thresholds.from_overrides(thresholds)
     if report and out is None:
         raise OptionError("report=True writes the report into `out`: pass out= as well")
@@ -138,8 +143,9 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         mode, why = (
             ("memory", "a loaded model runs where it is") if o.execution == "auto" else (o.execution, "requested")
         )
+    counting, counting_why = device_counting.resolve(o.counting, device)
     if o.progress and rank == 0:
-        print(f"opt-neurons: execution {mode!r}: {why}")
+        print(f"opt-neurons: execution {mode!r}: {why}; counting on the {counting}: {counting_why}")
     lm, source = load_for(mode, model, config, dtype=o.dtype, device_map=o.device_map, revision=o.revision, device=device,
                           max_memory=o.max_memory, offload_folder=o.offload_folder)  # fmt: skip
     cfg = lm.model.config
@@ -169,12 +175,14 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
     run_id = {"model": lm.model_id, "revision": lm.revision, "weights": weights, "data": data_sha256, "T": T,
               "ngram_capacity": o.ngram_capacity, "dtype": dtype_name, "rank": rank, "world": world,
               "detail_sequences": tokens.detail, "activation_threshold": threshold, "examples": o.examples,
-              "examples_seed": o.examples_seed}  # fmt: skip
+              "examples_seed": o.examples_seed, "sources": tokens.source_names if tokens.n_sources else None}  # fmt: skip
     resumed = checkpoint.load(out_dir, run_id, mine, ckpt) if out_dir is not None else None
     if out_dir is not None and resumed is None:
         checkpoint.set_aside(out_dir, ckpt)
     stats, start = resumed or (
-        NeuronStats(n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=o.ngram_capacity),
+        NeuronStats(
+            n_layers, n_neurons, vocab, T, bos_token_id=bos, ngram_capacity=o.ngram_capacity, n_sources=tokens.n_sources
+        ),
         schedule.Cursor(),
     )
     tracker = None
@@ -190,7 +198,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
     counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=o.batch_size,
                   block_size=o.block_size, out_dir=out_dir, ckpt=ckpt, run_id=run_id,
                   checkpoint_every=o.checkpoint_every, progress=o.progress and rank == 0, threshold=threshold,
-                  examples=tracker)  # fmt: skip
+                  examples=tracker, counting=counting)  # fmt: skip
     ex = tracker.sync() if tracker is not None else None
     forward_s, forward_cpu_s = time.time() - forward_started, time.process_time() - forward_cpu_started
     if o.progress and rank == 0 and counting_s > 0.8 * forward_s:
@@ -204,7 +212,8 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
             return None
         stats = merged
     materialize = source.on_device if isinstance(source, StreamedLayers) else None
-    tables = build_tables(stats, tokenizer=lm.tokenizer, model=lm.model, materialize=materialize, **t.to_dict())
+    tables = build_tables(stats, tokenizer=lm.tokenizer, model=lm.model, materialize=materialize,
+                          source_names=tokens.source_names, **t.to_dict())  # fmt: skip
     tables.neurons = example_tables.with_activation_columns(tables.neurons, ex)
     metadata = {
         "model_id": lm.model_id,
@@ -214,6 +223,8 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "device_map": getattr(lm.model, "hf_device_map", None) or (str(o.device_map) if o.device_map else None),
         "execution": mode,
         "execution_reason": why,
+        "counting": counting,  # where the per-activation counting ran (host or device)
+        "counting_reason": counting_why,
         "world_size": world,
         "n_layers": n_layers,
         "n_neurons": n_neurons,
@@ -233,6 +244,9 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "n_sequences": int(len(tokens.lengths)),
         "T": T,
         "data_sources": tokens.sources,
+        # Named sources (METHOD.md "Sources"): their names in the order of the per-source columns, tokens of each.
+        "source_names": tokens.source_names or None,
+        "source_tokens": source_tokens(stats, tokens),
         "data_sha256": data_sha256,
         "thresholds": t.to_dict(),
         "ngram_capacity": o.ngram_capacity,
@@ -268,6 +282,14 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
     return analysis
 
 
+def source_tokens(stats: NeuronStats, tokens: Any) -> dict[str, int] | None:
+    """{source name: tokens analysed} of the data's named sources (the counted ones from the state), or None."""
+    if not tokens.source_names:
+        return None
+    counts = stats.source_rows() if stats.n_sources else tokens.source_tokens()
+    return {name: int(n) for name, n in zip(tokens.source_names, counts)}
+
+
 def execution_choice(requested: str, config: Any, dtype: Any, device: torch.device, device_map: Any) -> tuple[str, str]:
     return executors.choose(requested, config=config, dtype=resolve_dtype(dtype, device), device=device,
                             device_map=device_map)  # fmt: skip
@@ -275,7 +297,8 @@ def execution_choice(requested: str, config: Any, dtype: Any, device: torch.devi
 
 def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str, source: Any, start: schedule.Cursor,
                   batch_size: int, block_size: int, out_dir: Path | None, ckpt: str, run_id: dict,
-                  checkpoint_every: int, progress: bool, threshold: float = 0.0, examples: Any = None) -> float:  # fmt: skip
+                  checkpoint_every: int, progress: bool, threshold: float = 0.0, examples: Any = None,
+                  counting: str = "host") -> float:  # fmt: skip
     """Run the forward pass from `start` with bit capture, checkpointing as it goes; on any
     interruption, save what is counted up to the last resumable point, then re-raise. Returns the
     seconds the host spent counting."""
@@ -283,7 +306,8 @@ def count_forward(lm: LoadedModel, tokens: Any, stats: NeuronStats, *, mode: str
     seen = [schedule.tokens_done(tokens, start, before)]
     bar = _progress_bar(progress, int(before[-1]), seen[0], lm.model_id)
     saved = [start]
-    capture = BitCapture(architectures.neuron_modules(lm.model), stats, threshold, examples)
+    kind = device_counting.DeviceCapture if counting == "device" else BitCapture
+    capture = kind(architectures.neuron_modules(lm.model), stats, threshold, examples)
     capture.done = start
 
     def on_progress(done: schedule.Cursor) -> None:

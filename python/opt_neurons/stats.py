@@ -74,9 +74,18 @@ class NeuronStats:
         *,
         bos_token_id: int | None = 2,
         ngram_capacity: int = _core.DEFAULT_CAPACITY,
+        n_sources: int = 0,
     ) -> None:
+        """n_sources: sources of the data whose activations are also counted apart (`add_source_counts`;
+        fewer than 2: none)."""
         self._core = _core.NeuronStats(
-            n_layers, n_neurons, vocab_size, max_positions, bos_token_id=bos_token_id, ngram_capacity=ngram_capacity
+            n_layers,
+            n_neurons,
+            vocab_size,
+            max_positions,
+            bos_token_id=bos_token_id,
+            ngram_capacity=ngram_capacity,
+            n_sources=n_sources,
         )
 
     @classmethod
@@ -127,6 +136,64 @@ class NeuronStats:
             _integers(c, f"counts of layer {layer}")
             counts.append(np.ascontiguousarray(c, dtype=np.uint64))
         self._core.add_activity_counts(layers, counts, n_rows)
+
+    @property
+    def n_sources(self) -> int:
+        """Sources whose activations are counted apart (0: none)."""
+        return self._core.n_sources
+
+    def add_source_counts(self, counts_by_layer: dict[int, Any], rows: Any) -> None:
+        """Activations per (source, neuron) of rows also given to the updates above, already summed (on the
+        device): counts[s, j] of the rows[s] rows of source s fired neuron j. Every row of every layer must be
+        split so before `finalize`."""
+        layers = list(_by_layer(counts_by_layer, "add_source_counts", "counts"))
+        counts = []
+        for layer in layers:
+            c = _array(counts_by_layer[layer], f"per-source counts of layer {layer}")
+            if c.ndim != 2 or (c.size and c.dtype.kind in "iuf" and c.min() < 0):
+                raise DataError(f"per-source counts of layer {layer} must be 2-D (sources, neurons) and "
+                                f"non-negative, got shape {c.shape}")  # fmt: skip
+            _integers(c, f"per-source counts of layer {layer}")
+            counts.append(np.ascontiguousarray(c, dtype=np.uint64))
+        r = _array(rows, "rows")
+        _integers(r, "rows")
+        if r.ndim != 1 or (r.size and r.min() < 0):
+            raise DataError(f"rows must be 1-D (sources,) and non-negative, got shape {r.shape}")
+        self._core.add_source_counts(layers, counts, np.ascontiguousarray(r, dtype=np.uint64))
+
+    def source_counts(self, layer: int) -> np.ndarray:
+        """(n_sources, n_neurons) uint64: the layer's activations per source."""
+        return self._core.source_counts(layer)
+
+    def source_rows(self) -> np.ndarray:
+        """(n_sources,) uint64: tokens counted per source."""
+        return self._core.source_rows()
+
+    def merge_counted(self, counted_by_layer: dict[int, Any], token_ids: Any, positions: Any) -> None:
+        """Detail rows counted elsewhere (the device: device_counting.py): counted_by_layer[layer] =
+        (activation counts (n_neurons,), then (neurons, keys, counts) of tokens, bigrams and trigrams, each
+        sorted by neuron; keys packed as the core packs them, 21 bits per id, oldest highest). Adds what
+        `update_layers` would for those rows' bits, except the position counts (`add_position_counts`); the
+        summaries keep every exact count and certified bound (rust/core/src/stats/counted.rs)."""
+        layers = list(_by_layer(counted_by_layer, "merge_counted", "counts"))
+        counted: list[Any] = []
+        for layer in layers:
+            active, *kinds = counted_by_layer[layer]
+            arrays: list[Any] = [np.ascontiguousarray(_array(active, "activation counts"), np.uint64)]
+            for (neurons, keys, counts), key_type in zip(kinds, (np.uint32, np.uint64, np.uint64)):
+                arrays.append((np.ascontiguousarray(neurons, np.uint32), np.ascontiguousarray(keys, key_type),
+                               np.ascontiguousarray(counts, np.uint32)))  # fmt: skip
+            counted.append(tuple(arrays))
+        self._core.merge_counted_layers(layers, counted, as_u32(token_ids, "token_ids"), as_u32(positions, "positions"))
+
+    def add_position_counts(self, layer: int, counts: Any) -> None:
+        """One layer's activations by position counted elsewhere: (max_positions, n_neurons) counts, added
+        to the state's (the rows they came from are counted by `merge_counted`)."""
+        c = _array(counts, "position counts")
+        if c.ndim != 2:
+            raise ShapeError(f"position counts must be 2-D (max_positions, n_neurons), got shape {c.shape}")
+        _integers(c, "position counts")
+        self._core.add_position_counts(layer, np.ascontiguousarray(c, np.uint32))
 
     def merge(self, other: NeuronStats) -> None:
         if not isinstance(other, NeuronStats):

@@ -37,12 +37,13 @@ def decode_tokens(tokenizer: Any, ids: list[int]) -> list[str]:
 
 
 def build_tables(stats: NeuronStats, *, tokenizer: Any = None, model: Any = None, materialize: Any = None,
-                 **thresholds: Any) -> Tables:  # fmt: skip
+                 source_names: list[str] | None = None, **thresholds: Any) -> Tables:  # fmt: skip
     """The `neurons`, `layers`, `tokens` and `positions` tables of the counted statistics.
 
     tokenizer: fills `detected_strings`; model: fills the suppression columns (materialize: a context
-    manager factory putting layer i's weights on a device, for streamed models). thresholds: any field of
-    `Thresholds`."""
+    manager factory putting layer i's weights on a device, for streamed models). source_names: the names of
+    the sources the statistics count apart (the per-source columns; default "source_0", ...). thresholds: any
+    field of `Thresholds`."""
     t = Thresholds.from_overrides(thresholds)
     f = stats.finalize(**thresholds)
     n = len(f["layer"])
@@ -101,6 +102,8 @@ def build_tables(stats: NeuronStats, *, tokenizer: Any = None, model: Any = None
             pl.lit(None, dtype=pl.List(pl.UInt32)).alias("detected_token_ranks"),
             pl.lit(None, dtype=pl.Float64).alias("suppression_baseline"),
         )
+    if stats.n_sources:
+        neurons = neurons.hstack(source_columns(stats, source_names))
     return Tables(
         neurons=neurons,
         layers=layers_table(neurons),
@@ -147,6 +150,9 @@ def layers_table(neurons: pl.DataFrame) -> pl.DataFrame:
         "n_positional", "n_oscillatory", "n_two_sided", "n_one_sided", "n_other_positional",
         "suppressing_fraction", "suppressing_fraction_baseline",
     ]  # fmt: skip
+    if "n_active_by_source" in neurons.columns:
+        cols.append(dead_by_source(neurons))
+        order.append("dead_fraction_by_source")
     return per_layer.with_columns(cols).select(order)
 
 
@@ -171,6 +177,36 @@ def _covered_per_layer(layers: list[int], detected: Any, what: str) -> list[pl.S
         pl.Series(f"n_new_{what}_vs_previous", new_prev, dtype=pl.UInt32),
         pl.Series(f"n_new_{what}_overall", new_all, dtype=pl.UInt32),
     ]
+
+
+def source_columns(stats: NeuronStats, names: list[str] | None) -> pl.DataFrame:
+    """`n_active_by_source` (struct of UInt64) and `frequency_by_source` (struct of Float64), one field per
+    source in the order of `names`: activations of the neuron on that source's tokens, and / its tokens."""
+    n = stats.n_sources
+    names = list(names) if names else [f"source_{s}" for s in range(n)]
+    if len(names) != n:
+        raise ValueError(f"{len(names)} source names for the {n} sources the statistics count")
+    counts = np.concatenate([stats.source_counts(layer).T for layer in range(stats.config["n_layers"])])
+    rows = stats.source_rows().astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        freq = np.where(rows > 0, counts / rows, np.nan)
+    n_active = pl.DataFrame({name: pl.Series(counts[:, s], dtype=pl.UInt64) for s, name in enumerate(names)})
+    frequency = pl.DataFrame({name: freq[:, s] for s, name in enumerate(names)})
+    return pl.DataFrame([n_active.to_struct("n_active_by_source"), frequency.to_struct("frequency_by_source")])
+
+
+def dead_by_source(neurons: pl.DataFrame) -> pl.Series:
+    """`dead_fraction_by_source` of each layer (in layer order): the share of its neurons that never fire on
+    a source's tokens, one struct field per source."""
+    names = [f.name for f in neurons.schema["n_active_by_source"].fields]  # type: ignore[attr-defined]
+    by = pl.col("n_active_by_source").struct
+    per_layer = (
+        neurons.group_by("layer", maintain_order=True)
+        .agg([(by.field(name) == 0).mean().alias(f"_{i}") for i, name in enumerate(names)])
+        .sort("layer")
+    )
+    fields = [pl.col(f"_{i}").alias(name) for i, name in enumerate(names)]
+    return per_layer.select(pl.struct(fields).alias("dead_fraction_by_source")).to_series()
 
 
 def tokens_table(neurons: pl.DataFrame, stats: NeuronStats, tokenizer: Any) -> pl.DataFrame:

@@ -28,6 +28,7 @@ from .format import _esc, _save, run_title
 from .headline import _headline_rows, headline
 from .neuron_pages import FOLDER, MAX_PAGES, page_name, select_neurons, write_neuron_pages
 from .page import _df_table, _figure_html, _kv_table, _note, _page
+from .source_figures import fig_dead_by_source, flat_layers
 
 FIGURE_FILES = (
     "fig1_dead_frequency.png",
@@ -40,6 +41,7 @@ FIGURE_FILES = (
     "fig8_positional_curves.png",
     "fig9_positional_heatmaps.png",
     "fig14_trigram_detectors.png",
+    "fig_dead_by_source.png",
 )
 
 
@@ -89,6 +91,10 @@ SECTIONS = (
     _Section("All positional neurons by layer (Figure 9)", "fig9_positional_heatmaps.png",
              "Each row one positional neuron's fr(p), sorted by where it peaks: oscillatory neurons that tile the "
              "positions show as a staircase (grey: no token at that position).", fig_positional_heatmaps),
+    _Section("Dead neurons per source (issue 19)", "fig_dead_by_source.png",
+             "Share of each layer's neurons that never fire on the tokens of one named source of the data (the "
+             "bundled corpus's parts, a folder's files, a dataset's source column), beside the share dead on all "
+             "of it. A source with fewer tokens leaves more neurons unfired by chance alone.", fig_dead_by_source),
 )  # fmt: skip
 
 
@@ -160,7 +166,7 @@ def write_report(analysis: Analysis, out: str | Path, *, cards: Sequence[tuple[i
         body.append('<div class="cards">' + "\n".join(html_cards) + "</div>")
 
     body.append("<h2>Per layer</h2>")
-    body.append(_df_table(analysis.layers) if analysis.layers.height else _note("The run has no layers."))
+    body.append(_df_table(flat_layers(analysis.layers)) if analysis.layers.height else _note("The run has no layers."))
     body.append("<details><summary>Thresholds and run metadata</summary>")
     shown_meta = {k: v for k, v in meta.items() if k not in ("position_totals",)}
     body.append(f"<pre>{_esc(json.dumps(shown_meta, indent=2, sort_keys=True, default=str))}</pre></details>")

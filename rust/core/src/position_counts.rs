@@ -37,6 +37,17 @@ impl PositionChunk {
         }
     }
 
+    /// `by` activations of neuron `j` of the chunk at position `p` (counted elsewhere: the device).
+    #[inline(always)]
+    pub fn add_many(&mut self, p: usize, j: usize, by: u32) {
+        let i = p * CHUNK + j;
+        let s = self.low[i] as u64 + by as u64;
+        self.low[i] = s as u16;
+        if s >> 16 > 0 {
+            self.high.add(i as u32, (s >> 16) as u32);
+        }
+    }
+
     /// Counts of every neuron of the chunk, neuron-major: `out[j * T + p]`.
     pub fn by_neuron(&self, max_positions: usize) -> Vec<u32> {
         let mut out = vec![0u32; CHUNK * max_positions];
@@ -104,5 +115,13 @@ mod tests {
         assert_eq!(by_n[5 * t + 1], 135_536);
         assert_eq!(by_n[255 * t + 2], 1);
         assert_eq!(by_n.iter().map(|&c| c as u64).sum::<u64>(), 135_537);
+        // Counts added in one go carry the same way as one at a time.
+        let mut c = PositionChunk::new(t);
+        c.add_many(1, 5, 65_535);
+        c.add_many(1, 5, 70_001);
+        c.add_many(2, 255, 1);
+        assert_eq!(c.get(1, 5), 135_536);
+        assert_eq!(c.get(2, 255), 1);
+        assert_eq!(c.by_neuron(t), by_n);
     }
 }

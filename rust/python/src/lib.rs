@@ -1,8 +1,8 @@
 //! Thin PyO3 binding of `opt_neurons_core`: numpy in (zero-copy), numpy out, GIL released
 //! while the core works. No statistics are computed here.
 
-use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
-use opt_neurons_core::stats::{STATE_FORMAT_VERSION, STATE_MAGIC};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use opt_neurons_core::stats::{CountedLayer, KeyCounts, STATE_FORMAT_VERSION, STATE_MAGIC};
 use opt_neurons_core::summary::DEFAULT_CAPACITY;
 use opt_neurons_core::{DetectorParams, NeuronStats, PositionalParams, StatsConfig, StatsError};
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
@@ -101,6 +101,19 @@ fn per_layer<'a, A, V>(
     layers.iter().zip(items).map(|(&l, a)| Ok((l, view(a)?))).collect()
 }
 
+/// (neurons, keys, counts) of one kind of k-gram.
+type KeyArrays<'py, K> = (PyReadonlyArray1<'py, u32>, PyReadonlyArray1<'py, K>, PyReadonlyArray1<'py, u32>);
+/// One layer's block counted elsewhere: activation counts, then token, bigram and trigram counts.
+type CountedArrays<'py> = (PyReadonlyArray1<'py, u64>, KeyArrays<'py, u32>, KeyArrays<'py, u64>, KeyArrays<'py, u64>);
+
+fn key_counts<'a, K: numpy::Element>(k: &'a KeyArrays<'_, K>) -> PyResult<KeyCounts<'a, K>> {
+    Ok(KeyCounts {
+        neurons: contiguous(&k.0, "neurons")?,
+        keys: contiguous(&k.1, "keys")?,
+        counts: contiguous(&k.2, "counts")?,
+    })
+}
+
 #[pyclass(name = "NeuronStats", module = "opt_neurons._core")]
 struct PyNeuronStats {
     inner: NeuronStats,
@@ -122,7 +135,7 @@ impl PyNeuronStats {
 #[pymethods]
 impl PyNeuronStats {
     #[new]
-    #[pyo3(signature = (n_layers, n_neurons, vocab_size, max_positions, *, bos_token_id=Some(IntArg::of(2)), ngram_capacity=IntArg::of(DEFAULT_CAPACITY)))]
+    #[pyo3(signature = (n_layers, n_neurons, vocab_size, max_positions, *, bos_token_id=Some(IntArg::of(2)), ngram_capacity=IntArg::of(DEFAULT_CAPACITY), n_sources=IntArg::of(0)))]
     fn new(
         n_layers: IntArg,
         n_neurons: IntArg,
@@ -130,6 +143,7 @@ impl PyNeuronStats {
         max_positions: IntArg,
         bos_token_id: Option<IntArg>,
         ngram_capacity: IntArg,
+        n_sources: IntArg,
     ) -> PyResult<Self> {
         let bos_token_id = match bos_token_id {
             None => None,
@@ -146,7 +160,8 @@ impl PyNeuronStats {
             bos_token_id,
             ngram_capacity: ngram_capacity.size("ngram_capacity")?,
         };
-        Ok(PyNeuronStats { inner: NeuronStats::new(config).map_err(err)? })
+        let inner = NeuronStats::with_sources(config, n_sources.size("n_sources")?).map_err(err)?;
+        Ok(PyNeuronStats { inner })
     }
 
     /// bits: (rows, ceil(n_neurons/64)) uint64; token_ids, positions: (rows,) uint32.
@@ -217,6 +232,78 @@ impl PyNeuronStats {
         let pairs = per_layer(&layers, &counts, "count arrays", |a| contiguous(a, "count arrays"))?;
         let inner = self.stats_mut()?;
         py.allow_threads(|| inner.add_activity_counts(&pairs, n_rows)).map_err(err)
+    }
+
+    /// Activations per (source, neuron) summed elsewhere (the GPU): layers[i] gets counts[i] (n_sources,
+    /// n_neurons) over rows[s] rows of each source s.
+    fn add_source_counts(
+        &mut self,
+        py: Python<'_>,
+        layers: Vec<IntArg>,
+        counts: Vec<PyReadonlyArray2<'_, u64>>,
+        rows: PyReadonlyArray1<'_, u64>,
+    ) -> PyResult<()> {
+        let layers = layer_args(layers)?;
+        let pairs = per_layer(&layers, &counts, "count arrays", |a| contiguous(a, "count arrays"))?;
+        let rows = contiguous(&rows, "rows")?;
+        let inner = self.stats_mut()?;
+        py.allow_threads(|| inner.add_source_counts(&pairs, rows)).map_err(err)
+    }
+
+    /// One layer's activations per source: (n_sources, n_neurons) uint64 ((0, n_neurons) without sources).
+    fn source_counts<'py>(&self, py: Python<'py>, layer: IntArg) -> PyResult<Bound<'py, PyArray2<u64>>> {
+        let layer = layer.index("layer")?;
+        let s = self.stats()?;
+        let counts = s.source_counts(layer).map_err(err)?;
+        PyArray1::from_slice(py, counts).reshape([s.n_sources(), s.config().n_neurons])
+    }
+
+    /// Tokens counted per source.
+    fn source_rows<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<u64>>> {
+        Ok(PyArray1::from_slice(py, self.stats()?.source_rows()))
+    }
+
+    #[getter]
+    fn n_sources(&self) -> PyResult<usize> {
+        Ok(self.stats()?.n_sources())
+    }
+
+    /// Blocks of detail rows counted elsewhere (the device): layers[i] gets counted[i] = (activation
+    /// counts (n_neurons,), then (neurons, keys, counts) of tokens, bigrams and trigrams, each sorted by neuron).
+    fn merge_counted_layers(
+        &mut self,
+        py: Python<'_>,
+        layers: Vec<IntArg>,
+        counted: Vec<CountedArrays<'_>>,
+        token_ids: PyReadonlyArray1<'_, u32>,
+        positions: PyReadonlyArray1<'_, u32>,
+    ) -> PyResult<()> {
+        let layers = layer_args(layers)?;
+        let views = per_layer(&layers, &counted, "counted blocks", |(a, t, b, c)| {
+            Ok(CountedLayer {
+                active: contiguous(a, "activation counts")?,
+                tokens: key_counts(t)?,
+                bigrams: key_counts(b)?,
+                trigrams: key_counts(c)?,
+            })
+        })?;
+        let t = contiguous(&token_ids, "token_ids")?;
+        let p = contiguous(&positions, "positions")?;
+        let inner = self.stats_mut()?;
+        py.allow_threads(|| inner.merge_counted_layers(&views, t, p)).map_err(err)
+    }
+
+    /// One layer's position counts counted elsewhere: (max_positions, n_neurons) uint32.
+    fn add_position_counts(
+        &mut self,
+        py: Python<'_>,
+        layer: IntArg,
+        counts: PyReadonlyArray2<'_, u32>,
+    ) -> PyResult<()> {
+        let layer = layer.index("layer")?;
+        let c = contiguous(&counts, "position counts")?;
+        let inner = self.stats_mut()?;
+        py.allow_threads(|| inner.add_position_counts(layer, c)).map_err(err)
     }
 
     /// `merge` of a state saved with `save`, verified whole and then read one layer at a time.

@@ -60,6 +60,7 @@ struct NeuronResult {
 impl NeuronStats {
     fn check_complete(&self) -> Result<(), StatsError> {
         self.check_usable()?;
+        self.check_sources_complete()?;
         if self.data.rows == 0 {
             return Err(StatsError::Value(
                 "no tokens were counted: call update() with data for layer 0 (and every other layer) first".into(),

@@ -1,16 +1,21 @@
 //! `NeuronStats`: the streaming accumulators of every neuron of a model, and what they hold.
 //!
 //! The work is split by concern: `config` (settings and input checks), `update` (counting blocks of
-//! rows), `state_file` (the saved state and streamed merges), `finalize` (table columns).
+//! rows), `counted` (blocks counted elsewhere, on the device), `state_file` (the saved state and streamed merges), `finalize` (table columns).
 
 mod config;
+mod counted;
 mod finalize;
+#[cfg(test)]
+mod source_tests;
+mod sources;
 mod state_file;
 #[cfg(test)]
 mod tests;
 mod update;
 
 pub use config::StatsConfig;
+pub use counted::{CountedLayer, KeyCounts};
 pub use finalize::{unpack_key, Finalized};
 pub use state_file::{verify, STATE_FORMAT_VERSION, STATE_MAGIC};
 
@@ -21,6 +26,7 @@ use crate::summary::{CountTable, NgramSummary, TableKey, TokenSummary};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use sources::SourceTotals;
 
 /// Token ids are packed 21 bits apiece into n-gram keys.
 pub const MAX_VOCAB: usize = 1 << 21;
@@ -74,6 +80,10 @@ pub struct NeuronStats {
     positions: Vec<Vec<Option<Box<PositionChunk>>>>,
     layer_rows: Vec<u64>,
     data: DataStats,
+    /// Tokens per source and, per layer, activations per (source, neuron) (`sources.rs`; empty
+    /// without sources).
+    sources: SourceTotals,
+    source_counts: Vec<Vec<u64>>,
     /// Why this state can no longer be used (a merge failed midway), if it cannot.
     unusable: Option<String>,
 }
@@ -102,7 +112,16 @@ impl NeuronStats {
             token_occurrences: vec![0; config.vocab_size],
             ..Default::default()
         };
-        Ok(NeuronStats { layer_rows: vec![0; config.n_layers], config, layers, positions, data, unusable: None })
+        Ok(NeuronStats {
+            layer_rows: vec![0; config.n_layers],
+            sources: SourceTotals::new(0, config.n_layers),
+            source_counts: vec![Vec::new(); config.n_layers],
+            config,
+            layers,
+            positions,
+            data,
+            unusable: None,
+        })
     }
 
     pub fn config(&self) -> &StatsConfig {
@@ -124,25 +143,32 @@ impl NeuronStats {
     pub fn merge(&mut self, other: &NeuronStats) -> Result<(), StatsError> {
         self.check_usable()?;
         other.check_usable()?;
-        self.check_mergeable(&other.config)?;
-        self.merge_totals(&other.layer_rows, &other.data);
+        self.check_mergeable(&other.config, &other.sources)?;
+        self.merge_totals(&other.layer_rows, &other.data, &other.sources);
         for (l, (accs, pos)) in other.layers.iter().zip(&other.positions).enumerate() {
-            self.merge_layer(l, accs, pos);
+            self.merge_layer(l, accs, pos, &other.source_counts[l]);
         }
         Ok(())
     }
 
-    fn check_mergeable(&self, config: &StatsConfig) -> Result<(), StatsError> {
+    fn check_mergeable(&self, config: &StatsConfig, sources: &SourceTotals) -> Result<(), StatsError> {
         if &self.config != config {
             return Err(StatsError::Incompatible(format!(
                 "cannot merge NeuronStats with different settings: {:?} vs {config:?}",
                 self.config
             )));
         }
+        if self.sources.n_sources != sources.n_sources {
+            return Err(StatsError::Incompatible(format!(
+                "cannot merge NeuronStats counting {} and {} sources: shards of one run split the same sources",
+                self.sources.n_sources, sources.n_sources
+            )));
+        }
         Ok(())
     }
 
-    fn merge_totals(&mut self, layer_rows: &[u64], o: &DataStats) {
+    fn merge_totals(&mut self, layer_rows: &[u64], o: &DataStats, sources: &SourceTotals) {
+        self.sources.merge(sources);
         for (a, b) in self.layer_rows.iter_mut().zip(layer_rows) {
             *a += b;
         }
@@ -163,7 +189,14 @@ impl NeuronStats {
         }
     }
 
-    fn merge_layer(&mut self, l: usize, accs: &[Option<Box<NeuronAcc>>], pos: &[Option<Box<PositionChunk>>]) {
+    fn merge_layer(
+        &mut self,
+        l: usize,
+        accs: &[Option<Box<NeuronAcc>>],
+        pos: &[Option<Box<PositionChunk>>],
+        source_counts: &[u64],
+    ) {
+        sources::merge_counts(&mut self.source_counts[l], source_counts);
         let cfg = &self.config;
         merge_slots(&mut self.layers[l], accs, |a, b| a.merge(b, cfg));
         merge_slots(&mut self.positions[l], pos, |a, b| a.merge(b));
@@ -229,7 +262,15 @@ impl NeuronStats {
             + CountTable::<u32>::bytes_for(c.ngram_capacity)
             + 2 * CountTable::<u64>::bytes_for(c.ngram_capacity);
         let chunks = c.n_layers * c.n_neurons.div_ceil(CHUNK);
-        neurons * (8 + per_live) + chunks * c.max_positions * CHUNK * 2 + (c.vocab_size + c.max_positions) * 8
+        neurons * (8 + per_live)
+            + chunks * c.max_positions * CHUNK * 2
+            + (c.vocab_size + c.max_positions) * 8
+            + self.source_bytes()
+    }
+
+    /// Bytes of the per-source counts (fixed: sources x neurons x layers counters).
+    fn source_bytes(&self) -> usize {
+        self.source_counts.iter().map(|c| c.len() * 8).sum()
     }
 
     /// Bytes held by the accumulators (heap estimate), for memory reports.
@@ -242,6 +283,7 @@ impl NeuronStats {
             + self.positions.iter().flatten().flatten().map(|c| c.heap_bytes()).sum::<usize>();
         let d = &self.data;
         neurons
+            + self.source_bytes()
             + d.position_totals.len() * 8
             + d.token_occurrences.len() * 8
             // hashbrown: 8/7 buckets per unit of capacity, each a 16-byte (u64, u32) entry and a control byte.

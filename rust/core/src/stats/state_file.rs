@@ -1,17 +1,18 @@
 //! The saved state, streamed so that a reader can take one layer at a time (`merge_from`):
 //!
 //! ```text
-//! "OPTNST" + the format version as two ASCII digits ("04")
-//! bincode (settings, row counts per layer, the data's own counts)
-//! bincode (neuron accumulators, position chunks) of each layer in turn
+//! "OPTNST" + the format version as two ASCII digits ("05")
+//! bincode (settings, row counts per layer, the data's own counts, tokens per source)
+//! bincode (neuron accumulators, position chunks, activations per (source, neuron)) of each layer in turn
 //! trailer: u64 LE count of the bytes before the trailer, u32 LE CRC-32 of every byte before it
 //! ```
 //!
 //! CRC-32 catches every error burst of up to 32 bits, so any one damaged byte is always refused;
 //! the byte count refuses truncated and extended files. A file is verified whole before anything
-//! is taken from it. Format 03 was this layout without the trailer: it is refused, not converted.
+//! is taken from it. Format 04 was this layout without the per-source counts, 03 without the trailer as well:
+//! they are refused, not converted.
 
-use super::{DataStats, NeuronAcc, NeuronStats, StatsConfig};
+use super::{DataStats, NeuronAcc, NeuronStats, SourceTotals, StatsConfig};
 use crate::error::StatsError;
 use crate::position_counts::{PositionChunk, CHUNK};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -20,7 +21,7 @@ use std::path::Path;
 /// First bytes of every state file; the format version follows as two ASCII digits.
 pub const STATE_MAGIC: &[u8; 6] = b"OPTNST";
 /// Version of the layout above, written after the magic.
-pub const STATE_FORMAT_VERSION: u32 = 4;
+pub const STATE_FORMAT_VERSION: u32 = 5;
 const HEAD_LEN: usize = 8;
 /// Byte count (8) and CRC-32 (4).
 const TRAILER_LEN: usize = 12;
@@ -29,8 +30,8 @@ const FILE_ADVICE: &str =
     "if it is a run's checkpoint, delete the checkpoint folder to start over; otherwise save the state again";
 const BYTES_ADVICE: &str = "save the state again from the NeuronStats it came from";
 
-type Header = (StatsConfig, Vec<u64>, DataStats);
-type Layer = (Vec<Option<Box<NeuronAcc>>>, Vec<Option<Box<PositionChunk>>>);
+type Header = (StatsConfig, Vec<u64>, DataStats, SourceTotals);
+type Layer = (Vec<Option<Box<NeuronAcc>>>, Vec<Option<Box<PositionChunk>>>, Vec<u64>);
 
 fn corrupt(why: impl std::fmt::Display) -> StatsError {
     StatsError::Decode(format!("corrupt NeuronStats state: {why}"))
@@ -179,15 +180,18 @@ fn read_header<R: Read>(r: &mut R) -> Result<Header, StatsError> {
         || h.1.len() != c.n_layers
         || h.2.position_totals.len() != c.max_positions
         || h.2.token_occurrences.len() != c.vocab_size
+        || !h.3.fits(c.n_layers)
     {
         return Err(corrupt("sizes disagree with its settings"));
     }
     Ok(h)
 }
 
-fn read_layer<R: Read>(r: &mut R, c: &StatsConfig) -> Result<Layer, StatsError> {
+fn read_layer<R: Read>(r: &mut R, c: &StatsConfig, n_sources: usize) -> Result<Layer, StatsError> {
     let layer: Layer = bincode::deserialize_from(&mut *r).map_err(|e| decode_error(*e))?;
-    let sizes_ok = layer.0.len() == c.n_neurons && layer.1.len() == c.n_neurons.div_ceil(CHUNK);
+    let sizes_ok = layer.0.len() == c.n_neurons
+        && layer.1.len() == c.n_neurons.div_ceil(CHUNK)
+        && layer.2.len() == n_sources * c.n_neurons;
     // Token ids index the data's counts when finalized: one outside the vocabulary would not be data.
     let tokens_ok =
         || layer.0.iter().flatten().all(|a| a.tokens.counts.iter().all(|(t, _)| (t as usize) < c.vocab_size));
@@ -249,9 +253,10 @@ impl NeuronStats {
         self.check_usable()?;
         let mut w = Hashing::new(w);
         w.write_all(&head_bytes()).map_err(write_io)?;
-        bincode::serialize_into(&mut w, &(&self.config, &self.layer_rows, &self.data)).map_err(write_io)?;
-        for (accs, pos) in self.layers.iter().zip(&self.positions) {
-            bincode::serialize_into(&mut w, &(accs, pos)).map_err(write_io)?;
+        bincode::serialize_into(&mut w, &(&self.config, &self.layer_rows, &self.data, &self.sources))
+            .map_err(write_io)?;
+        for ((accs, pos), counts) in self.layers.iter().zip(&self.positions).zip(&self.source_counts) {
+            bincode::serialize_into(&mut w, &(accs, pos, counts)).map_err(write_io)?;
         }
         let count = w.n;
         w.write_all(&count.to_le_bytes()).map_err(write_io)?;
@@ -264,15 +269,17 @@ impl NeuronStats {
     /// verify a stream before reading it, so that nothing is decoded from damaged bytes).
     pub fn read_from<R: Read>(r: R) -> Result<Self, StatsError> {
         let mut r = Hashing::new(r);
-        let (config, layer_rows, data) = read_header(&mut r)?;
-        let (mut layers, mut positions) = (Vec::with_capacity(config.n_layers), Vec::with_capacity(config.n_layers));
-        for _ in 0..config.n_layers {
-            let (accs, pos) = read_layer(&mut r, &config)?;
+        let (config, layer_rows, data, sources) = read_header(&mut r)?;
+        let n = config.n_layers;
+        let (mut layers, mut positions, mut source_counts) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::new());
+        for _ in 0..n {
+            let (accs, pos, counts) = read_layer(&mut r, &config, sources.n_sources)?;
             layers.push(accs);
             positions.push(pos);
+            source_counts.push(counts);
         }
         read_trailer(r)?;
-        Ok(NeuronStats { config, layers, positions, layer_rows, data, unusable: None })
+        Ok(NeuronStats { config, layers, positions, layer_rows, data, sources, source_counts, unusable: None })
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, StatsError> {
@@ -314,14 +321,14 @@ impl NeuronStats {
         verify(&mut r)?;
         rewind(&mut r)?;
         let mut r = Hashing::new(r);
-        let (config, layer_rows, data) = read_header(&mut r)?;
-        self.check_mergeable(&config)?;
+        let (config, layer_rows, data, sources) = read_header(&mut r)?;
+        self.check_mergeable(&config, &sources)?;
         let merge = || {
-            self.merge_totals(&layer_rows, &data);
+            self.merge_totals(&layer_rows, &data, &sources);
             drop(data);
             for l in 0..config.n_layers {
-                let (accs, pos) = read_layer(&mut r, &config)?;
-                self.merge_layer(l, &accs, &pos);
+                let (accs, pos, counts) = read_layer(&mut r, &config, sources.n_sources)?;
+                self.merge_layer(l, &accs, &pos, &counts);
             }
             read_trailer(r)
         };

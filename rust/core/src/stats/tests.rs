@@ -5,16 +5,16 @@ use crate::{DetectorParams, PositionalParams};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::io::{Cursor, Read, Seek, SeekFrom};
 
-const N: usize = 300; // 5 words per row, the last one partial
+pub(super) const N: usize = 300; // 5 words per row, the last one partial
 const T: usize = 16;
 
-fn config(n_layers: usize) -> StatsConfig {
+pub(super) fn config(n_layers: usize) -> StatsConfig {
     StatsConfig { n_layers, n_neurons: N, vocab_size: 40, max_positions: T, bos_token_id: Some(2), ngram_capacity: 8 }
 }
 
 /// `seqs` whole sequences: token ids, positions, and per layer random bits (some neurons dense,
 /// some sparse, some never on).
-fn block(rng: &mut StdRng, n_layers: usize, seqs: usize) -> (Vec<u32>, Vec<u32>, Vec<Vec<u64>>) {
+pub(super) fn block(rng: &mut StdRng, n_layers: usize, seqs: usize) -> (Vec<u32>, Vec<u32>, Vec<Vec<u64>>) {
     let rows = seqs * T;
     let tokens = (0..rows).map(|i| if i % T == 0 { 2 } else { rng.gen_range(0..40) }).collect();
     let positions = (0..rows).map(|i| (i % T) as u32).collect();
@@ -32,13 +32,13 @@ fn block(rng: &mut StdRng, n_layers: usize, seqs: usize) -> (Vec<u32>, Vec<u32>,
     (tokens, positions, bits)
 }
 
-fn bytes(s: &NeuronStats) -> Vec<u8> {
+pub(super) fn bytes(s: &NeuronStats) -> Vec<u8> {
     s.to_bytes().unwrap()
 }
 
 /// What a state means, whatever the slot order of its tables: every neuron's position and token
 /// counts, and the finalized tables.
-fn content(s: &NeuronStats) -> String {
+pub(super) fn content(s: &NeuronStats) -> String {
     let mut out = format!("{:?}\n", s.finalize(&DetectorParams::default(), &PositionalParams::default()).unwrap());
     for l in 0..s.config.n_layers {
         for n in 0..N {
@@ -156,7 +156,7 @@ fn is_decode<T>(r: Result<T, StatsError>) -> bool {
 fn every_damaged_byte_truncation_and_extension_is_refused() {
     let s = small_state(3);
     let good = bytes(&s);
-    assert_eq!(&good[..8], b"OPTNST04");
+    assert_eq!(&good[..8], b"OPTNST05");
     let mut target = small_state(4);
     let before = bytes(&target);
     let mut damaged = good.clone();
@@ -204,7 +204,7 @@ fn errors_say_what_is_wrong() {
     let mut old = good[..good.len() - 12].to_vec();
     old[6..8].copy_from_slice(b"03");
     let m = msg(NeuronStats::from_bytes(&old));
-    assert!(m.contains("format version 3") && m.contains("reads version 4"), "{m}");
+    assert!(m.contains("format version 3") && m.contains("reads version 5"), "{m}");
     let mut damaged = good.clone();
     damaged[good.len() / 2] ^= 4;
     let m = msg(NeuronStats::from_bytes(&damaged));
@@ -276,4 +276,150 @@ fn a_merge_that_fails_midway_leaves_the_state_unusable() {
     assert!(unusable(fresh.merge(&s)));
     assert!(unusable(s.merge(&fresh)));
     assert!(!std::env::temp_dir().join("never-written.bin").exists());
+}
+
+/// What the device reduces a block to (`counting="device"`), computed here from the bits: per layer,
+/// activation counts, (neuron, key, count) triples of each kind sorted by neuron then key, and the
+/// position-major position counts.
+type Triples<K> = (Vec<u32>, Vec<K>, Vec<u32>);
+struct Reduced {
+    active: Vec<u64>,
+    tokens: Triples<u32>,
+    bigrams: Triples<u64>,
+    trigrams: Triples<u64>,
+    positions: Vec<u32>,
+}
+
+fn triples<K: Ord + Copy>(m: std::collections::BTreeMap<(u32, K), u32>) -> Triples<K> {
+    let mut out = (Vec::new(), Vec::new(), Vec::new());
+    for ((n, k), c) in m {
+        out.0.push(n);
+        out.1.push(k);
+        out.2.push(c);
+    }
+    out
+}
+
+fn reduce(bits: &[u64], tokens: &[u32], positions: &[u32]) -> Reduced {
+    use std::collections::BTreeMap;
+    let words = N.div_ceil(64);
+    let rows = update::Rows::new(tokens, positions, Some(2));
+    let (mut t1, mut t2, mut t3) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let mut active = vec![0u64; N];
+    let mut pos = vec![0u32; T * N];
+    for r in 0..tokens.len() {
+        for j in 0..N {
+            if bits[r * words + j / 64] >> (j % 64) & 1 == 0 {
+                continue;
+            }
+            active[j] += 1;
+            pos[positions[r] as usize * N + j] += 1;
+            if rows.tok_add[r] != NO_TOKEN {
+                *t1.entry((j as u32, rows.tok_add[r])).or_insert(0) += 1;
+            }
+            if rows.bigram_add[r] != NO_KEY {
+                *t2.entry((j as u32, rows.bigram_add[r])).or_insert(0) += 1;
+            }
+            if rows.trigram_add[r] != NO_KEY {
+                *t3.entry((j as u32, rows.trigram_add[r])).or_insert(0) += 1;
+            }
+        }
+    }
+    Reduced { active, tokens: triples(t1), bigrams: triples(t2), trigrams: triples(t3), positions: pos }
+}
+
+fn kc<K>(t: &Triples<K>) -> KeyCounts<'_, K> {
+    KeyCounts { neurons: &t.0, keys: &t.1, counts: &t.2 }
+}
+
+fn merge_reduced(s: &mut NeuronStats, layers: &[usize], reduced: &[Reduced], tokens: &[u32], positions: &[u32]) {
+    let counted: Vec<(usize, CountedLayer)> = layers
+        .iter()
+        .map(|&l| {
+            let r = &reduced[l];
+            (
+                l,
+                CountedLayer {
+                    active: &r.active,
+                    tokens: kc(&r.tokens),
+                    bigrams: kc(&r.bigrams),
+                    trigrams: kc(&r.trigrams),
+                },
+            )
+        })
+        .collect();
+    s.merge_counted_layers(&counted, tokens, positions).unwrap();
+    for &l in layers {
+        s.add_position_counts(l, &reduced[l].positions).unwrap();
+    }
+}
+
+#[test]
+fn counted_blocks_equal_bits_where_exact_and_keep_the_bounds_where_not() {
+    let words = N.div_ceil(64);
+    for capacity in [64, 4] {
+        let mut rng = StdRng::seed_from_u64(5);
+        let cfg = StatsConfig { ngram_capacity: capacity, ..config(2) };
+        let (mut bits_path, mut counted_path) =
+            (NeuronStats::new(cfg.clone()).unwrap(), NeuronStats::new(cfg).unwrap());
+        let mut truth: Vec<std::collections::HashMap<(usize, u32), u64>> = vec![Default::default(); 2];
+        for _ in 0..3 {
+            let (t, p, bits) = block(&mut rng, 2, 3);
+            for (l, b) in bits.iter().enumerate() {
+                bits_path.update(l, b, words, &t, &p).unwrap();
+            }
+            let reduced: Vec<Reduced> = bits.iter().map(|b| reduce(b, &t, &p)).collect();
+            merge_reduced(&mut counted_path, &[1, 0], &reduced, &t, &p);
+            for (l, r) in reduced.iter().enumerate() {
+                for ((&n, &k), &c) in r.tokens.0.iter().zip(&r.tokens.1).zip(&r.tokens.2) {
+                    *truth[l].entry((n as usize, k)).or_insert(0) += c as u64;
+                }
+            }
+        }
+        assert_eq!(counted_path.layer_rows(), bits_path.layer_rows());
+        assert_eq!(counted_path.data.token_occurrences, bits_path.data.token_occurrences);
+        for (l, truth) in truth.iter().enumerate() {
+            for n in 0..N {
+                assert_eq!(counted_path.position_counts(l, n).unwrap(), bits_path.position_counts(l, n).unwrap());
+                let (a, b) = (counted_path.layers[l][n].as_deref(), bits_path.layers[l][n].as_deref());
+                assert_eq!(a.map(|a| a.n_active), b.map(|b| b.n_active));
+                let Some(a) = a else { continue };
+                assert_eq!(a.tokens.total, b.unwrap().tokens.total);
+                // Certified: stored <= true <= stored + slack for every token, listed or not.
+                for t in 0..40u32 {
+                    let (stored, real) = (a.tokens.counts.get(t) as u64, truth.get(&(n, t)).copied().unwrap_or(0));
+                    assert!(stored <= real && real <= stored + a.tokens.slack, "{l} {n} {t}: {stored} {real}");
+                }
+            }
+        }
+        if capacity == 64 {
+            assert_eq!(content(&counted_path), content(&bits_path)); // exact: every table the same
+        } else {
+            assert!(counted_path.layers[0].iter().flatten().any(|a| a.tokens.slack > 0));
+        }
+    }
+}
+
+#[test]
+fn counted_blocks_are_checked_before_anything_is_added() {
+    let mut s = NeuronStats::new(config(1)).unwrap();
+    let (t, p) = (vec![2, 5, 6], vec![0, 1, 2]);
+    let active = vec![1u64; N];
+    let none: Triples<u64> = (vec![], vec![], vec![]);
+    let bad_cases: Vec<(Triples<u32>, &str)> = vec![
+        ((vec![3, 1], vec![5, 5], vec![1, 1]), "sorted by neuron"),
+        ((vec![N as u32], vec![5], vec![1]), "out of range"),
+        ((vec![1], vec![40], vec![1]), "outside the vocabulary"),
+        ((vec![1], vec![5], vec![0]), "positive"),
+        ((vec![1], vec![5], vec![2]), "activations"),
+        ((vec![1, 1], vec![5], vec![1]), "same length"),
+    ];
+    for (tokens, want) in bad_cases {
+        let c = CountedLayer { active: &active, tokens: kc(&tokens), bigrams: kc(&none), trigrams: kc(&none) };
+        let e = s.merge_counted_layers(&[(0, c)], &t, &p).unwrap_err();
+        assert!(e.to_string().contains(want), "{e}");
+    }
+    assert!(s.add_position_counts(0, &[1; 3]).unwrap_err().to_string().contains("max_positions x n_neurons"));
+    assert_eq!(s.rows(), 0);
+    assert!(s.layers[0].iter().all(|a| a.is_none()) && s.positions[0].iter().all(|c| c.is_none()));
 }

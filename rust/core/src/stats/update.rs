@@ -14,7 +14,7 @@ const TASK_NEURONS: usize = CHUNK;
 const PREFETCH: usize = 16;
 
 /// Row-level facts shared by all neurons of one update.
-struct Rows<'a> {
+pub(super) struct Rows<'a> {
     tokens: &'a [u32],
     positions: &'a [u32],
     counted: Vec<bool>,
@@ -22,13 +22,13 @@ struct Rows<'a> {
     trigram: Vec<u64>,
     /// What an activation on the row adds to the token statistics: the token id, bigram and
     /// trigram keys, or NO_TOKEN / NO_KEY (BOS rows, n-grams reaching before the sequence start).
-    tok_add: Vec<u32>,
-    bigram_add: Vec<u64>,
-    trigram_add: Vec<u64>,
+    pub(super) tok_add: Vec<u32>,
+    pub(super) bigram_add: Vec<u64>,
+    pub(super) trigram_add: Vec<u64>,
 }
 
 impl<'a> Rows<'a> {
-    fn new(tokens: &'a [u32], positions: &'a [u32], bos: Option<u32>) -> Self {
+    pub(super) fn new(tokens: &'a [u32], positions: &'a [u32], bos: Option<u32>) -> Self {
         let counted: Vec<bool> = tokens.iter().map(|&t| Some(t) != bos).collect();
         let (bigram, trigram) = ngram_keys(tokens, positions);
         let tok_add = tokens.iter().zip(&counted).map(|(&t, &c)| if c { t } else { NO_TOKEN }).collect();
@@ -44,7 +44,7 @@ thread_local! {
 }
 
 /// The data's own counts for a block of detail rows (positions, token and n-gram occurrences).
-fn count_data(d: &mut DataStats, rows: &Rows) {
+pub(super) fn count_data(d: &mut DataStats, rows: &Rows) {
     d.rows += rows.tokens.len() as u64;
     d.detail_rows += rows.tokens.len() as u64;
     for i in 0..rows.tokens.len() {
