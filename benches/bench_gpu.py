@@ -185,11 +185,14 @@ def main() -> None:
         default=None,
         help="examples= of every analyze() call (default: the package's, 16; 0: off)",
     )
+    ap.add_argument("--counting", default=None, help="counting= of every analyze() call (issue 22: device | host)")
     ap.add_argument("--host-threads", type=int, default=None, help="threads of the host's counting (RAYON_NUM_THREADS)")
     ap.add_argument("--torch-threads", type=int, default=None, help="torch's CPU threads (a CPU forward's share)")
     a = ap.parse_args()
     if a.examples is not None:  # every analyze() call below: the on / off pair of issue 18
         opt_neurons.analyze = functools.partial(opt_neurons.analyze, examples=a.examples)
+    if a.counting is not None:  # every analyze() call below: device against host counting (issue 22)
+        opt_neurons.analyze = functools.partial(opt_neurons.analyze, counting=a.counting)
     if a.host_threads:
         os.environ["RAYON_NUM_THREADS"] = str(a.host_threads)  # read when the core first counts
     if a.torch_threads:

@@ -11,6 +11,8 @@ Model: OPT-125m shape, random weights with fc1 biases shifted to `--density` (as
 with the GPT-2 tokenizer so every tool loads the same files. Tools:
 - bare: the decoder forward, ending at the last fc1 (what analyze() runs);
 - opt_neurons: `analyze(model_dir, tokens)` (defaults; examples on), its forward phase reported too;
+- hooks: plain torch forward hooks on every fc1 with the same census (what nnsight does underneath, without
+  its tracing; needs nothing installed, so it is the peer on machines without nnsight, e.g. the GPU check's);
 - nnsight: `NNsight(model).trace(ids)` with `fc1.output.save()` for every layer, the census in torch;
 - transformer_lens: `TransformerBridge.boot_transformers(dir, hf_model=model)` and `run_with_cache` of the
   MLP hooks (`blocks.{i}.mlp.hook_post`... whichever names end in "mlp.hook_post" or the fc1 output), the census
@@ -37,7 +39,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-TOOLS = ["bare", "opt_neurons", "nnsight", "transformer_lens"]
+TOOLS = ["bare", "opt_neurons", "hooks", "nnsight", "transformer_lens"]
 
 
 class Census:
@@ -90,7 +92,7 @@ def build(out: Path, density: str, seqs: int, seed: int) -> None:
     (out / "density.json").write_text(json.dumps(measured))
 
 
-def worker(tool: str, model_dir: Path, batch_size: int) -> dict:
+def worker(tool: str, model_dir: Path, batch_size: int, counting: str) -> dict:
     """One tool's run in this process: the seconds of its work (loading excluded) and its census."""
     import numpy as np
     import torch
@@ -108,7 +110,7 @@ def worker(tool: str, model_dir: Path, batch_size: int) -> dict:
         # eager attention as for the peers (TransformerLens needs it): the same activations to the last bit
         model = OPTForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager").to(device).eval()
         t0 = time.perf_counter()
-        a = opt_neurons.analyze(model, tokens, batch_size=batch_size, progress=False)
+        a = opt_neurons.analyze(model, tokens, batch_size=batch_size, progress=False, counting=counting)
         result["seconds"] = time.perf_counter() - t0
         result["forward_seconds"] = a.metadata["forward_seconds"]
         result["census"] = {"activations": int(a.neurons["n_active"].sum())}
@@ -157,6 +159,16 @@ def _runner(tool: str, model, model_dir: Path, census: Census):
                 pass
 
         return bare
+    if tool == "hooks":
+        batch: dict = {}
+        for i, layer in enumerate(layers):
+            layer.fc1.register_forward_hook(lambda m, args, out, i=i: census.add(i, out, batch["ids"]))
+
+        def hooks_run(ids):
+            batch["ids"] = ids
+            model.model.decoder(input_ids=ids, use_cache=False)
+
+        return hooks_run
     if tool == "nnsight":
         from nnsight import NNsight
 
@@ -201,12 +213,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--density", default="0.05", help="as bench_overhead.py: a fraction, 'paper' or 'none'")
     p.add_argument("--tools", default=",".join(TOOLS))
+    p.add_argument("--counting", default="auto", help="analyze()'s counting= (issue 22: device on a GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker, Path(a.model_dir), a.batch_size)))
+        print(json.dumps(worker(a.worker, Path(a.model_dir), a.batch_size, a.counting)))
         return
     tools = a.tools.split(",")
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,7 +230,7 @@ def main() -> None:
         for r in range(a.rounds):
             for tool in tools[r % len(tools) :] + tools[: r % len(tools)]:  # rotate the order each round
                 cmd = [sys.executable, __file__, "--worker", tool, "--model-dir", str(model_dir),
-                       "--batch-size", str(a.batch_size)]  # fmt: skip
+                       "--batch-size", str(a.batch_size), "--counting", a.counting]  # fmt: skip
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
                     last = (proc.stderr.strip().splitlines() or ["?"])[-1]

@@ -6,7 +6,7 @@
 #
 # About 8-9 minutes on an H200 (the families step ~1 minute of it; ONLY=families for that step alone) plus ~30 s to start the machine: a session's 15 minutes of device time
 # leave room for one more call. ONLY=examples runs just issue 18's examples on / off pair (~3 minutes: a
-# second call, as it does not fit in the first). Every step has its own time limit and writes its output under $OUT,
+# second call, as it does not fit in the first); ONLY=device runs issue 22's device counting and peers (~8 minutes). Every step has its own time limit and writes its output under $OUT,
 # so a step cut short still returns what the others measured. Then copy the new runs of
 # $OUT/gpu.json into benches/results/gpu.json and write them up in benches/RESULTS.md section 5.
 set -uo pipefail
@@ -21,6 +21,16 @@ if [ "${ONLY:-}" = examples ]; then
     timeout 120 python3 benches/bench_gpu.py --shapes 125m,1.3b --seqs 32 --density paper --examples 0 2>&1 | tee "$OUT/gpu_examples_off.log"
     timeout 120 python3 benches/bench_gpu.py --shapes 125m,1.3b --seqs 32 --density paper --examples 16 2>&1 | tee "$OUT/gpu_examples_on.log"
     cp benches/results/gpu.json "$OUT/"
+    exit 0
+fi
+if [ "${ONLY:-}" = device ]; then
+    # Issue 22: counting on the device against the host, every statistic on every token, then the paper's
+    # densities; and the census with plain torch hooks counting on the device (nnsight and TransformerLens
+    # cannot be installed there: no network) beside analyze() with device counting.
+    timeout 150 python3 benches/bench_gpu.py --shapes 125m,1.3b,6.7b --seqs 32 --counting device 2>&1 | tee "$OUT/gpu_device.log"
+    timeout 150 python3 benches/bench_gpu.py --shapes 125m,1.3b,6.7b --seqs 32 --counting device --density paper 2>&1 | tee "$OUT/gpu_device_paper.log"
+    timeout 200 python3 benches/bench_peers.py --seqs 32 --batch-size 8 --rounds 2 --tools bare,opt_neurons,hooks --counting device 2>&1 | tee "$OUT/peers.log"
+    cp benches/results/gpu.json benches/results/peers.json "$OUT/"
     exit 0
 fi
 # Other families (issue 17): GPT-2-small, Pythia-410m and Llama-1B shapes at their firing rule's density
