@@ -297,6 +297,11 @@ def test_cli_show_prints_the_card_and_contexts(planted, tmp_path, capsys):
     assert (
         shown.count("[[") == a.example_table.filter((pl.col("layer") == key[0]) & (pl.col("neuron") == key[1])).height
     )
+    row = a.neurons.filter((pl.col("layer") == key[0]) & (pl.col("neuron") == key[1])).row(0, named=True)
+    bits = row["mi_position"] / np.log(2)  # the table's bits column is nats / ln 2, and the card shows both
+    assert row["mi_position_bits"] == pytest.approx(bits) and row["low_support"] is False
+    assert f"  I(act; pos): {row['mi_position']:.4g} nats ({bits:.4g} bits)\n" in shown
+    assert "low support" not in shown and "by source" not in shown  # every token occurs 200 times; no sources
     other = tmp_path / "other.txt"
     other.write_text(" dog " * 2000)
     assert main(["show", str(out), str(key[0]), str(key[1]), "--data", str(other)]) == 2

@@ -731,3 +731,22 @@ def test_report_marks_low_support_and_bits(runs, tmp_path):
         "<th>Low-support token detectors</th>"
         not in report.write_report(r.analysis, tmp_path / "plain", max_neuron_pages=0).read_text()
     )
+    # the terminal card (`opt-neurons show`) and the neuron pages show the same: low support, bits, sources
+    from opt_neurons.report.neuron_pages import page_name, write_neuron_pages
+    from opt_neurons.show import card_text
+
+    freq = {s: top["n_active_by_source"][s] / r.analysis.metadata["source_tokens"][s] for s in ("prose", "code")}
+    assert freq == pytest.approx(top["frequency_by_source"])
+    by_source = ", ".join(f"{s} {freq[s]:.4g} ({top['n_active_by_source'][s]:,})" for s in ("prose", "code"))
+    text = card_text(a, top["layer"], top["neuron"], model=None)
+    assert ": token detector (low support)" in text and "  low support: a detected token occurs fewer than 5" in text
+    assert f"  frequency by source (activations): {by_source}\n" in text
+    text = card_text(a, pos["layer"], pos["neuron"], model=None)
+    bits = pos["mi_position"] / np.log(2)
+    assert f"  I(act; pos): {pos['mi_position']:.4g} nats ({bits:.4g} bits)\n" in text and "low support" not in text
+    write_neuron_pages(a, tmp_path / "pages")
+    page = (tmp_path / "pages" / "neurons" / page_name(top["layer"], top["neuron"])).read_text()
+    assert '<span class="badge">low support</span>' in page and "fewer than 5 times" in page
+    assert f"<tr><th>frequency by source</th><td>{by_source} (" in page
+    page = (tmp_path / "pages" / "neurons" / page_name(pos["layer"], pos["neuron"])).read_text()
+    assert f"{pos['mi_position']:.3f} nats ({bits:.3f} bits)" in page and "low support" not in page

@@ -30,7 +30,7 @@ def kind_of(r: dict) -> str:
     if r["dead"]:
         return "dead"
     if r["token_detector"]:
-        kinds.append("token detector")
+        kinds.append("token detector (low support)" if r.get("low_support") else "token detector")
     if r.get("trigram_detector"):
         kinds.append("trigram detector")
     if r.get("positional"):
@@ -46,7 +46,7 @@ def card_text(a: Analysis, layer: int, neuron: int, *, model: Any = "auto", data
               color: bool = False) -> str:  # fmt: skip
     """The card as text: statistics, kind, detected tokens, suppression, top promoted / suppressed tokens
     (when the model's weights are at hand) and the example contexts, firing token highlighted."""
-    from .report.cards import _resolve_model, neuron_card
+    from .report.cards import _resolve_model, neuron_card, source_frequencies
 
     model_obj, tok, note = _resolve_model(a, model, None)
     c = neuron_card(a, layer, neuron, model_obj, tok)
@@ -55,6 +55,14 @@ def card_text(a: Analysis, layer: int, neuron: int, *, model: Any = "auto", data
              f"  fires on {c['n_active']:,} tokens (frequency {c['frequency']:.4g}); activation when firing: "
              f"max {_fmt(r.get('max_activation'))}, mean {_fmt(r.get('mean_activation'))}",
              f"  coverage (95% of activations): {c['cover_1']} tokens, {c['cover_2']} bigrams, {c['cover_3']} trigrams"]  # fmt: skip
+    by_source = source_frequencies(c)
+    if by_source:
+        lines.append(f"  frequency by source (activations): {by_source}")
+    if c["mi_position"] is not None:
+        bits = "" if c["mi_position_bits"] is None else f" ({c['mi_position_bits']:.4g} bits)"
+        lines.append(f"  I(act; pos): {c['mi_position']:.4g} nats{bits}")
+    if c["low_support"]:
+        lines.append(f"  low support: a detected token occurs fewer than {c['low_support_count']} times in the data")
     if c["detected"]:
         lines.append("  detected tokens: " + ", ".join(repr(d["string"]) for d in c["detected"]))
     if c["suppression_score"] is not None:

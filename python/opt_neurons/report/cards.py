@@ -105,6 +105,10 @@ def neuron_card(analysis: Analysis, layer: int, neuron: int, model: Any = None, 
         "positional_spread": _num(r.get("positional_spread")),
         "low_support": bool(r.get("low_support")),
         "low_support_count": int((analysis.metadata.get("thresholds") or {}).get("low_support_count", 5)),
+        # Per named source (METHOD.md "Sources"): {name: activations} and {name: activations / its tokens}
+        # (None: the source has no tokens); None when the data names no sources.
+        "n_active_by_source": _by_source(r.get("n_active_by_source"), int),
+        "frequency_by_source": _by_source(r.get("frequency_by_source"), _num),
         "positional": bool(r.get("positional")),
         "positional_kind": r.get("positional_kind"),
         "positional_strong": bool(r.get("positional_strong")),
@@ -136,6 +140,22 @@ def neuron_card(analysis: Analysis, layer: int, neuron: int, model: Any = None, 
             card[key] = [{"token": int(t), "string": s, "score": float(scores[t])} for t, s in zip(ids, ss)]
         card["detected_scores"] = [float(scores[t]) for t in detected if t < len(scores)]
     return card
+
+
+def _by_source(v: dict | None, cast: Any) -> dict | None:
+    return None if v is None else {str(k): None if x is None else cast(x) for k, x in v.items()}
+
+
+def source_frequencies(card: dict) -> str | None:
+    """`name frequency (activations), ...` for each named source, or None when the data names none."""
+    freq, n = card.get("frequency_by_source"), card.get("n_active_by_source") or {}
+    if not freq:
+        return None
+    parts = []
+    for name, f in freq.items():
+        count = "" if n.get(name) is None else f" ({n[name]:,})"
+        parts.append(f"{name} {'-' if f is None else format(f, '.4g')}{count}")
+    return ", ".join(parts)
 
 
 def default_cards(a: Analysis, n_detectors: int = 4, n_positional: int = 4) -> list[tuple[int, int]]:
@@ -248,6 +268,9 @@ def _card_html(card: dict, img: Path | None) -> str:
     if card.get("low_support"):
         rows.append(("low support", f"a detected token occurs fewer than {card['low_support_count']} times in the "
                      "data (so few occurrences make the 95% hit rate easy to reach)"))  # fmt: skip
+    by_source = source_frequencies(card)
+    if by_source:
+        rows.append(("frequency by source", f"{by_source} (activations on a source's tokens / its tokens)"))
     if card["positional"] and card.get("positional_spread") is not None:
         rows.append(("curve spread", f"{card['positional_spread']:.3f} (median |fr(p) − smoothed fr(p)|; an "
                      "`other` curve is strong, thin, at most 0.02)"))  # fmt: skip
