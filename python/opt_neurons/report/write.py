@@ -12,13 +12,9 @@ from ..analysis import Analysis
 from ..outdir import check_writable
 from .cards import _card_html, _resolve_model, default_cards, neuron_card
 from .figures import (
-    fig_card_curve,
     fig_coverage,
     fig_coverage_all_layers,
     fig_dead_frequency,
-    fig_positional_curves,
-    fig_positional_heatmaps,
-    fig_positional_per_layer,
     fig_suppression,
     fig_token_detectors,
     fig_trigram_detectors,
@@ -28,6 +24,7 @@ from .format import _esc, _save, run_title
 from .headline import _headline_rows, headline
 from .neuron_pages import FOLDER, MAX_PAGES, page_name, select_neurons, write_neuron_pages
 from .page import _df_table, _figure_html, _kv_table, _note, _page
+from .positional_figures import fig_card_curve, fig_positional_curves, fig_positional_heatmaps, fig_positional_per_layer
 from .source_figures import fig_dead_by_source, flat_layers
 
 FIGURE_FILES = (

@@ -1,6 +1,6 @@
 //! Binding of `opt_neurons_core::examples::Examples`: numpy in and out, GIL released while it works.
 
-use super::{contiguous as slice, err, ShapeError};
+use crate::convert::{contiguous as slice, err, ShapeError};
 
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use opt_neurons_core::examples::{Examples, ExamplesConfig};
