@@ -19,7 +19,7 @@ def test_every_byte_pattern() -> None:
     r = torch.arange(256)
     on = ((r[:, None] >> torch.arange(8)) & 1).bool()
     x = torch.where(on, torch.rand(256, 8) + 0.1, -torch.rand(256, 8) * (torch.arange(8) % 2))
-    words = pack_bits_tensor(x)
+    words = pack_bits_tensor(x > 0)
     assert words.shape == (256, 1) and words.dtype == torch.int64
     assert (words.view(torch.uint8)[:, 0] == r.to(torch.uint8)).all()
     assert (unpack(words, 8) == on.numpy()).all()
@@ -31,7 +31,7 @@ def test_tensor_path_equals_numpy_path(rows: int, f: int, dtype: torch.dtype) ->
     g = torch.Generator().manual_seed(rows * 1000 + f)
     x = torch.randn(rows, f, generator=g).to(dtype)
     x[x.abs() < 0.3] = 0  # exact zeros are "off"
-    a, b = pack_bits_tensor(x), pack_bits(x.float())
+    a, b = pack_bits_tensor(x > 0), pack_bits(x.float() > 0)
     assert a.shape == b.shape == (rows, -(-f // 64))
     assert torch.equal(a, b)
     assert (unpack(a, f) == (x > 0).numpy()).all()
@@ -47,7 +47,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 def test_cuda_packing_equals_numpy(f: int, dtype: torch.dtype) -> None:
     x = torch.randn(4099, f, generator=torch.Generator().manual_seed(f)).to(dtype)
     x[x.abs() < 0.3] = 0
-    assert torch.equal(pack_bits(x.cuda()).cpu(), pack_bits(x.float()))
+    assert torch.equal(pack_bits(x.cuda() > 0).cpu(), pack_bits(x.float() > 0))
 
 
 @cuda
@@ -81,11 +81,11 @@ def test_analyze_on_cuda_equals_cpu(tmp_path, detail_sequences) -> None:
 def test_count_active_counts_rows_above_zero(dtype: torch.dtype) -> None:
     x = torch.randn(513, 200, generator=torch.Generator().manual_seed(3)).to(dtype)
     x[:, 7] = 0  # never "on"
-    got = count_active(x)
+    got = count_active(x > 0)
     assert got.dtype == torch.int64 and got.shape == (200,)
     assert torch.equal(got, (x.float() > 0).sum(0)) and got[7] == 0
     if torch.cuda.is_available():
-        assert torch.equal(count_active(x.cuda()).cpu(), got)
+        assert torch.equal(count_active(x.cuda() > 0).cpu(), got)
 
 
 def test_capture_counts_batches_of_other_layers_in_blocks_of_their_own() -> None:
@@ -109,7 +109,7 @@ def test_capture_counts_batches_of_other_layers_in_blocks_of_their_own() -> None
             with torch.no_grad():
                 fc1[layer](x)
             capture.commit(Cursor(2, 0) if layer == 1 else None)
-            direct.update(layer, pack_bits(fc1[layer](x).detach()), tokens, positions)
+            direct.update(layer, pack_bits(fc1[layer](x).detach() > 0), tokens, positions)
         capture.flush()
     finally:
         capture.close()

@@ -166,6 +166,6 @@ def test_source_split_counts_on_host_and_with_tensor_ops(order):
     split = SourceSplit(ids, 4)
     assert split.rows.tolist() == np.bincount(ids, minlength=4).tolist()
     assert (split.order is None) == (order != "shuffled")
-    np.testing.assert_array_equal(split.count(x, 0.5).numpy(), want)
+    np.testing.assert_array_equal(split.count(x > 0.5).numpy(), want)
     out = torch.zeros((4, 70), dtype=torch.int64)
     np.testing.assert_array_equal(split.count_tensor(x > 0.5, out).numpy(), want)

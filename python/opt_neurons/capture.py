@@ -34,36 +34,35 @@ GATHER_BYTE = 0x0102040810204080
 BLOCK_ROWS = 16384
 
 
-def pack_bits(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
-    """(rows, F) neuron output -> (rows, ceil(F/64)) int64 words; bit j of word w = neuron 64w + j is
-    set when the output is > threshold (the firing rule). Bytes are assembled little-endian, as the
-    host reads them."""
-    if not x.is_cuda:  # numpy's packbits beats tensor ops on the CPU (RESULTS.md)
-        words = -(-x.shape[1] // 64)
-        bits = np.packbits((x > threshold).numpy(), axis=1, bitorder="little")
+def pack_bits(fired: torch.Tensor) -> torch.Tensor:
+    """(rows, F) bool (output > threshold: the firing rule) -> (rows, ceil(F/64)) int64 words; bit j of
+    word w = neuron 64w + j. Bytes are assembled little-endian, as the host reads them."""
+    if not fired.is_cuda:  # numpy's packbits beats tensor ops on the CPU (RESULTS.md)
+        words = -(-fired.shape[1] // 64)
+        bits = np.packbits(fired.numpy(), axis=1, bitorder="little")
         if bits.shape[1] != words * 8:
             bits = np.pad(bits, ((0, 0), (0, words * 8 - bits.shape[1])))
         return torch.from_numpy(np.ascontiguousarray(bits).view(np.int64))
-    return pack_bits_tensor(x, threshold)
+    return pack_bits_tensor(fired)
 
 
-def pack_bits_tensor(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+def pack_bits_tensor(fired: torch.Tensor) -> torch.Tensor:
     """pack_bits in four tensor kernels (compare, multiply, shift, narrow), on any device: per-layer
     kernel launches, not arithmetic, are what packing costs next to a small model's forward pass."""
-    f = x.shape[1]
-    b = x > threshold
+    f = fired.shape[1]
+    b = fired
     if f % 64:
         b = torch.nn.functional.pad(b, (0, 64 - f % 64))
     eights = b.contiguous().view(torch.int64)  # (rows, F/8): byte k of each = neuron 8m + k
     return ((eights * GATHER_BYTE) >> 56).to(torch.uint8).view(torch.int64)
 
 
-def count_active(x: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
-    """(rows, F) neuron output -> (F,) int64: rows where each neuron's output is > threshold (the rows
-    that count towards frequency and dead neurons only)."""
-    if not x.is_cuda:  # numpy's byte sum beats torch's bool sum on the CPU (RESULTS.md)
-        return torch.from_numpy((x > threshold).numpy().view(np.uint8).sum(0, dtype=np.int64))
-    return (x > threshold).sum(0)
+def count_active(fired: torch.Tensor) -> torch.Tensor:
+    """(rows, F) bool (output > threshold) -> (F,) int64: rows where each neuron fires (the rows that
+    count towards frequency and dead neurons only)."""
+    if not fired.is_cuda:  # numpy's byte sum beats torch's bool sum on the CPU (RESULTS.md)
+        return torch.from_numpy(fired.numpy().view(np.uint8).sum(0, dtype=np.int64))
+    return fired.sum(0)
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
@@ -142,22 +141,23 @@ class BitCapture:
             x = output.reshape(-1, output.shape[-1])
             self.finite.add(layer, x)
             n = len(self.rows[0])
+            fired = x > self.threshold  # the firing rule, once for everything below
             # Detail rows leave the device as bits; the others are summed there, per neuron.
             if n:
-                self.batch.append(self._capture(layer, x[:n]))
+                self.batch.append(self._capture(layer, x[:n], fired[:n]))
             if n < len(x):
-                self.batch_counts.append((layer, count_active(x[n:], self.threshold)))
+                self.batch_counts.append((layer, count_active(fired[n:])))
             if self.split is not None:
-                self.batch_sources.append((layer, self.split.count(x, self.threshold)))
+                self.batch_sources.append((layer, self.split.count(fired)))
             if self.examples is not None:
-                self.examples.observe(layer, x, n)
+                self.examples.observe(layer, x, n, fired)
 
         return hook
 
-    def _capture(self, layer: int, x: torch.Tensor) -> tuple:
+    def _capture(self, layer: int, x: torch.Tensor, fired: torch.Tensor) -> tuple:
         """A layer's detail rows -> what the counting thread counts them from (here their bits), copied to
         the host without waiting: (layer, host copy, copy event)."""
-        return (layer, *self._to_host(pack_bits(x, self.threshold)))
+        return (layer, *self._to_host(pack_bits(fired)))
 
     def _to_host(self, t: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """A device tensor -> a pinned host copy made on a side stream (the next layer's kernels need

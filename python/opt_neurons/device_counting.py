@@ -156,13 +156,13 @@ class DeviceCapture(BitCapture):
             self.codes_on[device] = (codes, torch.from_numpy(self.rows[1].astype(np.int64)).to(device))
         return self.codes_on[device]
 
-    def _capture(self, layer: int, x: torch.Tensor) -> tuple:
+    def _capture(self, layer: int, x: torch.Tensor, fired: torch.Tensor) -> tuple:
         codes, positions = self._on(x.device)
-        flat, sizes, by_position = reduce_detail(x > self.threshold, codes, positions, self.sequence_length,
+        flat, sizes, by_position = reduce_detail(fired, codes, positions, self.sequence_length,
                                                  self.max_positions)  # fmt: skip
         self.batch_positions.append((layer, by_position))
         host, event = self._to_host(flat)
-        bits, bits_event = self._to_host(pack_bits(x, self.threshold)) if self.examples is not None else (None, None)
+        bits, bits_event = self._to_host(pack_bits(fired)) if self.examples is not None else (None, None)
         return (layer, (host, sizes, bits), (event, bits_event))
 
     def commit(self, done: Any) -> None:

@@ -59,12 +59,13 @@ class ExampleTracker:
             self.ids_on[device] = torch.from_numpy(self.ids).to(device, non_blocking=True)
         return self.ids_on[device]
 
-    def observe(self, layer: int, x: torch.Tensor, n_detail: int) -> None:
-        """A layer's (rows, F) activations of the running batch; the first `n_detail` are detail rows."""
+    def observe(self, layer: int, x: torch.Tensor, n_detail: int, fired: torch.Tensor | None = None) -> None:
+        """A layer's (rows, F) activations of the running batch; the first `n_detail` are detail rows.
+        `fired`: x > threshold, if at hand."""
+        fired = x > self.threshold if fired is None else fired
         if self.on_host(x):
-            self.pending.append((layer, *self._observe_on_host(layer, x, n_detail)))
+            self.pending.append((layer, *self._observe_on_host(layer, x, n_detail, fired)))
             return
-        fired = x > self.threshold
         # float64: the sums of fp16 / fp32 values stay exact in practice, so they do not depend on batching.
         sums = x.masked_fill(~fired, 0).sum(0, dtype=torch.float64 if x.device.type != "mps" else torch.float32)
         maxima = self._firing_maxima(x.amax(0).float())
@@ -82,7 +83,7 @@ class ExampleTracker:
         """Each neuron's largest value over the batch -> its largest firing value (-inf: none fired)."""
         return maxima.masked_fill_(~(maxima > self.threshold), float("-inf"))
 
-    def _observe_on_host(self, layer: int, x: torch.Tensor, n_detail: int) -> tuple:
+    def _observe_on_host(self, layer: int, x: torch.Tensor, n_detail: int, fired: torch.Tensor) -> tuple:
         """observe() on the CPU, the same results from the firing entries alone: the dense keys and top k
         of every row cost more there than the forward pass (RESULTS.md), and a sync costs nothing. Only
         detail entries at or above the committed top k's k-th value can enter it (a later row must beat
@@ -90,7 +91,7 @@ class ExampleTracker:
         xn = x.numpy() if x.dtype in (torch.float32, torch.float16) else x.float().numpy()
         if self.threshold < 0:
             xn = xn + 0.0  # -0.0 -> +0.0: equal values must get equal keys
-        flat = np.flatnonzero(xn > self.threshold)
+        flat = np.flatnonzero(fired.numpy())
         rows, cols = np.divmod(flat, xn.shape[1])
         values = xn.ravel()[flat].astype(np.float32, copy=False)
         # float64, each neuron's values added in row order: exact in practice, as on the device

@@ -25,19 +25,19 @@ class SourceSplit:
         self.ends = self.starts + self.rows[self.present].astype(np.int64)
         self._device_order: dict[torch.device, torch.Tensor] = {}
 
-    def count(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
-        """(rows, F) neuron output -> (n_sources, F) int64 on x's device: rows of each source where each
-        neuron's output is > threshold."""
-        if not x.is_cuda:  # numpy's byte sums beat torch's bool sums on the CPU (as in capture.count_active)
-            fired_np = (x > threshold).numpy().view(np.uint8)
+    def count(self, fired: torch.Tensor) -> torch.Tensor:
+        """(rows, F) bool (output > threshold) -> (n_sources, F) int64 on its device: rows of each source
+        where each neuron fires."""
+        if not fired.is_cuda:  # numpy's byte sums beat torch's bool sums on the CPU (as in capture.count_active)
+            fired_np = fired.numpy().view(np.uint8)
             if self.order is not None:
                 fired_np = fired_np[self.order]
-            sums = np.zeros((self.n_sources, x.shape[1]), dtype=np.int64)
+            sums = np.zeros((self.n_sources, fired.shape[1]), dtype=np.int64)
             for s, a, b in zip(self.present.tolist(), self.starts.tolist(), self.ends.tolist()):
                 fired_np[a:b].sum(0, dtype=np.int64, out=sums[s])  # np.add.reduceat is several times slower
             return torch.from_numpy(sums)
-        out = torch.zeros((self.n_sources, x.shape[1]), dtype=torch.int64, device=x.device)
-        return self.count_tensor(x > threshold, out)
+        out = torch.zeros((self.n_sources, fired.shape[1]), dtype=torch.int64, device=fired.device)
+        return self.count_tensor(fired, out)
 
     def count_tensor(self, fired: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """`count` on the device: (rows, F) bool -> `out` (n_sources, F) int64 filled in with tensor ops."""
