@@ -124,7 +124,13 @@ class ExampleTracker:
         """The running batch (`n_rows` rows in all) is committed: fold its results in."""
         for layer, v, i, sums, maxima in self.pending:
             st = self._state(layer, sums.device)
-            if v is not None:
+            if v is not None and self.on_host(v):
+                # Only the neurons the batch has a candidate for can change (few, once the k-th values rise).
+                cols = (v[0] > float("-inf")).nonzero().squeeze(1)
+                st[0][:, cols], st[1][:, cols] = merge_topk(
+                    st[0][:, cols], st[1][:, cols], v[:, cols], i[:, cols], self.k
+                )
+            elif v is not None:
                 st[0], st[1] = merge_topk(st[0], st[1], v, i, self.k)
             st[2] += sums
             torch.maximum(st[3], maxima, out=st[3])
