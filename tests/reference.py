@@ -67,6 +67,18 @@ def ngram_ends(token_ids: np.ndarray, positions: np.ndarray, k: int) -> tuple[np
     return rows, grams
 
 
+def layer_coverage(per_layer: list[set]) -> tuple[list[int], list[int], list[int]]:
+    """The layers table's coverage columns from each layer's covered set: covered by the layer, new against
+    the previous layer, new against every earlier layer."""
+    seen: set = set()
+    new = []
+    for s in per_layer:
+        new.append(len(s - seen))
+        seen |= s
+    vs_previous = [len(per_layer[0])] + [len(per_layer[i] - per_layer[i - 1]) for i in range(1, len(per_layer))]
+    return [len(s) for s in per_layer], vs_previous, new
+
+
 def top_order(counts: dict) -> list:
     """Keys by count descending, then key ascending (tuples compare lexicographically)."""
     return sorted(counts, key=lambda key: (-counts[key], key))

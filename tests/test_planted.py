@@ -15,6 +15,7 @@ import pytest
 import opt_neurons
 
 from planted import build_planted_opt, float_reference
+from reference import layer_coverage
 
 RUN = """
 import sys, numpy as np, opt_neurons
@@ -159,15 +160,8 @@ def test_layer_coverage_and_tokens_table(run, planted):
     for (l, _), ids in planted.token_detectors.items():
         per_layer[l] |= set(ids)
     L = run.layers
-    assert L["n_tokens_covered"].to_list() == [len(s) for s in per_layer]
-    assert L["n_new_tokens_vs_previous"].to_list() == [len(per_layer[0])] + [
-        len(per_layer[i] - per_layer[i - 1]) for i in range(1, planted.n_layers)
-    ]
-    seen, new = set(), []
-    for s in per_layer:
-        new.append(len(s - seen))
-        seen |= s
-    assert L["n_new_tokens_overall"].to_list() == new
+    cols = ["n_tokens_covered", "n_new_tokens_vs_previous", "n_new_tokens_overall"]
+    assert tuple(L[c].to_list() for c in cols) == layer_coverage(per_layer)
     tokens = run.tokens
     assert set(tokens["token"].to_list()) == set().union(*per_layer)
     occ = {t: int((planted.tokens == t).sum()) for t in tokens["token"].to_list()}
@@ -239,15 +233,9 @@ def test_layer_trigram_coverage(run, planted):
     assert L["n_trigram_detectors"].to_list() == [
         sum(1 for l, _ in detectors if l == i) for i in range(planted.n_layers)
     ]
-    assert L["n_trigrams_covered"].to_list() == [len(s) for s in per_layer]
-    assert L["n_new_trigrams_vs_previous"].to_list() == [len(per_layer[0])] + [
-        len(per_layer[i] - per_layer[i - 1]) for i in range(1, planted.n_layers)
-    ]
-    seen: set = set()
-    new = []
-    for s in per_layer:
-        new.append(len(s - seen))
-        seen |= s
+    covered, vs_previous, new = layer_coverage(per_layer)
+    assert L["n_trigrams_covered"].to_list() == covered
+    assert L["n_new_trigrams_vs_previous"].to_list() == vs_previous
     assert L["n_new_trigrams_overall"].to_list() == new
     assert sum(new) > 0
 

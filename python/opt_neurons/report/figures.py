@@ -149,17 +149,25 @@ def fig_token_detectors(a: Analysis, title: str) -> tuple[Figure | None, str | N
     ax1.bar(x + w / 2, l["n_trigram_detectors"].to_numpy(), w, color="#7570b3", label="trigram detectors")
     ax1.set(xlabel="layer", ylabel="neurons", title="Detectors per layer (Figure 3)")
     ax1.legend(frameon=False, fontsize=8)
-    w = 0.27
-    ax2.bar(x - w, l["n_tokens_covered"].to_numpy(), w, color="#1b9e77", label="covered by the layer")
-    ax2.bar(x, l["n_new_tokens_vs_previous"].to_numpy(), w, color="#66a61e", label="new vs previous layer")
-    ax2.bar(x + w, l["n_new_tokens_overall"].to_numpy(), w, color="#e6ab02", label="new overall")
-    ax2.set(xlabel="layer", ylabel="tokens", title="Tokens covered by token detectors (Figure 4)")
-    ax2.legend(frameon=False, fontsize=8)
+    cols = ("n_tokens_covered", "n_new_tokens_vs_previous", "n_new_tokens_overall")
+    _coverage_bars(ax2, l, cols, "#1b9e77", "#66a61e", "tokens", "Tokens covered by token detectors (Figure 4)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, axis="y")
         _int_xticks(ax, x)
     fig.suptitle(title, fontsize=10)
     return fig, None
+
+
+def _coverage_bars(ax: Any, l: pl.DataFrame, cols: Sequence[str], covered: str, vs_previous: str, what: str,
+                   title: str) -> None:  # fmt: skip
+    """Per layer: what the layer's detectors cover, new against the previous layer, new overall (columns
+    `cols` in that order), side by side."""
+    x, w = l["layer"].to_numpy(), 0.27
+    labels = ("covered by the layer", "new vs previous layer", "new overall")
+    for offset, col, color, label in zip((-w, 0, w), cols, (covered, vs_previous, "#e6ab02"), labels):
+        ax.bar(x + offset, l[col].to_numpy(), w, color=color, label=label)
+    ax.set(xlabel="layer", ylabel=what, title=title)
+    ax.legend(frameon=False, fontsize=8)
 
 
 TRIGRAM_COLUMNS = ("n_trigrams_covered", "n_new_trigrams_vs_previous", "n_new_trigrams_overall")
@@ -185,12 +193,9 @@ def fig_trigram_detectors(a: Analysis, title: str) -> tuple[Figure | None, str |
 
     ax1.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.legend(frameon=False, fontsize=8)
-    w = 0.27
-    ax2.bar(x - w, l["n_trigrams_covered"].to_numpy(), w, color="#7570b3", label="covered by the layer")
-    ax2.bar(x, l["n_new_trigrams_vs_previous"].to_numpy(), w, color="#a6761d", label="new vs previous layer")
-    ax2.bar(x + w, l["n_new_trigrams_overall"].to_numpy(), w, color="#e6ab02", label="new overall")
-    ax2.set(xlabel="layer", ylabel="trigrams", title="Trigrams covered by trigram detectors (Figure 15)")
-    ax2.legend(frameon=False, fontsize=8)
+    _coverage_bars(
+        ax2, l, TRIGRAM_COLUMNS, "#7570b3", "#a6761d", "trigrams", "Trigrams covered by trigram detectors (Figure 15)"
+    )
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, axis="y")
         _int_xticks(ax, x)
