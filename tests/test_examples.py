@@ -349,24 +349,32 @@ def test_the_counting_thread_and_the_forward_share_the_tracker_safely():
     sequences = np.repeat(np.arange(rows // 512, dtype=np.uint32), 512)
     positions = np.tile(np.arange(512, dtype=np.uint32), rows // 512)
     errors: list[BaseException] = []
+    counted = [0]
+    stop = threading.Event()
 
+    # A fixed number of fetches against counts that go on until they are done, so that neither side's
+    # scheduling (Python's lock is not fair) can make the test pass vacuously or fail on timing.
     def count() -> None:
         try:
-            for _ in range(20):
+            while True:
                 tracker.count(bits, sequences, positions)
+                counted[0] += 1
+                if stop.is_set():
+                    break
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
     thread = threading.Thread(target=count)
     thread.start()
-    fetched = 0
-    while thread.is_alive():
-        tracker.device.clear()
-        tracker._state(fetched % n_layers, torch.device("cpu"))
-        fetched += 1
-    thread.join()
+    try:
+        for fetched in range(40):
+            tracker.device.clear()
+            tracker._state(fetched % n_layers, torch.device("cpu"))
+    finally:
+        stop.set()
+        thread.join()
     assert not errors, errors
-    assert fetched > 1 and tracker.core.sampled_rows == 20 * rows
+    assert counted[0] >= 1 and tracker.core.sampled_rows == counted[0] * rows
 
 
 def test_mismatched_sample_updates_are_named_shape_errors():
