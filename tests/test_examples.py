@@ -7,13 +7,15 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import chi2
 
 import opt_neurons
 from opt_neurons import _core
-from opt_neurons.errors import DataMismatchError, ExamplesStateError, OptNeuronsError
+from opt_neurons.errors import DataMismatchError, ExamplesStateError, OptNeuronsError, ShapeError
 from opt_neurons.example_tracker import ExampleTracker
-from opt_neurons.topk import EMPTY_ID, batch_topk, host_topk, merge_topk
+from opt_neurons.topk import EMPTY_ID, batch_topk, merge_topk
 
 from planted import build_planted_opt
 from reference import pack
@@ -123,30 +125,51 @@ def test_the_device_path_gives_the_host_paths_examples(planted, run, monkeypatch
     assert dense.neurons.select(cols).equals(run.neurons.select(cols))
 
 
-def test_host_top_k_with_wide_rows_keeps_the_tie_rule():
-    """Rows past 16 bits do not fit host_topk's one unique key: its stable sort gives the same order."""
-    rng = np.random.default_rng(5)
-    x = rng.integers(0, 4, size=(200, 30)).astype(np.float32)  # many ties
-    flat = np.flatnonzero(x > 0)
-    r, c = np.divmod(flat, 30)
-    v, rows = host_topk(r, c, x.ravel()[flat], 6, 30)
-    v_wide, rows_wide = host_topk(r + (1 << 20), c, x.ravel()[flat], 6, 30)
-    np.testing.assert_array_equal(v_wide, v)
-    np.testing.assert_array_equal(rows_wide[v > -np.inf], rows[v > -np.inf] + (1 << 20))
-    ref_v, ref_rows = batch_topk(torch.from_numpy(x), 6, 0.0)
-    np.testing.assert_array_equal(v, ref_v.numpy())
-    np.testing.assert_array_equal(rows[v > -np.inf], ref_rows.numpy()[v > -np.inf])
-
-
 def host_batch_topk(xb: torch.Tensor, k: int, threshold: float, kth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tracker's CPU path: firing entries at or above the running k-th value, through host_topk."""
-    x = xb.float().numpy() + 0.0
-    flat = np.flatnonzero(x > threshold)
-    r, c = np.divmod(flat, x.shape[1])
-    v = x.ravel()[flat]
-    sel = v >= kth.numpy()[c]
-    vals, rows = host_topk(r[sel], c[sel], v[sel], k, x.shape[1])
-    return torch.from_numpy(vals), torch.from_numpy(rows)
+    """The tracker's CPU path: the Rust core's scan of the firing entries at or above the running k-th value."""
+    x = xb.float().numpy()
+    v, rows, _, _ = _core.Examples.scan_batch(x, (x > threshold).view(np.uint8), len(x), kth.numpy(), k)
+    return torch.from_numpy(v), torch.from_numpy(rows)
+
+
+@given(
+    rows=st.integers(1, 70),
+    n=st.integers(1, 40),
+    k=st.integers(1, 9),
+    detail=st.floats(0, 1),
+    threshold=st.sampled_from([0.0, -1.0, 0.5]),
+    seed=st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=60, deadline=None)
+def test_the_host_scan_equals_a_numpy_reference(rows, n, k, detail, threshold, seed):
+    """scan_batch against the plain definition: per neuron the float64 sum and maximum of the firing values
+    over all rows, and the first k firing detail rows at or above the floor sorted by (value desc, row)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.integers(-4, 5, size=(rows, n)) / 2).astype(np.float32)  # many ties
+    x[rng.random((rows, n)) < 0.1] = -0.0
+    floor = np.where(rng.random(n) < 0.3, 0.5, -np.inf).astype(np.float32)
+    n_detail = int(rows * detail)
+    fired = x > threshold
+    v, r, sums, maxima = _core.Examples.scan_batch(x, fired.view(np.uint8), n_detail, floor, k)
+    for j in range(n):
+        on = fired[:, j]
+        vals = x[on, j] + np.float32(0.0)
+        assert sums[j] == vals.astype(np.float64).sum()
+        assert maxima[j] == (vals.max() if on.any() else -np.inf)
+        cand = np.flatnonzero(on[:n_detail] & (x[:n_detail, j] >= floor[j]))
+        order = cand[np.lexsort((cand, -x[cand, j]))][:k]
+        want = np.full(k, -np.inf, np.float32)
+        want[: len(order)] = x[order, j] + np.float32(0.0)
+        np.testing.assert_array_equal(v[:, j], want)
+        np.testing.assert_array_equal(r[: len(order), j], order)
+
+
+def test_the_host_scan_names_mismatched_shapes():
+    x = np.zeros((4, 3), np.float32)
+    with pytest.raises(ShapeError, match="mask of shape"):
+        _core.Examples.scan_batch(x, np.zeros((4, 2), np.uint8), 4, np.zeros(3, np.float32), 2)
+    with pytest.raises(ShapeError, match="floors"):
+        _core.Examples.scan_batch(x, np.zeros((4, 3), np.uint8), 4, np.zeros(2, np.float32), 2)
 
 
 @pytest.mark.parametrize("path", ["device", "host"])

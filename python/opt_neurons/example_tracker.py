@@ -20,7 +20,7 @@ import torch
 
 from . import _core
 from .errors import ExamplesStateError
-from .topk import EMPTY_ID, batch_topk, host_topk, merge_topk
+from .topk import EMPTY_ID, batch_topk, merge_topk
 
 FILE = "examples.bin"
 PREVIOUS = "examples.prev.bin"
@@ -84,30 +84,18 @@ class ExampleTracker:
         return maxima.masked_fill_(~(maxima > self.threshold), float("-inf"))
 
     def _observe_on_host(self, layer: int, x: torch.Tensor, n_detail: int, fired: torch.Tensor) -> tuple:
-        """observe() on the CPU, the same results from the firing entries alone: the dense keys and top k
-        of every row cost more there than the forward pass (RESULTS.md), and a sync costs nothing. Only
-        detail entries at or above the committed top k's k-th value can enter it (a later row must beat
-        it; an equal one may win the tie only if earlier), so the rest are dropped before the sort."""
-        xn = x.numpy() if x.dtype in (torch.float32, torch.float16) else x.float().numpy()
-        if self.threshold < 0:
-            xn = xn + 0.0  # -0.0 -> +0.0: equal values must get equal keys
-        flat = np.flatnonzero(fired.numpy())
-        rows, cols = np.divmod(flat, xn.shape[1])
-        values = xn.ravel()[flat].astype(np.float32, copy=False)
-        # float64, each neuron's values added in row order: exact in practice, as on the device
-        sums = torch.from_numpy(np.bincount(cols, weights=values, minlength=xn.shape[1]))
-        state = self._state(layer, x.device)
-        # The maxima change only where a value beats the committed maximum: a few entries, not every row.
-        above = values > state[3].numpy()[cols]
-        maxima = np.full(xn.shape[1], -np.inf, np.float32)
-        np.maximum.at(maxima, cols[above], values[above])
+        """observe() on the CPU, the same results from one pass over the firing entries alone (the Rust
+        core's scan_batch): the dense keys and top k of every row cost more there than the forward pass
+        (RESULTS.md), and a sync costs nothing. Only detail entries at or above the committed top k's k-th
+        value can enter it (a later row must beat it; an equal one may win the tie only if earlier)."""
+        xn = x.numpy() if x.dtype == torch.float32 else x.float().numpy()
+        floor = self._state(layer, x.device)[0][-1].numpy()
+        mask = fired.numpy().view(np.uint8)
+        v, r, sums, maxima = _core.Examples.scan_batch(xn, mask, n_detail, floor, self.k)
         if not n_detail:
-            return None, None, sums, torch.from_numpy(maxima)
-        kth = state[0][-1].numpy()
-        sel = (rows < n_detail) & (values >= kth[cols])
-        v, r = host_topk(rows[sel], cols[sel], values[sel], self.k, xn.shape[1])
+            return None, None, torch.from_numpy(sums), torch.from_numpy(maxima)
         ids = np.where(v == -np.inf, EMPTY_ID, self.ids[r])
-        return torch.from_numpy(v), torch.from_numpy(ids), sums, torch.from_numpy(maxima)
+        return torch.from_numpy(v), torch.from_numpy(ids), torch.from_numpy(sums), torch.from_numpy(maxima)
 
     def _state(self, layer: int, device: torch.device) -> list[torch.Tensor]:
         if layer not in self.device:

@@ -7,7 +7,6 @@ order. Only firing positions (value > threshold) count; empty slots hold (-inf, 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 EMPTY_ID = (1 << 63) - 1
@@ -44,30 +43,6 @@ def batch_topk(x: torch.Tensor, k: int, threshold: float, fired: torch.Tensor | 
     key, rows = sort_keys(x, fired).topk(min(k, x.shape[0]), dim=0)
     values = x.gather(0, rows).float().masked_fill_(key == torch.iinfo(key.dtype).min, float("-inf"))
     return values, rows
-
-
-def host_topk(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, k: int, n_cols: int
-              ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """batch_topk of a batch's firing entries on the host: (row, column, float32 value) in row order ->
-    the same (k, n_cols) values (-inf where empty) and rows. Sorted by (column, value descending, row), the
-    tie rule; then each column's first k. On the CPU this costs a fraction of batch_topk's dense keys
-    (a key and a top k over every row of every neuron), as the firing entries are few."""
-    u = values.view(np.uint32).astype(np.uint64)
-    descending = np.uint64(0xFFFFFFFF) - np.where(u >= 1 << 31, u ^ np.uint64(0xFFFFFFFF), u | np.uint64(1 << 31))
-    c = cols.astype(np.uint64)
-    if n_cols <= 1 << 16 and (len(rows) == 0 or rows.max() < 1 << 16):  # (column, value, row) in one unique key
-        order = np.argsort((c << np.uint64(48)) | (descending << np.uint64(16)) | rows.astype(np.uint64))
-    else:  # the entries are in row order: a stable sort keeps equal values so
-        order = np.argsort((c << np.uint64(32)) | descending, kind="stable")
-    c_sorted = cols[order]
-    counts = np.bincount(c_sorted, minlength=n_cols)
-    rank = np.arange(len(order)) - (np.cumsum(counts) - counts)[c_sorted]
-    keep = rank < k
-    out_v = np.full((k, n_cols), -np.inf, np.float32)
-    out_r = np.zeros((k, n_cols), np.int64)
-    out_v[rank[keep], c_sorted[keep]] = values[order[keep]]
-    out_r[rank[keep], c_sorted[keep]] = rows[order[keep]]
-    return out_v, out_r
 
 
 def merge_topk(values: torch.Tensor, ids: torch.Tensor, new_values: torch.Tensor, new_ids: torch.Tensor,

@@ -2,8 +2,8 @@
 
 use crate::convert::{contiguous as slice, err, ShapeError};
 
-use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
-use opt_neurons_core::examples::{Examples, ExamplesConfig};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use opt_neurons_core::examples::{scan_batch, Examples, ExamplesConfig};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -152,6 +152,41 @@ impl PyExamples {
     fn save(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
         let inner = &self.inner;
         py.allow_threads(|| inner.save(&path)).map_err(err)
+    }
+
+    /// One layer's batch on the host: x (rows, n) float32, fired (rows, n) uint8 (the firing rule) ->
+    /// (top values (k, n) float32, their rows (k, n) int64, sums (n,) float64, maxima (n,) float32).
+    #[staticmethod]
+    #[allow(clippy::type_complexity)]
+    fn scan_batch<'py>(
+        py: Python<'py>,
+        x: PyReadonlyArray2<'_, f32>,
+        fired: PyReadonlyArray2<'_, u8>,
+        n_detail: usize,
+        floor: PyReadonlyArray1<'_, f32>,
+        k: usize,
+    ) -> PyResult<(
+        Bound<'py, PyArray2<f32>>,
+        Bound<'py, PyArray2<i64>>,
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<f32>>,
+    )> {
+        if fired.shape() != x.shape() {
+            return Err(ShapeError::new_err(format!(
+                "Examples.scan_batch: a mask of shape {:?} for activations of shape {:?}",
+                fired.shape(),
+                x.shape()
+            )));
+        }
+        let n = x.shape()[1];
+        let (xs, fs, floors) = (slice(&x, "x")?, slice(&fired, "fired")?, slice(&floor, "floor")?);
+        let r = py.allow_threads(|| scan_batch(xs, fs, n, n_detail, floors, k)).map_err(err)?;
+        Ok((
+            PyArray1::from_vec(py, r.values).reshape([k, n])?,
+            PyArray1::from_vec(py, r.rows).reshape([k, n])?,
+            PyArray1::from_vec(py, r.sums),
+            PyArray1::from_vec(py, r.maxima),
+        ))
     }
 
     #[staticmethod]

@@ -12,6 +12,9 @@
 //!
 //! The state is saved with a CRC-32 of everything before it; a damaged or truncated file is refused.
 
+mod batch_scan;
+pub use batch_scan::{scan_batch, BatchScan};
+
 use crate::error::StatsError;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
