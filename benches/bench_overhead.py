@@ -17,7 +17,9 @@ bare / bare to the last fc1 / analyze; each round's ratio is taken against its o
 the median of those ratios counts. Beside wall time, the process's CPU time (all threads) of the bare
 forward and of the forward phase (`metadata["forward_cpu_seconds"]`): on a shared machine, other
 tenants stretch wall time but not this process's CPU time, and on a CPU-bound machine the counting's
-CPU time is what the analysis costs.
+CPU time is what the analysis costs. The examples' own time in the forward's thread
+(`metadata["examples"]["seconds"]`, measured inside each run) is reported too: on a noisy machine it is
+the steadier figure for what examples cost, as the side-by-side runs' differences drown in the noise.
 
     python benches/bench_overhead.py                    # 4 sequences of 2048 tokens, batch 2, 2 rounds
     python benches/bench_overhead.py --density none
@@ -79,7 +81,7 @@ def main() -> None:
     bare_forward(model, tokens[:1, :256], 1)  # warm-up
     ks = [int(k) for k in a.examples.split(",")]
     bare, bare_cpu, short = [], [], []
-    runs: dict[int, dict[str, list]] = {k: {"total": [], "fwd": [], "fwd_cpu": [], "count": []} for k in ks}
+    runs: dict[int, dict[str, list]] = {k: {"total": [], "fwd": [], "fwd_cpu": [], "count": [], "ex": []} for k in ks}
     for r in range(a.rounds):
         cpu0 = time.process_time()
         with Timer() as tb:
@@ -97,10 +99,12 @@ def main() -> None:
                 an = opt_neurons.analyze(model, tokens, batch_size=a.batch_size, progress=False, examples=k)
             m = an.metadata
             for key, value in [("total", ta.wall), ("fwd", m["forward_seconds"]),
-                               ("fwd_cpu", m["forward_cpu_seconds"]), ("count", m["counting_seconds"])]:  # fmt: skip
+                               ("fwd_cpu", m["forward_cpu_seconds"]), ("count", m["counting_seconds"]),
+                               ("ex", m["examples"]["seconds"])]:  # fmt: skip
                 x[key].append(value)
             print(f"  analyze(examples={k}): forward phase {m['forward_seconds']:.2f} s ({m['forward_cpu_seconds']:.1f} "
-                  f"CPU-s, counting {m['counting_seconds']:.2f} s), whole call {ta.wall:.2f} s", flush=True)  # fmt: skip
+                  f"CPU-s, counting {m['counting_seconds']:.2f} s, examples {m['examples']['seconds']:.2f} s), "
+                  f"whole call {ta.wall:.2f} s", flush=True)  # fmt: skip
     b, bc = statistics.median(bare), statistics.median(bare_cpu)
     saved = statistics.median(1 - y / v for v, y in zip(bare, short))
     n_tok = tokens.size
@@ -117,7 +121,8 @@ def main() -> None:
                      f"{100 * (f - b) / b:+.1f}%", f"{bc:.1f}", f"{statistics.median(x['fwd_cpu']):.1f}",
                      f"{100 * statistics.median(over_cpu):+.1f}%", f"{100 * saved:.1f}%",
                      f"{100 * statistics.median(over_short):+.1f}%", f"{statistics.median(x['count']):.2f}",
-                     f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}", f"{events / n_tok:,.0f}"])  # fmt: skip
+                     f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}", f"{events / n_tok:,.0f}",
+                     f"{statistics.median(x['ex']):.3f}", f"{100 * statistics.median(e / v for e, v in zip(x['ex'], x['fwd'])):.1f}%"])  # fmt: skip
     notes = ("OPT-125m shape, random weights (fc1 biases shifted to the density shown), float32 on the CPU, "
              f"torch threads {torch.get_num_threads()}; medians of {a.rounds} alternating rounds.")  # fmt: skip
     if len(ks) > 1:  # the examples' own cost: forward phases of the same round, side by side
@@ -133,7 +138,8 @@ def main() -> None:
             "analyze setup and finalize s", "analyze total s", "overhead forward phase (median of rounds)",
             "overhead total", "bare CPU s", "forward phase CPU s", "CPU-time overhead (median of rounds)",
             "ending at the last fc1 saves (median)", "overhead vs bare ending there (median)", "counting s",
-            "bare tok/s", "analyze tok/s", "activation events per token (all layers)"],
+            "bare tok/s", "analyze tok/s", "activation events per token (all layers)",
+            "examples s (in the forward's thread)", "examples share of the forward phase (median)"],
            rows, machine_info=info, notes=notes,
            extra={"bare_s": bare, "bare_to_last_fc1_s": short, "bare_cpu_s": bare_cpu, "analyze": runs,
                   "density_per_layer": measured})  # fmt: skip

@@ -304,6 +304,12 @@ def test_examples_off(planted):
     a = opt_neurons.analyze(planted.model_dir, planted.tokens[:8], batch_size=BATCH, progress=False, examples=0)
     assert a.example_table.height == 0
     assert a.neurons["max_activation"].null_count() == a.neurons.height
+    assert a.metadata["examples"]["seconds"] == 0
+
+
+def test_the_examples_time_is_recorded(run):
+    """The forward thread's time in the examples (benches/bench_overhead.py reports its share)."""
+    assert 0 < run.metadata["examples"]["seconds"] < run.metadata["forward_seconds"]
 
 
 def test_cli_show_prints_the_card_and_contexts(planted, tmp_path, capsys):

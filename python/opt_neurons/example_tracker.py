@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ class ExampleTracker:
         self.sequences = np.zeros(0, np.uint32)  # each detail row's sequence (data index) in the next batch
         self.ids: np.ndarray = np.zeros(0, np.int64)
         self.ids_on: dict[torch.device, torch.Tensor] = {}
+        # Seconds the forward pass's thread spent here (observe and commit): the examples' own cost, measured
+        # inside the run (on a GPU, the kernel launches only; the kernels run asynchronously).
+        self.seconds = 0.0
 
     def set_rows(self, positions: np.ndarray, first_sequence: int | None) -> None:
         """Detail rows' positions of the next forward pass, whose first sequence is `first_sequence`
@@ -62,10 +66,13 @@ class ExampleTracker:
     def observe(self, layer: int, x: torch.Tensor, n_detail: int, fired: torch.Tensor | None = None) -> None:
         """A layer's (rows, F) activations of the running batch; the first `n_detail` are detail rows.
         `fired`: x > threshold, if at hand."""
-        fired = x > self.threshold if fired is None else fired
+        t0 = time.perf_counter()
+        self.pending.append(self._observe(layer, x, n_detail, x > self.threshold if fired is None else fired))
+        self.seconds += time.perf_counter() - t0
+
+    def _observe(self, layer: int, x: torch.Tensor, n_detail: int, fired: torch.Tensor) -> tuple:
         if self.on_host(x):
-            self.pending.append((layer, *self._observe_on_host(layer, x, n_detail, fired)))
-            return
+            return (layer, *self._observe_on_host(layer, x, n_detail, fired))
         # float64: the sums of fp16 / fp32 values stay exact in practice, so they do not depend on batching.
         sums = x.masked_fill(~fired, 0).sum(0, dtype=torch.float64 if x.device.type != "mps" else torch.float32)
         maxima = self._firing_maxima(x.amax(0).float())
@@ -73,7 +80,7 @@ class ExampleTracker:
         if n_detail:
             v, rows = batch_topk(x[:n_detail], self.k, self.threshold, fired[:n_detail])
             i = self._ids(x.device)[rows].masked_fill(v == float("-inf"), EMPTY_ID)
-        self.pending.append((layer, v, i, sums, maxima))
+        return layer, v, i, sums, maxima
 
     @staticmethod
     def on_host(x: torch.Tensor) -> bool:
@@ -110,6 +117,7 @@ class ExampleTracker:
 
     def commit(self, n_rows: int) -> None:
         """The running batch (`n_rows` rows in all) is committed: fold its results in."""
+        t0 = time.perf_counter()
         for layer, v, i, sums, maxima in self.pending:
             st = self._state(layer, sums.device)
             if v is not None and self.on_host(v):
@@ -125,6 +133,7 @@ class ExampleTracker:
         if any(p[0] == 0 for p in self.pending):  # layer-major commits one layer's batch at a time
             self.rows += n_rows
         self.pending = []
+        self.seconds += time.perf_counter() - t0
 
     def drop(self) -> None:
         self.pending = []

@@ -267,6 +267,7 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
             "seed": o.examples_seed,
             "threshold": threshold,
             "bytes": ex.memory_bytes() if ex is not None else 0,
+            "seconds": tracker.seconds if tracker is not None else 0.0,  # in the forward's thread, this call
         },  # fmt: skip
     }
     analysis = Analysis(tables.neurons, tables.layers, tables.tokens, tables.positions, metadata,

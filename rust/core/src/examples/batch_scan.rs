@@ -5,11 +5,6 @@
 //! keeps the examples' cost small next to the forward pass (benches/RESULTS.md).
 
 use crate::error::StatsError;
-use rayon::prelude::*;
-
-/// The fewest neurons per parallel task: each task reads a slice of every row, and long slices read
-/// faster (one task per thread was fastest, RESULTS.md).
-const MIN_BLOCK: usize = 512;
 
 /// A batch's reduction, as the device computes it (python/opt_neurons/topk.py `batch_topk`).
 #[derive(Debug, Clone, PartialEq)]
@@ -48,31 +43,20 @@ pub fn scan_batch(
     }
     let rows = x.len() / n;
     let n_detail = n_detail.min(rows);
-    // a multiple of 8: the mask is read 8 bytes at a time
-    let block = n.div_ceil(rayon::current_num_threads()).max(MIN_BLOCK).next_multiple_of(8);
-    let blocks: Vec<Block> = (0..n.div_ceil(block))
-        .into_par_iter()
-        .map(|b| {
-            let (c0, c1) = (b * block, ((b + 1) * block).min(n));
-            scan_block(x, fired, n, rows, n_detail, &floor[c0..c1], k, c0)
-        })
-        .collect();
+    // One thread, the caller's: it runs inside the forward pass, between layers, where a thread pool of
+    // its own would fight the forward's threads for the cores (RESULTS.md: it cost more than it saved).
+    let part = scan_rows(x, fired, n, rows, n_detail, floor, k);
     let mut out = BatchScan {
         values: vec![f32::NEG_INFINITY; k * n],
         rows: vec![0; k * n],
-        sums: Vec::with_capacity(n),
-        maxima: Vec::with_capacity(n),
+        sums: part.sums,
+        maxima: part.maxima,
     };
-    for (b, part) in blocks.into_iter().enumerate() {
-        let c0 = b * block;
-        for (j, &len) in part.len.iter().enumerate() {
-            for slot in 0..len as usize {
-                out.values[slot * n + c0 + j] = part.values[j * k + slot];
-                out.rows[slot * n + c0 + j] = part.rows[j * k + slot] as i64;
-            }
+    for (j, &len) in part.len.iter().enumerate() {
+        for slot in 0..len as usize {
+            out.values[slot * n + j] = part.values[j * k + slot];
+            out.rows[slot * n + j] = part.rows[j * k + slot] as i64;
         }
-        out.sums.extend(part.sums);
-        out.maxima.extend(part.maxima);
     }
     Ok(out)
 }
@@ -93,8 +77,8 @@ fn prefetch(values: &[f32]) {
     let _ = values;
 }
 
-/// One block of neurons' results; each neuron's top list is its own `k` slots, filled in order.
-struct Block {
+/// The neurons' results; each neuron's top list is its own `k` slots, filled in order.
+struct Scanned {
     sums: Vec<f64>,
     maxima: Vec<f32>,
     values: Vec<f32>,
@@ -102,31 +86,20 @@ struct Block {
     len: Vec<u32>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn scan_block(
-    x: &[f32],
-    fired: &[u8],
-    n: usize,
-    rows: usize,
-    n_detail: usize,
-    floor: &[f32],
-    k: usize,
-    c0: usize,
-) -> Block {
-    let width = floor.len();
-    let mut b = Block {
-        sums: vec![0.0; width],
-        maxima: vec![f32::NEG_INFINITY; width],
-        values: vec![0.0; width * k],
-        rows: vec![0; width * k],
-        len: vec![0; width],
+fn scan_rows(x: &[f32], fired: &[u8], n: usize, rows: usize, n_detail: usize, floor: &[f32], k: usize) -> Scanned {
+    let mut b = Scanned {
+        sums: vec![0.0; n],
+        maxima: vec![f32::NEG_INFINITY; n],
+        values: vec![0.0; n * k],
+        rows: vec![0; n * k],
+        len: vec![0; n],
     };
     for r in 0..rows {
-        let mask = &fired[r * n + c0..r * n + c0 + width];
-        let values = &x[r * n + c0..r * n + c0 + width];
+        let mask = &fired[r * n..(r + 1) * n];
+        let values = &x[r * n..(r + 1) * n];
         let detail = r < n_detail;
         if r + AHEAD < rows {
-            prefetch(&x[(r + AHEAD) * n + c0..(r + AHEAD) * n + c0 + width]);
+            prefetch(&x[(r + AHEAD) * n..(r + AHEAD + 1) * n]);
         }
         let mut visit = |j: usize| {
             let v = values[j] + 0.0; // -0.0 -> +0.0 (a negative threshold): equal values, equal order
@@ -147,7 +120,7 @@ fn scan_block(
                 visit(j);
             }
         }
-        let tail = width - width % 8;
+        let tail = n - n % 8;
         for (j, &m) in words.remainder().iter().enumerate() {
             if m != 0 {
                 visit(tail + j);
@@ -160,7 +133,7 @@ fn scan_block(
 /// Put (v, row) into neuron j's top list if it belongs there. Rows come in ascending order, so an
 /// equal value goes after the ones already there (the earlier row first: the tie rule).
 #[inline]
-fn insert(b: &mut Block, j: usize, k: usize, v: f32, row: u32) {
+fn insert(b: &mut Scanned, j: usize, k: usize, v: f32, row: u32) {
     let len = b.len[j] as usize;
     let slots = j * k;
     if len == k && v <= b.values[slots + k - 1] {
@@ -212,7 +185,7 @@ mod tests {
     }
 
     #[test]
-    fn equals_the_sorted_definition_with_ties_and_odd_widths() {
+    fn equals_the_sorted_definition_with_ties_and_odd_ns() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         for &(rows, n, k) in &[(1, 1, 1), (37, 13, 4), (200, 1029, 16), (64, 520, 200)] {
