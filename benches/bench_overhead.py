@@ -20,6 +20,9 @@ tenants stretch wall time but not this process's CPU time, and on a CPU-bound ma
 CPU time is what the analysis costs. The examples' own time in the forward's thread
 (`metadata["examples"]["seconds"]`, measured inside each run) is reported too: on a noisy machine it is
 the steadier figure for what examples cost, as the side-by-side runs' differences drown in the noise.
+Each analyze() call's user and system CPU time and minor page faults are printed too: torch's large CPU
+temporaries are faulted in afresh by a varying amount from call to call (glibc's allocator state), and the
+system time of those faults moved the forward phase by up to a third on this machine, with examples or without.
 
     python benches/bench_overhead.py                    # 4 sequences of 2048 tokens, batch 2, 2 rounds
     python benches/bench_overhead.py --density none
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -81,7 +85,10 @@ def main() -> None:
     bare_forward(model, tokens[:1, :256], 1)  # warm-up
     ks = [int(k) for k in a.examples.split(",")]
     bare, bare_cpu, short = [], [], []
-    runs: dict[int, dict[str, list]] = {k: {"total": [], "fwd": [], "fwd_cpu": [], "count": [], "ex": []} for k in ks}
+    runs: dict[int, dict[str, list]] = {
+        k: {"total": [], "fwd": [], "fwd_cpu": [], "count": [], "ex": [], "user": [], "sys": [], "faults": []}
+        for k in ks
+    }
     for r in range(a.rounds):
         cpu0 = time.process_time()
         with Timer() as tb:
@@ -95,8 +102,13 @@ def main() -> None:
               flush=True)  # fmt: skip
         for k in ks[::-1] if r % 2 else ks:  # alternate which analyze() runs first
             x = runs[k]
+            u0 = resource.getrusage(resource.RUSAGE_SELF)
             with Timer() as ta:
                 an = opt_neurons.analyze(model, tokens, batch_size=a.batch_size, progress=False, examples=k)
+            u1 = resource.getrusage(resource.RUSAGE_SELF)
+            x["user"].append(u1.ru_utime - u0.ru_utime)
+            x["sys"].append(u1.ru_stime - u0.ru_stime)
+            x["faults"].append(u1.ru_minflt - u0.ru_minflt)
             m = an.metadata
             for key, value in [("total", ta.wall), ("fwd", m["forward_seconds"]),
                                ("fwd_cpu", m["forward_cpu_seconds"]), ("count", m["counting_seconds"]),
@@ -104,7 +116,8 @@ def main() -> None:
                 x[key].append(value)
             print(f"  analyze(examples={k}): forward phase {m['forward_seconds']:.2f} s ({m['forward_cpu_seconds']:.1f} "
                   f"CPU-s, counting {m['counting_seconds']:.2f} s, examples {m['examples']['seconds']:.2f} s), "
-                  f"whole call {ta.wall:.2f} s", flush=True)  # fmt: skip
+                  f"whole call {ta.wall:.2f} s (user {x['user'][-1]:.1f} s, system {x['sys'][-1]:.1f} s, "
+                  f"{x['faults'][-1]:,} page faults)", flush=True)  # fmt: skip
     b, bc = statistics.median(bare), statistics.median(bare_cpu)
     saved = statistics.median(1 - y / v for v, y in zip(bare, short))
     n_tok = tokens.size
@@ -129,9 +142,14 @@ def main() -> None:
         first, last = runs[ks[0]], runs[ks[-1]]
         pair = [v / u - 1 for u, v in zip(first["fwd"], last["fwd"])]
         pair_cpu = [v / u - 1 for u, v in zip(first["fwd_cpu"], last["fwd_cpu"])]
+        pair_user = [v / u - 1 for u, v in zip(first["user"], last["user"])]
         notes += (f" examples={ks[-1]} against examples={ks[0]}, forward phase, median of rounds: "
                   f"{100 * statistics.median(pair):+.1f}% (rounds " + ", ".join(f"{100 * o:+.1f}%" for o in pair)
-                  + f"); CPU time {100 * statistics.median(pair_cpu):+.1f}%.")  # fmt: skip
+                  + f"); CPU time {100 * statistics.median(pair_cpu):+.1f}%; whole call's user CPU time "
+                  f"{100 * statistics.median(pair_user):+.1f}% (rounds " + ", ".join(f"{100 * o:+.1f}%" for o in pair_user)
+                  + "); page faults per call (median) "
+                  + ", ".join(f"examples={k} {statistics.median(runs[k]['faults']):,.0f} ({statistics.median(runs[k]['sys']):.1f} s system)" for k in ks)
+                  + ".")  # fmt: skip
         print(notes, flush=True)
     record("overhead",
            ["examples", "fc1 density", "tokens", "batch", "bare forward s", "analyze forward phase s",
