@@ -164,6 +164,19 @@ def test_the_host_scan_equals_a_numpy_reference(rows, n, k, detail, threshold, s
         np.testing.assert_array_equal(r[: len(order), j], order)
 
 
+def test_a_strided_neuron_tensor_gives_the_contiguous_ones_examples():
+    """A hooked neuron tensor may be a view (a slice of a fused output): the host path reads it as it is."""
+    x = torch.from_numpy(np.random.default_rng(4).standard_normal((64, 20), dtype=np.float32))[:, ::2]
+    states = []
+    for t in (x, x.contiguous()):
+        tracker = ExampleTracker(1, 10, 3, 0)
+        tracker.set_rows(np.arange(64, dtype=np.uint32), first_sequence=0)
+        tracker.observe(0, t, 64)
+        tracker.commit(64)
+        states.append(tracker.device[0])
+    assert all(torch.equal(a, b) for a, b in zip(*states))
+
+
 def test_the_host_scan_names_mismatched_shapes():
     x = np.zeros((4, 3), np.float32)
     with pytest.raises(ShapeError, match="mask of shape"):

@@ -95,9 +95,10 @@ class ExampleTracker:
         core's scan_batch): the dense keys and top k of every row cost more there than the forward pass
         (RESULTS.md), and a sync costs nothing. Only detail entries at or above the committed top k's k-th
         value can enter it (a later row must beat it; an equal one may win the tie only if earlier)."""
-        xn = x.numpy() if x.dtype == torch.float32 else x.float().numpy()
+        # The scan reads rows in place: a strided neuron tensor (a view of a fused output) is copied first.
+        xn = np.ascontiguousarray(x.numpy() if x.dtype == torch.float32 else x.float().numpy())
         floor = self._state(layer, x.device)[0][-1].numpy()
-        mask = fired.numpy().view(np.uint8)
+        mask = np.ascontiguousarray(fired.numpy()).view(np.uint8)
         v, r, sums, maxima = _core.Examples.scan_batch(xn, mask, n_detail, floor, self.k)
         if not n_detail:
             return None, None, torch.from_numpy(sums), torch.from_numpy(maxima)

@@ -185,7 +185,7 @@ mod tests {
     }
 
     #[test]
-    fn equals_the_sorted_definition_with_ties_and_odd_ns() {
+    fn equals_the_sorted_definition_with_ties_and_odd_widths() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         for &(rows, n, k) in &[(1, 1, 1), (37, 13, 4), (200, 1029, 16), (64, 520, 200)] {
