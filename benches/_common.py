@@ -124,7 +124,9 @@ def machine() -> dict:
 
 
 def command() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    """The command line, with the allocator settings it ran under (they change CPU timings: RESULTS 7a)."""
+    env = [f"{k}={os.environ[k]}" for k in ("LD_PRELOAD", "MALLOC_CONF") if os.environ.get(k)]
+    return " ".join(shlex.quote(a) for a in [*env, Path(sys.executable).name, *sys.argv])
 
 
 def git_commit() -> str | None:

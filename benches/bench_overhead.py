@@ -20,9 +20,11 @@ tenants stretch wall time but not this process's CPU time, and on a CPU-bound ma
 CPU time is what the analysis costs. The examples' own time in the forward's thread
 (`metadata["examples"]["seconds"]`, measured inside each run) is reported too: on a noisy machine it is
 the steadier figure for what examples cost, as the side-by-side runs' differences drown in the noise.
-Each analyze() call's user and system CPU time and minor page faults are printed too: torch's large CPU
-temporaries are faulted in afresh by a varying amount from call to call (glibc's allocator state), and the
-system time of those faults moved the forward phase by up to a third on this machine, with examples or without.
+Each analyze() call's user and system CPU time and minor page faults (and those of its forward phase) are
+printed too: with glibc's malloc, torch's large CPU temporaries are faulted in afresh by a varying amount from
+call to call, and the system time of those faults moved the forward phase by up to a third on this machine,
+with examples or without; run under jemalloc that never returns pages (README, "CPU runs") they are not:
+    LD_PRELOAD=libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 python benches/bench_overhead.py ...
 
     python benches/bench_overhead.py                    # 4 sequences of 2048 tokens, batch 2, 2 rounds
     python benches/bench_overhead.py --density none
@@ -85,10 +87,8 @@ def main() -> None:
     bare_forward(model, tokens[:1, :256], 1)  # warm-up
     ks = [int(k) for k in a.examples.split(",")]
     bare, bare_cpu, short = [], [], []
-    runs: dict[int, dict[str, list]] = {
-        k: {"total": [], "fwd": [], "fwd_cpu": [], "count": [], "ex": [], "user": [], "sys": [], "faults": []}
-        for k in ks
-    }
+    keys = ["total", "fwd", "fwd_cpu", "count", "ex", "user", "sys", "faults", "fwd_faults"]
+    runs: dict[int, dict[str, list]] = {k: {key: [] for key in keys} for k in ks}
     for r in range(a.rounds):
         cpu0 = time.process_time()
         with Timer() as tb:
@@ -110,6 +110,7 @@ def main() -> None:
             x["sys"].append(u1.ru_stime - u0.ru_stime)
             x["faults"].append(u1.ru_minflt - u0.ru_minflt)
             m = an.metadata
+            x["fwd_faults"].append(m["forward_page_faults"])
             for key, value in [("total", ta.wall), ("fwd", m["forward_seconds"]),
                                ("fwd_cpu", m["forward_cpu_seconds"]), ("count", m["counting_seconds"]),
                                ("ex", m["examples"]["seconds"])]:  # fmt: skip
@@ -117,7 +118,7 @@ def main() -> None:
             print(f"  analyze(examples={k}): forward phase {m['forward_seconds']:.2f} s ({m['forward_cpu_seconds']:.1f} "
                   f"CPU-s, counting {m['counting_seconds']:.2f} s, examples {m['examples']['seconds']:.2f} s), "
                   f"whole call {ta.wall:.2f} s (user {x['user'][-1]:.1f} s, system {x['sys'][-1]:.1f} s, "
-                  f"{x['faults'][-1]:,} page faults)", flush=True)  # fmt: skip
+                  f"{x['faults'][-1]:,} page faults, {m['forward_page_faults']:,} in the forward phase)", flush=True)  # fmt: skip
     b, bc = statistics.median(bare), statistics.median(bare_cpu)
     saved = statistics.median(1 - y / v for v, y in zip(bare, short))
     n_tok = tokens.size
@@ -136,8 +137,11 @@ def main() -> None:
                      f"{100 * statistics.median(over_short):+.1f}%", f"{statistics.median(x['count']):.2f}",
                      f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}", f"{events / n_tok:,.0f}",
                      f"{statistics.median(x['ex']):.3f}", f"{100 * statistics.median(e / v for e, v in zip(x['ex'], x['fwd'])):.1f}%"])  # fmt: skip
+    allocator = os.environ.get("LD_PRELOAD") or "glibc malloc"
+    allocator += f" (MALLOC_CONF={os.environ['MALLOC_CONF']})" if os.environ.get("MALLOC_CONF") else ""
     notes = ("OPT-125m shape, random weights (fc1 biases shifted to the density shown), float32 on the CPU, "
-             f"torch threads {torch.get_num_threads()}; medians of {a.rounds} alternating rounds.")  # fmt: skip
+             f"torch threads {torch.get_num_threads()}, allocator {allocator}; medians of {a.rounds} alternating "
+             "rounds.")  # fmt: skip
     if len(ks) > 1:  # the examples' own cost: forward phases of the same round, side by side
         first, last = runs[ks[0]], runs[ks[-1]]
         pair = [v / u - 1 for u, v in zip(first["fwd"], last["fwd"])]
@@ -148,7 +152,7 @@ def main() -> None:
                   + f"); CPU time {100 * statistics.median(pair_cpu):+.1f}%; whole call's user CPU time "
                   f"{100 * statistics.median(pair_user):+.1f}% (rounds " + ", ".join(f"{100 * o:+.1f}%" for o in pair_user)
                   + "); page faults per call (median) "
-                  + ", ".join(f"examples={k} {statistics.median(runs[k]['faults']):,.0f} ({statistics.median(runs[k]['sys']):.1f} s system)" for k in ks)
+                  + ", ".join(f"examples={k} {statistics.median(runs[k]['faults']):,.0f} ({statistics.median(runs[k]['fwd_faults']):,.0f} in the forward phase, {statistics.median(runs[k]['sys']):.1f} s system)" for k in ks)
                   + ".")  # fmt: skip
         print(notes, flush=True)
     record("overhead",

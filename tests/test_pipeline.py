@@ -200,3 +200,19 @@ def test_says_when_the_hosts_counting_set_the_speed(tiny_opt, tiny_tokens, monke
     out = capsys.readouterr().out
     assert "counting, not the device, set the speed" in out
     assert ("detail_tokens" in out) == (detail_tokens is None)  # the advice, where it applies
+
+
+def test_says_when_page_faults_slowed_a_cpu_forward(tiny_opt, tiny_tokens, monkeypatch, capsys):
+    """The forward phase's page faults and system time are recorded; a CPU forward whose system time passes
+    FAULTS_HINT_SHARE of its wall time gets the allocator hint, and one below it does not."""
+    import opt_neurons.pipeline as pipeline
+
+    m = opt_neurons.analyze(tiny_opt, tiny_tokens, progress=False).metadata
+    assert m["forward_page_faults"] >= 0 and 0 <= m["forward_system_seconds"] <= m["forward_cpu_seconds"] + 0.01
+    for system_seconds, hinted in [(1000.0, True), (0.0, False)]:
+        counters = iter([(0, 0.0), (10**6, system_seconds)])
+        monkeypatch.setattr(pipeline, "page_faults", lambda counters=counters: next(counters))
+        m = opt_neurons.analyze(tiny_opt, tiny_tokens, progress=True).metadata
+        assert m["forward_page_faults"] == 10**6 and m["forward_system_seconds"] == system_seconds
+        out = capsys.readouterr().out
+        assert ("MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1" in out) == hinted, out

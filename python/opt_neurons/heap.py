@@ -19,6 +19,27 @@ _MALLOC_TRIM = _find_malloc_trim()
 TRIM_EVERY = 5.0
 
 
+def page_faults() -> tuple[int, float] | None:
+    """This process's minor page faults so far and its system CPU seconds (None where the OS does not say).
+    With glibc's malloc a CPU forward's large temporaries are mapped afresh more often than not, and the
+    system time of their page faults can cost a third of the forward (benches/RESULTS.md section 7a)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt, usage.ru_stime
+
+
+# A CPU forward phase whose system time exceeds this share of its wall time gets the allocator hint.
+FAULTS_HINT_SHARE = 0.1
+ALLOCATOR_HINT = (
+    "page faults of torch's temporaries took {share:.0%} of the forward phase (glibc's malloc maps them afresh); "
+    "on the CPU run under jemalloc: LD_PRELOAD=libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 "
+    "(README, Runs on the CPU)"
+)
+
+
 def release_free_heap() -> bool:
     """Give the heap's free pages back to the OS (glibc's malloc_trim; False where there is none).
 

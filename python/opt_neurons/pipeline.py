@@ -29,6 +29,7 @@ from .architectures import decoder_layers
 from .capture import BitCapture
 from .data import check_data_kind, prepare_data, warn_if_exhausted
 from .errors import OptionError
+from .heap import ALLOCATOR_HINT, FAULTS_HINT_SHARE, page_faults
 from .model import LoadedModel, default_device, load_config, load_for, model_dir, resolve_dtype, resolve_name
 from .params import RunOptions, Thresholds
 from .report import write_report
@@ -194,13 +195,20 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
     if rank == 0:
         warn_if_exhausted(tokens)
         host_memory.warn_if_short(stats, tokens.n_tokens, host_memory.available_bytes(), tracker and tracker.core)
-    forward_started, forward_cpu_started = time.time(), time.process_time()
+    forward_started, forward_cpu_started, faults_before = time.time(), time.process_time(), page_faults()
     counting_s = count_forward(lm, mine, stats, mode=mode, source=source, start=start, batch_size=o.batch_size,
                   block_size=o.block_size, out_dir=out_dir, ckpt=ckpt, run_id=run_id,
                   checkpoint_every=o.checkpoint_every, progress=o.progress and rank == 0, threshold=threshold,
                   examples=tracker, counting=counting)  # fmt: skip
     ex = tracker.sync() if tracker is not None else None
     forward_s, forward_cpu_s = time.time() - forward_started, time.process_time() - forward_cpu_started
+    faults_after = page_faults()
+    forward_faults = forward_system_s = None
+    if faults_before is not None and faults_after is not None:
+        forward_faults, forward_system_s = faults_after[0] - faults_before[0], faults_after[1] - faults_before[1]
+        cpu_in_memory = lm.device.type == "cpu" and mode == "memory"  # (streamed weights: file reads take system time)
+        if o.progress and rank == 0 and cpu_in_memory and forward_system_s > FAULTS_HINT_SHARE * forward_s:
+            print("opt-neurons: " + ALLOCATOR_HINT.format(share=forward_system_s / forward_s))
     if o.progress and rank == 0 and counting_s > 0.8 * forward_s:
         print(f"opt-neurons: counting took {counting_s:.0f} s of the {forward_s:.0f} s forward phase: the host's "
               f"counting, not the device, set the speed"
@@ -259,6 +267,8 @@ def _analyze(model: Any, data: Any, o: RunOptions, t: Thresholds, out_dir: Path 
         "forward_seconds": forward_s,
         "counting_seconds": counting_s,
         "forward_cpu_seconds": forward_cpu_s,  # every thread of this process, forward and counting
+        "forward_page_faults": forward_faults,  # minor, every thread (None where the OS does not say)
+        "forward_system_seconds": forward_system_s,  # system CPU time, every thread (mostly those faults)
         "wall_seconds": time.time() - started,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "position_totals": stats.position_totals().tolist(),
