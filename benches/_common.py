@@ -123,10 +123,14 @@ def machine() -> dict:
     return info
 
 
+def allocator_env() -> list[str]:
+    """The allocator settings this process runs under (they change CPU timings: RESULTS 7a); [] for glibc's."""
+    return [f"{k}={os.environ[k]}" for k in ("LD_PRELOAD", "MALLOC_CONF") if os.environ.get(k)]
+
+
 def command() -> str:
-    """The command line, with the allocator settings it ran under (they change CPU timings: RESULTS 7a)."""
-    env = [f"{k}={os.environ[k]}" for k in ("LD_PRELOAD", "MALLOC_CONF") if os.environ.get(k)]
-    return " ".join(shlex.quote(a) for a in [*env, Path(sys.executable).name, *sys.argv])
+    """The command line, with the allocator settings it ran under."""
+    return " ".join(shlex.quote(a) for a in [*allocator_env(), Path(sys.executable).name, *sys.argv])
 
 
 def git_commit() -> str | None:

@@ -23,7 +23,7 @@ the steadier figure for what examples cost, as the side-by-side runs' difference
 Each analyze() call's user and system CPU time and minor page faults (and those of its forward phase) are
 printed too: with glibc's malloc, torch's large CPU temporaries are faulted in afresh by a varying amount from
 call to call, and the system time of those faults moved the forward phase by up to a third on this machine,
-with examples or without; run under jemalloc that never returns pages (README, "CPU runs") they are not:
+with examples or without; run under jemalloc that never returns pages (README, "Runs on the CPU") they are not:
     LD_PRELOAD=libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 python benches/bench_overhead.py ...
 
     python benches/bench_overhead.py                    # 4 sequences of 2048 tokens, batch 2, 2 rounds
@@ -50,7 +50,7 @@ import torch  # noqa: E402
 import opt_neurons  # noqa: E402
 from opt_neurons.executors import ending_at  # noqa: E402
 
-from _common import Timer, calibrate_density, density_targets, machine, random_opt, record, zipf_tokens  # noqa: E402
+from _common import Timer, allocator_env, calibrate_density, density_targets, machine, random_opt, record, zipf_tokens  # noqa: E402
 
 
 def bare_forward(model, tokens: np.ndarray, batch_size: int, to_last_fc1: bool = False) -> None:
@@ -137,8 +137,7 @@ def main() -> None:
                      f"{100 * statistics.median(over_short):+.1f}%", f"{statistics.median(x['count']):.2f}",
                      f"{n_tok / b:,.0f}", f"{n_tok / f:,.0f}", f"{events / n_tok:,.0f}",
                      f"{statistics.median(x['ex']):.3f}", f"{100 * statistics.median(e / v for e, v in zip(x['ex'], x['fwd'])):.1f}%"])  # fmt: skip
-    allocator = os.environ.get("LD_PRELOAD") or "glibc malloc"
-    allocator += f" (MALLOC_CONF={os.environ['MALLOC_CONF']})" if os.environ.get("MALLOC_CONF") else ""
+    allocator = " ".join(allocator_env()) or "glibc malloc"
     notes = ("OPT-125m shape, random weights (fc1 biases shifted to the density shown), float32 on the CPU, "
              f"torch threads {torch.get_num_threads()}, allocator {allocator}; medians of {a.rounds} alternating "
              "rounds.")  # fmt: skip
