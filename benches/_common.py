@@ -125,7 +125,7 @@ def machine() -> dict:
 
 def allocator_env() -> list[str]:
     """The allocator settings this process runs under (they change CPU timings: RESULTS 7a); [] for glibc's."""
-    return [f"{k}={os.environ[k]}" for k in ("LD_PRELOAD", "MALLOC_CONF") if os.environ.get(k)]
+    return [f"{k}={os.environ[k]}" for k in ("LD_PRELOAD", "MALLOC_CONF", "THP_MEM_ALLOC_ENABLE") if os.environ.get(k)]
 
 
 def command() -> str:
