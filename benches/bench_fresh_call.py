@@ -29,10 +29,11 @@ from _common import allocator_env, record, rss_bytes  # noqa: E402
 def child(k: int, seqs: int, density: str, batch_size: int) -> None:
     import numpy as np
     import torch
-    from _common import calibrate_density, density_targets, random_opt, zipf_tokens
-    from bench_overhead import bare_forward
 
     import opt_neurons
+    from bench_overhead import bare_forward
+
+    from _common import calibrate_density, density_targets, random_opt, zipf_tokens
 
     model = random_opt(seed=0)
     tokens = zipf_tokens(seqs, np.random.default_rng(0))
@@ -92,9 +93,18 @@ def main() -> None:
                      + ", ".join(f"{100 * x:+.1f}%" for x in d))  # fmt: skip
     record(
         "fresh_call",
-        ["examples", "tokens", "processes", "bare forward s (median)", "analyze forward phase s (median)",
-         "forward vs its process's bare forward", "forward system s (median)", "forward faults (median)",
-         "examples' own share (median)", "peak RSS above start MiB (median)"],  # fmt: skip
+        [
+            "examples",
+            "tokens",
+            "processes",
+            "bare forward s (median)",
+            "analyze forward phase s (median)",
+            "forward vs its process's bare forward",
+            "forward system s (median)",
+            "forward faults (median)",
+            "examples' own share (median)",
+            "peak RSS above start MiB (median)",
+        ],  # fmt: skip
         rows,
         notes=" ".join(notes),
     )

@@ -20,6 +20,7 @@ import torch
 from .errors import ShapeError
 from .finite import FiniteCheck
 from .heap import TRIM_EVERY, release_free_heap
+from .host_thread import run_for
 from .schedule import Cursor
 from .source_split import SourceSplit
 from .stats import NeuronStats
@@ -144,7 +145,7 @@ class BitCapture:
             fired = x > self.threshold  # the firing rule, once for everything below
             # Detail rows leave the device as bits; the others are summed there, per neuron.
             if n:
-                self.batch.append(self._capture(layer, x[:n], fired[:n]))
+                self.batch.append(run_for(x, self._capture, layer, x[:n], fired[:n]))
             if n < len(x):
                 self.batch_counts.append((layer, count_active(fired[n:])))
             if self.split is not None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +21,11 @@ import torch
 
 from . import _core
 from .errors import ExamplesStateError
+from .host_thread import run_for
 from .topk import EMPTY_ID, batch_topk, merge_topk
 
 FILE = "examples.bin"
 PREVIOUS = "examples.prev.bin"
-
-
-_host_pool: ThreadPoolExecutor | None = None
-_host_pool_lock = threading.Lock()
-
-
-def _host_thread() -> ThreadPoolExecutor:
-    """The one thread that runs the host path (the forward's thread waits for it), so that the path's arrays
-    (the Rust scan's outputs, the results that wait for the batch's commit, the state) come from that thread's
-    malloc arena. Made in the forward's thread, they split the free heap chunks glibc would reuse for torch's
-    large CPU temporaries, and the forward faulted in fresh pages instead (RESULTS.md 7a)."""
-    global _host_pool
-    with _host_pool_lock:
-        if _host_pool is None:
-            _host_pool = ThreadPoolExecutor(1, thread_name_prefix="opt-neurons-examples")
-        return _host_pool
 
 
 class ExampleTracker:
@@ -89,7 +73,7 @@ class ExampleTracker:
 
     def _observe(self, layer: int, x: torch.Tensor, n_detail: int, fired: torch.Tensor) -> tuple:
         if self.on_host(x):
-            return (layer, *_host_thread().submit(self._observe_on_host, layer, x, n_detail, fired).result())
+            return (layer, *run_for(x, self._observe_on_host, layer, x, n_detail, fired))
         # float64: the sums of fp16 / fp32 values stay exact in practice, so they do not depend on batching.
         sums = x.masked_fill(~fired, 0).sum(0, dtype=torch.float64 if x.device.type != "mps" else torch.float32)
         maxima = self._firing_maxima(x.amax(0).float())
