@@ -146,3 +146,24 @@ print(before - rss())
         pytest.skip("needs glibc and /proc (Linux)")
     assert run.returncode == 0, run.stderr
     assert int(run.stdout.split()[-1]) > 300 << 20
+
+
+def test_host_work_of_a_cpu_forward_runs_in_one_thread_of_its_own() -> None:
+    """run_for: a CPU tensor's host work runs in one other thread (its arrays then come from that thread's
+    malloc arena, host_thread.py), with its result and its errors passed back; other devices' here."""
+    import threading
+
+    from opt_neurons.errors import ShapeError
+    from opt_neurons.host_thread import run_for
+
+    cpu = torch.zeros(2)
+    first, second = run_for(cpu, threading.get_ident), run_for(cpu, threading.get_ident)
+    assert first == second != threading.get_ident()
+    assert run_for(cpu, lambda a, b: a + b, 2, 3) == 5
+
+    def fail() -> None:
+        raise ShapeError("bad shape")
+
+    with pytest.raises(ShapeError, match="bad shape"):
+        run_for(cpu, fail)
+    assert run_for(torch.empty(2, device="meta"), threading.get_ident) == threading.get_ident()
