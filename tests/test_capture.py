@@ -167,3 +167,16 @@ def test_host_work_of_a_cpu_forward_runs_in_one_thread_of_its_own() -> None:
     with pytest.raises(ShapeError, match="bad shape"):
         run_for(cpu, fail)
     assert run_for(torch.empty(2, device="meta"), threading.get_ident) == threading.get_ident()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_host_thread_works_in_a_forked_child() -> None:
+    """A child forked after the host thread started inherits the pool but not its thread: it must not hang."""
+    import multiprocessing
+
+    from opt_neurons.host_thread import run_for
+
+    assert run_for(torch.zeros(1), lambda: 1) == 1
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply_async(run_for, (torch.zeros(1), abs, -2)).get(timeout=60) == 2

@@ -10,6 +10,7 @@ forward, mostly system time). Allocated in this thread they come from its own ma
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,16 @@ T = TypeVar("T")
 
 _pool: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
+
+
+def _forget_in_child() -> None:
+    """A forked child inherits the pool but not its thread (and maybe the lock held): it starts afresh."""
+    global _pool, _lock
+    _pool, _lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def run_for(t: torch.Tensor, fn: Callable[..., T], *args: object) -> T:
