@@ -27,18 +27,10 @@ from _common import allocator_env, record, rss_bytes  # noqa: E402
 
 
 def child(k: int, seqs: int, density: str, batch_size: int) -> None:
-    import numpy as np
-    import torch
-
     import opt_neurons
-    from bench_overhead import bare_forward
+    from bench_overhead import bare_forward, model_and_tokens
 
-    from _common import calibrate_density, density_targets, random_opt, zipf_tokens
-
-    model = random_opt(seed=0)
-    tokens = zipf_tokens(seqs, np.random.default_rng(0))
-    calibrate_density(model, torch.from_numpy(tokens[:1]), density_targets(density, model.config.num_hidden_layers))
-    bare_forward(model, tokens[:1, :256], 1)  # warm-up
+    model, tokens, _ = model_and_tokens(seqs, density)
     u0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     bare_forward(model, tokens, batch_size)
     bare, u1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
@@ -104,9 +96,10 @@ def main() -> None:
             "forward faults (median)",
             "examples' own share (median)",
             "peak RSS above start MiB (median)",
-        ],  # fmt: skip
+        ],
         rows,
         notes=" ".join(notes),
+        extra={"runs": runs},
     )
 
 

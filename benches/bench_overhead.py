@@ -40,6 +40,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,6 +62,17 @@ def bare_forward(model, tokens: np.ndarray, batch_size: int, to_last_fc1: bool =
             run(lambda b=b: decoder(input_ids=torch.from_numpy(tokens[b : b + batch_size]), use_cache=False))
 
 
+def model_and_tokens(seqs: int, density: str, seed: int = 0) -> tuple[Any, np.ndarray, list[float]]:
+    """The OPT-125m-shaped model with fc1 at `density` (see --density), Zipf tokens, the measured density per
+    layer; one short forward as warm-up."""
+    model = random_opt(seed=seed)
+    tokens = zipf_tokens(seqs, np.random.default_rng(seed))
+    target = density_targets(density, model.config.num_hidden_layers)
+    measured = calibrate_density(model, torch.from_numpy(tokens[:1]), target)
+    bare_forward(model, tokens[:1, :256], 1)  # warm-up
+    return model, tokens, measured
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seqs", type=int, default=4, help="sequences of 2048 tokens")
@@ -78,13 +90,8 @@ def main() -> None:
     )
     a = ap.parse_args()
     info = machine()
-    model = random_opt(seed=a.seed)
-    density = density_targets(a.density, model.config.num_hidden_layers)
-    rng = np.random.default_rng(a.seed)
-    tokens = zipf_tokens(a.seqs, rng)
-    measured = calibrate_density(model, torch.from_numpy(tokens[:1]), density)
+    model, tokens, measured = model_and_tokens(a.seqs, a.density, a.seed)
     print(f"fc1 density per layer: {np.round(measured, 4).tolist()}", flush=True)
-    bare_forward(model, tokens[:1, :256], 1)  # warm-up
     ks = [int(k) for k in a.examples.split(",")]
     bare, bare_cpu, short = [], [], []
     keys = ["total", "fwd", "fwd_cpu", "count", "ex", "user", "sys", "faults", "fwd_faults"]
